@@ -1,0 +1,63 @@
+"""The ASGI application: routers, error handling, and the engines' lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from parley import __version__
+from parley.api import errors, health, messages, models
+from parley.api.deps import AppState
+from parley.api.middleware import RequestIdMiddleware
+from parley.catalog import Catalog
+from parley.config import CLAUDE_MODEL_IDS, Settings
+from parley.engines import registry
+from parley.engines.base import Engine
+from parley.service import MessagesService
+
+log = logging.getLogger("parley")
+
+
+def build_engines(settings: Settings) -> list[Engine]:
+    return [registry.load(settings.engine)(settings)]
+
+
+def aliases_for(settings: Settings, default_model: str) -> dict[str, str]:
+    aliases = {name: default_model for name in CLAUDE_MODEL_IDS} if settings.claude_aliases else {}
+    aliases.update(settings.aliases)
+    return aliases
+
+
+def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> FastAPI:
+    chosen = list(engines) if engines is not None else build_engines(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for engine in chosen:
+            await engine.start()
+        catalog = Catalog(chosen, aliases_for(settings, chosen[0].card.id))
+        app.state.parley = AppState(
+            settings=settings,
+            catalog=catalog,
+            messages=MessagesService(catalog, ping_interval=settings.ping_interval),
+        )
+        if not settings.api_keys:
+            log.warning("no API keys configured: parley accepts every request")
+        log.info("serving", extra={"models": catalog.ids()[: len(chosen)]})
+        try:
+            yield
+        finally:
+            log.info("shutting down")
+            for engine in chosen:
+                await engine.close()
+
+    app = FastAPI(title="parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(messages.router)
+    app.include_router(models.router)
+    app.add_middleware(RequestIdMiddleware)
+    return app

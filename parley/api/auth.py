@@ -1,0 +1,34 @@
+"""API-key authentication: ``x-api-key`` or ``Authorization: Bearer``."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from parley.errors import AuthenticationError
+
+
+def presented_keys(request: Request) -> list[str]:
+    keys = []
+    if key := request.headers.get("x-api-key"):
+        keys.append(key.strip())
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        keys.append(token.strip())
+    return keys
+
+
+def check(request: Request, allowed: tuple[str, ...]) -> None:
+    """Pass when no keys are configured, or when either header holds an allowed key."""
+    if not allowed:
+        return
+    presented = presented_keys(request)
+    if not presented:
+        raise AuthenticationError("x-api-key header is required")
+    for key in presented:
+        # Compare against every allowed key so timing does not reveal which matched.
+        if any([hmac.compare_digest(key.encode(), a.encode()) for a in allowed]):
+            return
+    raise AuthenticationError("invalid x-api-key")

@@ -1,0 +1,81 @@
+"""The one place errors become HTTP responses: the Anthropic error envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from parley.errors import (
+    APIError,
+    InvalidRequestError,
+    NotFoundError,
+    ParleyError,
+    RequestTooLargeError,
+)
+from parley.wire.responses import ErrorDetail, ErrorEnvelope
+
+log = logging.getLogger("parley.api")
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    status_code = 405
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def render(error: ParleyError, request_id: str | None) -> Response:
+    body = ErrorEnvelope(
+        error=ErrorDetail(type=error.error_type, message=error.message), request_id=request_id
+    )
+    return Response(
+        body.model_dump_json(),
+        status_code=error.status_code,
+        media_type="application/json",
+        headers=error.headers,
+    )
+
+
+def install(app: FastAPI) -> None:
+    async def on_parley_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ParleyError)
+        return render(exc, request_id_of(request))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        error: ParleyError
+        if exc.status_code == 404:
+            error = NotFoundError(f"Not found: {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowedError(
+                f"Method {request.method} is not allowed on {request.url.path}"
+            )
+        elif exc.status_code == 413:
+            error = RequestTooLargeError(str(exc.detail))
+        elif exc.status_code < 500:
+            error = InvalidRequestError(str(exc.detail))
+        else:
+            error = APIError(str(exc.detail))
+        return render(error, request_id_of(request))
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        path = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        message = f"{path}: {first['msg']}" if path else str(first["msg"])
+        return render(InvalidRequestError(message), request_id_of(request))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+        return render(APIError("Internal server error"), request_id_of(request))
+
+    app.add_exception_handler(ParleyError, on_parley_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,66 @@
+"""HTTP helpers shared by the resource modules: bodies, parsing, JSON responses."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from parley.errors import InvalidRequestError, RequestTooLargeError
+from parley.wire.common import error_path
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it exceeds ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before reading; a
+    chunked body is counted while it streams, never buffered past the limit.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"Request exceeds the maximum allowed number of bytes ({limit})")
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", ""):
+        raise InvalidRequestError(
+            f"Content-Type must be application/json, not '{ctype}'"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(
+                    f"Request exceeds the maximum allowed number of bytes ({limit})"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequestError("the client closed the connection before the body arrived") from None
+    return b"".join(chunks)
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """Validate a JSON body; the first problem becomes a 400 naming its path."""
+    if not body.strip():
+        raise InvalidRequestError("the request body is empty; expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequestError(f"the request body is not valid JSON: {first['msg']}") from None
+        path = error_path(tuple(first["loc"]))
+        if first["type"] == "model_type" and not path:
+            raise InvalidRequestError("the request body must be a JSON object") from None
+        message = f"{path}: {first['msg']}" if path else str(first["msg"])
+        raise InvalidRequestError(message) from None
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    return Response(
+        model.model_dump_json(), status_code=status_code, media_type="application/json"
+    )

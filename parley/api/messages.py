@@ -1,0 +1,100 @@
+"""``POST /v1/messages`` and ``POST /v1/messages/count_tokens``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from parley.api.deps import AppState, authenticated
+from parley.api.errors import request_id_of
+from parley.api.http import json_response, parse, read_body
+from parley.engines.base import Generation
+from parley.errors import InvalidRequestError
+from parley.streaming.sse import encode
+from parley.wire import requests as wr
+from parley.wire import responses as wresp
+
+router = APIRouter()
+
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": wr.CreateMessageRequest.model_json_schema()}},
+    }
+}
+_COUNT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": wr.CountTokensRequest.model_json_schema()}},
+    }
+}
+
+
+@router.post("/v1/messages", openapi_extra=_CREATE_BODY, response_model=wresp.Message)
+async def create_message(
+    request: Request, state: Annotated[AppState, Depends(authenticated)]
+) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    req = parse(wr.CreateMessageRequest, body)
+    service = state.messages
+    prepared = await service.prepare(req)
+    generation, message_state = service.submit(prepared)
+    if req.stream:
+        rid = request_id_of(request)
+        events = service.stream(generation, message_state, rid)
+        return StreamingResponse(
+            _sse(events),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    message = await _cancel_on_disconnect(
+        request, generation, service.run(generation, message_state)
+    )
+    return json_response(message)
+
+
+@router.post(
+    "/v1/messages/count_tokens", openapi_extra=_COUNT_BODY, response_model=wresp.TokenCount
+)
+async def count_tokens(
+    request: Request, state: Annotated[AppState, Depends(authenticated)]
+) -> Response:
+    body = await read_body(request, state.settings.max_body_bytes)
+    req = parse(wr.CountTokensRequest, body)
+    return json_response(await state.messages.count_tokens(req))
+
+
+async def _sse(events: AsyncIterator[object]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield encode(event)  # type: ignore[arg-type]
+
+
+async def _cancel_on_disconnect(
+    request: Request, generation: Generation, work: object
+) -> wresp.Message:
+    """Run a non-streamed generation, cancelling it if the client goes away."""
+    result: list[wresp.Message] = []
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                generation.cancel()
+                tg.cancel_scope.cancel()
+                return
+
+    async def collect() -> None:
+        result.append(await work)  # type: ignore[misc]
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(collect)
+    if not result:
+        raise InvalidRequestError("the client disconnected; generation cancelled")
+    return result[0]

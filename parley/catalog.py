@@ -1,0 +1,77 @@
+"""The served models and their aliases, as ``/v1/models`` lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from parley.engines.base import Engine
+from parley.errors import InvalidRequestError, NotFoundError
+from parley.wire.responses import ModelInfo, ModelPage
+
+
+class Catalog:
+    """Maps every model id a client may send (served ids and aliases) to an engine."""
+
+    def __init__(self, engines: Iterable[Engine], aliases: dict[str, str]) -> None:
+        self._engines = {e.card.id: e for e in engines}
+        for alias, target in aliases.items():
+            if target not in self._engines:
+                raise ValueError(f"alias '{alias}' points at unknown model '{target}'")
+        self._aliases = {a: t for a, t in aliases.items() if a not in self._engines}
+
+    @property
+    def engines(self) -> list[Engine]:
+        return list(self._engines.values())
+
+    def resolve(self, model: str) -> Engine:
+        target = self._aliases.get(model, model)
+        engine = self._engines.get(target)
+        if engine is None:
+            raise NotFoundError(f"model: {model}")
+        return engine
+
+    def info(self, model_id: str) -> ModelInfo:
+        card = self.resolve(model_id).card
+        display = card.display_name if model_id == card.id else f"{model_id} → {card.id}"
+        return ModelInfo(
+            id=model_id,
+            display_name=display,
+            created_at=card.created_at,
+            max_input_tokens=card.context_length,
+            max_tokens=card.max_output_tokens,
+        )
+
+    def ids(self) -> list[str]:
+        """Served models first, then aliases, each in a stable order."""
+        return [*self._engines, *self._aliases]
+
+    def page(self, *, limit: int, before_id: str | None, after_id: str | None) -> ModelPage:
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("limit: Input should be between 1 and 1000")
+        if before_id is not None and after_id is not None:
+            raise InvalidRequestError("before_id and after_id cannot be given together")
+        ids = self.ids()
+        start, end = 0, len(ids)
+        if after_id is not None:
+            start = self._position(ids, after_id, "after_id") + 1
+            end = min(len(ids), start + limit)
+        elif before_id is not None:
+            end = self._position(ids, before_id, "before_id")
+            start = max(0, end - limit)
+        else:
+            end = min(len(ids), limit)
+        chosen = ids[start:end]
+        has_more = (start > 0) if before_id is not None else (end < len(ids))
+        return ModelPage(
+            data=[self.info(i) for i in chosen],
+            has_more=has_more,
+            first_id=chosen[0] if chosen else None,
+            last_id=chosen[-1] if chosen else None,
+        )
+
+    @staticmethod
+    def _position(ids: list[str], cursor: str, name: str) -> int:
+        try:
+            return ids.index(cursor)
+        except ValueError:
+            raise InvalidRequestError(f"{name}: no model with id '{cursor}'") from None

@@ -1,0 +1,101 @@
+"""The ``parley`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from parley import __version__
+from parley.config import ConfigError, load_settings, parse_aliases
+from parley.errors import ParleyError
+from parley.logs import configure
+
+log = logging.getLogger("parley")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the Anthropic Messages API")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M)")
+    serve.add_argument("--model-name", help="the model id clients use for --model")
+    serve.add_argument("--engine", help="engine name: llamacpp (default), scripted, ...")
+    serve.add_argument("--script", help="rules file of the scripted engine (YAML or JSON)")
+    serve.add_argument(
+        "--alias", action="append", default=[], metavar="NAME=MODEL", help="extra model alias"
+    )
+    serve.add_argument("--no-claude-aliases", action="store_true",
+                       help="do not map Claude model ids to the default model")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="accepted API key (repeatable); none configured = open server")
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--config", type=Path, help="a TOML file of settings")
+    serve.add_argument("--n-ctx", type=int, help="context window in tokens")
+    serve.add_argument("--threads", type=int)
+    serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
+    serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
+    serve.add_argument("--log-level")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "model": args.model,
+        "model_name": args.model_name,
+        "engine": args.engine,
+        "script": args.script,
+        "data_dir": args.data_dir,
+        "n_ctx": args.n_ctx,
+        "threads": args.threads,
+        "max_queue": args.max_queue,
+        "ping_interval": args.ping_interval,
+        "log_level": args.log_level,
+        "claude_aliases": False if args.no_claude_aliases else None,
+    }
+    try:
+        if args.alias:
+            overrides["aliases"] = parse_aliases(args.alias)
+        if args.api_key:
+            overrides["api_keys"] = tuple(args.api_key)
+        settings = load_settings(overrides, config_file=args.config)
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    return _serve(settings)
+
+
+def _serve(settings: Any) -> int:
+    import uvicorn
+
+    from parley.api.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ParleyError as exc:
+        log.error("cannot start", extra={"error": exc.message})
+        return 1
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Settings: defaults < config file (TOML) < ``PARLEY_*`` environment < CLI flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_DIR = Path("~/.local/share/parley")
+
+# Claude model ids that clients hard-code; each reaches the default local model
+# unless an --alias says otherwise. Kept in sync with the SDK's ModelParam.
+CLAUDE_MODEL_IDS = (
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-opus-4-5",
+    "claude-opus-4-5-20251101",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-haiku-4-5",
+    "claude-haiku-4-5-20251001",
+    "claude-opus-4-1",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-0",
+    "claude-opus-4-20250514",
+    "claude-sonnet-4-0",
+    "claude-sonnet-4-20250514",
+    "claude-3-7-sonnet-latest",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-5-haiku-latest",
+    "claude-3-5-haiku-20241022",
+    "claude-3-haiku-20240307",
+)
+
+
+class ConfigError(ValueError):
+    """Start-up error: a setting has a value parley cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: str = "llamacpp"
+    model: str | None = None  # a GGUF path; None serves the embedded default
+    model_name: str | None = None  # the id clients use; derived when None
+    aliases: dict[str, str] = field(default_factory=dict)
+    claude_aliases: bool = True
+    api_keys: tuple[str, ...] = ()
+    data_dir: Path = DEFAULT_DATA_DIR
+    script: str | None = None  # rules file of the scripted engine
+    n_ctx: int = 8192
+    n_batch: int = 512
+    threads: int | None = None
+    max_queue: int = 64
+    ping_interval: float = 5.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    log_level: str = "info"
+
+
+_ENV_PREFIX = "PARLEY_"
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if name == "aliases":
+            if isinstance(raw, dict):
+                return {str(k): str(v) for k, v in raw.items()}
+            return parse_aliases(str(raw).split(","))
+        if name == "api_keys":
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return tuple(str(k).strip() for k in items if str(k).strip())
+        if name == "data_dir":
+            return Path(str(raw)).expanduser()
+        if name == "claude_aliases":
+            return raw if isinstance(raw, bool) else str(raw).lower() in {"1", "true", "yes", "on"}
+        if kind in ("int", "int | None"):
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting '{name}': cannot use {raw!r}: {exc}") from exc
+
+
+def parse_aliases(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ConfigError(f"alias '{item}' is not of the form NAME=MODEL")
+        out[name.strip()] = target.strip()
+    return out
+
+
+def load_settings(
+    overrides: dict[str, Any] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["PARLEY_CONFIG"]) if env.get("PARLEY_CONFIG") else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.expanduser().read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+        values.update({k: _coerce(k, v) for k, v in data.items()})
+    for name in names:
+        raw = env.get(_ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw) if name in names else raw
+    settings = replace(Settings(), **values)
+    if settings.n_ctx < 256:
+        raise ConfigError("setting 'n_ctx' must be at least 256")
+    if settings.max_queue < 1:
+        raise ConfigError("setting 'max_queue' must be at least 1")
+    return settings

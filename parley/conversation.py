@@ -1,0 +1,280 @@
+"""From a validated request to the engine's view of it.
+
+``build_conversation`` applies the API's semantics that do not depend on the
+model: system prompt as string or blocks, ``role: "system"`` turns kept in
+place, consecutive same-role turns merged, a final assistant turn taken as a
+prefill, empty content refused. It also refuses, with the path of the
+offending part, whatever the served model cannot take (images on a text-only
+model, tools on an engine without tool calling, features not built yet).
+
+The result is made of frozen dataclasses; no wire model travels further.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from parley.errors import InvalidRequestError, UnsupportedFeatureError
+from parley.wire import content as wc
+from parley.wire import requests as wr
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallPart:
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolResultPart:
+    tool_use_id: str
+    text: str
+    is_error: bool = False
+
+
+Part = TextPart | ToolCallPart | ToolResultPart
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the served model can take; everything else is refused up front."""
+
+    images: bool = False
+    tools: bool = False
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A request as the engine sees it: what to render and what to continue."""
+
+    system: str | None
+    turns: tuple[Turn, ...]
+    prefill: str = ""
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"
+    tool_name: str | None = None
+    disable_parallel_tool_use: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last_user_text(self) -> str:
+        for turn in reversed(self.turns):
+            if turn.role == "user":
+                return turn.text
+        return ""
+
+
+def build_conversation(
+    req: wr.CountTokensRequest, caps: Capabilities, *, model: str
+) -> Conversation:
+    """Validate what pydantic cannot and produce the engine's conversation."""
+    _refuse_unsupported(req, caps, model=model)
+    system = _system_text(req.system)
+    turns: list[Turn] = []
+    for i, message in enumerate(req.messages):
+        parts = _parts(message, caps, path=f"messages.{i}", model=model)
+        last = i == len(req.messages) - 1
+        if not parts and not (last and message.role == "assistant"):
+            raise InvalidRequestError(
+                f"messages.{i}: all messages must have non-empty content except for "
+                "the optional final assistant message"
+            )
+        if turns and turns[-1].role == message.role:
+            turns[-1] = Turn(message.role, turns[-1].parts + parts)
+        else:
+            turns.append(Turn(message.role, parts))
+    _check_tool_results(turns)
+
+    prefill = ""
+    if turns and turns[-1].role == "assistant":
+        final = turns.pop()
+        if any(not isinstance(p, TextPart) for p in final.parts):
+            raise InvalidRequestError(
+                "messages: the final assistant message may only contain text to continue "
+                "(a prefill); tool_use blocks need a following user turn with their results"
+            )
+        prefill = "".join(p.text for p in final.parts if isinstance(p, TextPart))
+        if prefill != prefill.rstrip():
+            raise InvalidRequestError(
+                "messages: final assistant content cannot end with trailing whitespace"
+            )
+    if not any(t.role == "user" for t in turns):
+        raise InvalidRequestError("messages: at least one user message is required")
+
+    tools = tuple(_tool_spec(t) for t in req.tools or ())
+    choice = req.tool_choice
+    tool_name = choice.name if isinstance(choice, wr.ToolChoiceTool) else None
+    if tool_name is not None and tool_name not in {t.name for t in tools}:
+        raise InvalidRequestError(f"tool_choice.name: no tool named '{tool_name}' in tools")
+    return Conversation(
+        system=system,
+        turns=tuple(turns),
+        prefill=prefill,
+        tools=tools,
+        tool_choice=choice.type if choice is not None else "auto",
+        tool_name=tool_name,
+        disable_parallel_tool_use=bool(getattr(choice, "disable_parallel_tool_use", False)),
+    )
+
+
+def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model: str) -> None:
+    if isinstance(req, wr.CreateMessageRequest):
+        for name in req.unsupported_fields():
+            raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
+    elif req.context_management is not None or req.mcp_servers is not None:
+        name = "context_management" if req.context_management is not None else "mcp_servers"
+        raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
+    thinking = req.thinking
+    if isinstance(thinking, wr.ThinkingEnabled):
+        max_tokens = getattr(req, "max_tokens", None)
+        if thinking.budget_tokens < 1024:
+            raise InvalidRequestError("thinking.budget_tokens: Input should be greater than or equal to 1024")
+        if max_tokens is not None and thinking.budget_tokens >= max_tokens:
+            raise InvalidRequestError(
+                "max_tokens: must be greater than thinking.budget_tokens "
+                f"({max_tokens} <= {thinking.budget_tokens})"
+            )
+        raise UnsupportedFeatureError(
+            "thinking: extended thinking ({'type': 'enabled'}) is not supported by parley yet"
+        )
+    if req.output_config is not None and req.output_config.format is not None:
+        raise UnsupportedFeatureError(
+            "output_config.format: structured outputs are not supported by parley yet"
+        )
+    if req.tools and not caps.tools:
+        raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
+
+
+def _system_text(system: str | list[wc.TextBlock] | None) -> str | None:
+    if system is None:
+        return None
+    if isinstance(system, str):
+        return system or None
+    return "\n\n".join(b.text for b in system) or None
+
+
+def _parts(message: wr.Message, caps: Capabilities, *, path: str, model: str) -> tuple[Part, ...]:
+    content = message.content
+    if isinstance(content, str):
+        return (TextPart(content),) if content else ()
+    parts: list[Part] = []
+    for j, block in enumerate(content):
+        parts.extend(_block_parts(block, caps, path=f"{path}.content.{j}", model=model))
+    return tuple(parts)
+
+
+def _block_parts(block: Any, caps: Capabilities, *, path: str, model: str) -> list[Part]:
+    match block:
+        case wc.TextBlock(text=text):
+            if not text:
+                raise InvalidRequestError(f"{path}.text: text content blocks must be non-empty")
+            return [TextPart(text)]
+        case wc.ImageBlock():
+            raise UnsupportedFeatureError(f"{path}: model '{model}' does not support image input")
+        case wc.DocumentBlock(source=source, title=title, context=context):
+            return [TextPart(_document_text(source, title, context, path=path))]
+        case wc.SearchResultBlock(title=title, source=source, content=blocks):
+            body = "\n".join(b.text for b in blocks)
+            return [TextPart(f"Search result: {title}\nSource: {source}\n{body}")]
+        case wc.ThinkingBlock() | wc.RedactedThinkingBlock():
+            raise UnsupportedFeatureError(
+                f"{path}: thinking blocks in history are not supported by parley yet"
+            )
+        case wc.ToolUseBlock(id=tool_id, name=name, input=tool_input):
+            if not caps.tools:
+                raise UnsupportedFeatureError(f"{path}: model '{model}' does not support tool use yet")
+            return [ToolCallPart(tool_id, name, tool_input)]
+        case wc.ToolResultBlock():
+            if not caps.tools:
+                raise UnsupportedFeatureError(f"{path}: model '{model}' does not support tool use yet")
+            return [_tool_result(block, caps, path=path, model=model)]
+    raise InvalidRequestError(f"{path}: unexpected content block")
+
+
+def _document_text(source: Any, title: str | None, context: str | None, *, path: str) -> str:
+    if isinstance(source, wc.PlainTextSource):
+        body = source.data
+    elif isinstance(source, wc.ContentSource):
+        if isinstance(source.content, str):
+            body = source.content
+        else:
+            for k, item in enumerate(source.content):
+                if isinstance(item, wc.ImageBlock):
+                    raise UnsupportedFeatureError(
+                        f"{path}.source.content.{k}: images in documents are not supported"
+                    )
+            body = "\n".join(b.text for b in source.content if isinstance(b, wc.TextBlock))
+    else:
+        raise UnsupportedFeatureError(
+            f"{path}.source: document sources of type '{source.type}' are not supported by "
+            "parley yet (use a 'text' or 'content' source)"
+        )
+    header = "\n".join(x for x in (f"Document: {title}" if title else "", context or "") if x)
+    return f"{header}\n{body}" if header else body
+
+
+def _tool_result(block: wc.ToolResultBlock, caps: Capabilities, *, path: str, model: str) -> Part:
+    if block.content is None or isinstance(block.content, str):
+        text = block.content or ""
+    else:
+        pieces: list[str] = []
+        for k, item in enumerate(block.content):
+            for part in _block_parts(item, caps, path=f"{path}.content.{k}", model=model):
+                if isinstance(part, TextPart):
+                    pieces.append(part.text)
+        text = "\n".join(pieces)
+    return ToolResultPart(block.tool_use_id, text, bool(block.is_error))
+
+
+def _check_tool_results(turns: list[Turn]) -> None:
+    for i, turn in enumerate(turns):
+        results = [p for p in turn.parts if isinstance(p, ToolResultPart)]
+        if not results:
+            continue
+        previous = turns[i - 1] if i > 0 and turns[i - 1].role == "assistant" else None
+        calls = {p.id for p in previous.parts if isinstance(p, ToolCallPart)} if previous else set()
+        for result in results:
+            if result.tool_use_id not in calls:
+                raise InvalidRequestError(
+                    f"messages: unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{result.tool_use_id}. Each `tool_result` block must have a corresponding "
+                    "`tool_use` block in the previous message."
+                )
+
+
+def _tool_spec(tool: Any) -> ToolSpec:
+    if isinstance(tool, wr.CustomTool):
+        return ToolSpec(tool.name, tool.description or "", tool.input_schema)
+    extra = {k: v for k, v in (tool.model_extra or {}).items()}
+    return ToolSpec(tool.name, f"Anthropic-defined tool {tool.type}", {"type": "object", **extra})
+
+
+def tool_input_json(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

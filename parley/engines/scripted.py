@@ -1,0 +1,264 @@
+"""The scripted engine: deterministic answers from rules, no model.
+
+For parley's own tests and for users who need a stand-in for Claude in their
+CI. Rules come from a YAML or JSON file::
+
+    rules:
+      - match: {user: "weather in (\\w+)", regex: true, tools: [get_weather]}
+        reply:
+          text: "Let me look that up."
+          tool_use: [{name: get_weather, input: {city: Paris}}]
+      - match: {system: "pirate"}
+        reply: {text: "Arr!", stop_reason: end_turn, usage: {output_tokens: 7}}
+    delay: 0.0          # seconds between streamed chunks
+    slots: 4            # requests decoded at once; the rest wait
+    max_queue: 64       # waiting requests beyond this get 529
+
+``reply: {text: ..., error: "..."}`` streams the text, then fails with a 500
+``api_error`` (an ``event: error`` once a stream has begun), for testing
+clients' error paths.
+
+``match`` keys (all optional, all must hold): ``user`` (last user text),
+``system``, ``tools`` (names that must all be offered); exact unless
+``regex: true`` (then ``re.search``). The first matching rule answers; with
+none the last user text is echoed. Text streams word by word; tool inputs in
+several ``input_json_delta`` chunks. ``max_tokens`` and ``stop_sequences``
+apply as with a real model. Tokens are whitespace-led words, so counts are
+exact and reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from parley.conversation import Capabilities, Conversation, TextPart, ToolCallPart, ToolResultPart
+from parley.engines.base import (
+    Engine,
+    EngineEvent,
+    Finished,
+    FinishReason,
+    Generation,
+    ModelCard,
+    Prompt,
+    SamplingParams,
+    TextChunk,
+    ToolCallStart,
+    ToolInputChunk,
+)
+from parley.engines.stops import StopMatcher
+from parley.errors import EngineError, OverloadedError, ParleyError
+from parley.ids import tool_use_id
+
+if TYPE_CHECKING:
+    from parley.config import Settings
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+
+
+class ScriptError(ParleyError):
+    """Start-up error: the rules file cannot be read."""
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+@dataclass(frozen=True)
+class Rule:
+    match: dict[str, Any]
+    reply: dict[str, Any]
+
+    def matches(self, conv: Conversation) -> bool:
+        regex = bool(self.match.get("regex", False))
+        for key, actual in (("user", conv.last_user_text), ("system", conv.system or "")):
+            want = self.match.get(key)
+            if want is None:
+                continue
+            if regex:
+                if not re.search(str(want), actual):
+                    return False
+            elif str(want) != actual:
+                return False
+        offered = {t.name for t in conv.tools}
+        return all(name in offered for name in self.match.get("tools", []))
+
+
+@dataclass(frozen=True)
+class Script:
+    rules: tuple[Rule, ...] = ()
+    delay: float = 0.0
+    slots: int = 4
+    max_queue: int = 64
+
+    @classmethod
+    def load(cls, path: Path | None) -> Script:
+        if path is None:
+            return cls()
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ScriptError(f"cannot read scripted rules from {path}: {exc}") from exc
+        rules = tuple(
+            Rule(dict(r.get("match") or {}), dict(r.get("reply") or {}))
+            for r in data.get("rules", [])
+        )
+        return cls(
+            rules=rules,
+            delay=float(data.get("delay", 0.0)),
+            slots=int(data.get("slots", 4)),
+            max_queue=int(data.get("max_queue", 64)),
+        )
+
+    def reply_for(self, conv: Conversation) -> dict[str, Any]:
+        for rule in self.rules:
+            if rule.matches(conv):
+                return rule.reply
+        return {"text": conv.last_user_text}
+
+
+def render(conv: Conversation) -> str:
+    lines = [f"[system]\n{conv.system}"] if conv.system else []
+    for tool in conv.tools:
+        lines.append(f"[tool {tool.name}]\n{tool.description}\n{json.dumps(tool.input_schema)}")
+    for turn in conv.turns:
+        for part in turn.parts:
+            if isinstance(part, TextPart):
+                lines.append(f"[{turn.role}]\n{part.text}")
+            elif isinstance(part, ToolCallPart):
+                lines.append(f"[tool_use {part.name}]\n{json.dumps(part.input)}")
+            elif isinstance(part, ToolResultPart):
+                lines.append(f"[tool_result {part.tool_use_id}]\n{part.text}")
+    lines.append(f"[assistant]\n{conv.prefill}")
+    return "\n".join(lines)
+
+
+class _ScriptedGeneration(Generation):
+    def __init__(self, engine: ScriptedEngine, prompt: Prompt, params: SamplingParams) -> None:
+        self._engine = engine
+        self._prompt = prompt
+        self._params = params
+        self._cancelled = False
+        self._queued = True
+
+    def _leave_queue(self) -> None:
+        if self._queued:
+            self._queued = False
+            self._engine._waiting -= 1
+
+    def cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            self._engine.cancelled += 1
+        self._leave_queue()
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._run()
+
+    async def _run(self) -> AsyncIterator[EngineEvent]:
+        engine = self._engine
+        finished = False
+        try:
+            async with engine._slots:
+                self._leave_queue()
+                engine._running += 1
+                try:
+                    async for event in self._answer():
+                        if self._cancelled:
+                            return
+                        finished = isinstance(event, Finished)
+                        yield event
+                finally:
+                    engine._running -= 1
+        finally:
+            if not finished:
+                self.cancel()
+
+    async def _answer(self) -> AsyncIterator[EngineEvent]:
+        script = self._engine.script
+        reply = script.reply_for(self._prompt.conversation)
+        params = self._params
+        produced = 0
+        stops = StopMatcher(params.stop_sequences)
+        for word in tokenize(str(reply.get("text", ""))):
+            if produced >= params.max_tokens:
+                yield TextChunk(stops.flush())
+                yield Finished("max_tokens", produced)
+                return
+            if script.delay:
+                await asyncio.sleep(script.delay)
+            produced += 1
+            text, matched = stops.feed(word)
+            if text:
+                yield TextChunk(text)
+            if matched is not None:
+                yield Finished("stop_sequence", produced, matched)
+                return
+        yield TextChunk(stops.flush())
+        if "error" in reply:
+            raise EngineError(str(reply["error"]))
+        calls = list(reply.get("tool_use") or [])
+        for call in calls:
+            if produced >= params.max_tokens:
+                yield Finished("max_tokens", produced)
+                return
+            yield ToolCallStart(str(call.get("id") or tool_use_id()), str(call["name"]))
+            payload = json.dumps(call.get("input") or {}, ensure_ascii=False)
+            for piece in _chunks(payload, 8):
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+                produced += 1
+                yield ToolInputChunk(piece)
+        default_reason: FinishReason = "tool_use" if calls else "end_turn"
+        reason: FinishReason = reply.get("stop_reason", default_reason)
+        usage = reply.get("usage") or {}
+        yield Finished(reason, int(usage.get("output_tokens", produced)))
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+class ScriptedEngine(Engine):
+    def __init__(self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000):
+        self.script = script
+        self._slots = asyncio.Semaphore(script.slots)
+        self._waiting = 0
+        self._running = 0
+        self.cancelled = 0
+        self.card = ModelCard(
+            id=model_id,
+            display_name="Scripted engine (deterministic rules)",
+            created_at="2026-01-01T00:00:00Z",
+            context_length=context_length,
+            max_output_tokens=64_000,
+            capabilities=Capabilities(images=False, tools=True),
+        )
+
+    def prepare(self, conversation: Conversation) -> Prompt:
+        pieces = tokenize(render(conversation))
+        return Prompt(conversation, "".join(pieces), list(range(len(pieces))))
+
+    def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
+        if self._waiting >= self.script.max_queue:
+            raise OverloadedError(
+                "Overloaded: the request queue is full; retry shortly",
+                headers={"retry-after": "1"},
+            )
+        self._waiting += 1
+        return _ScriptedGeneration(self, prompt, params)
+
+    def stats(self) -> dict[str, Any]:
+        return {"waiting": self._waiting, "running": self._running, "cancelled": self.cancelled}
+
+
+def from_settings(settings: Settings) -> ScriptedEngine:
+    script = Script.load(Path(settings.script).expanduser() if settings.script else None)
+    return ScriptedEngine(script, model_id=settings.model_name or "scripted")

@@ -1,0 +1,91 @@
+"""One error hierarchy for everything parley reports to a client.
+
+Every class fixes its HTTP status and its Anthropic ``error.type``. Code raises
+these; one handler (``parley.api.errors``) renders the Anthropic envelope
+``{"type": "error", "error": {"type": T, "message": M}, "request_id": R}``::
+
+    ParleyError
+    ├── InvalidRequestError        400 invalid_request_error
+    │   └── UnsupportedFeatureError    (known to the API, not served here yet)
+    ├── AuthenticationError        401 authentication_error
+    ├── PermissionDeniedError      403 permission_error
+    ├── NotFoundError              404 not_found_error
+    ├── RequestTooLargeError       413 request_too_large
+    ├── RateLimitError             429 rate_limit_error
+    ├── APIError                   500 api_error
+    │   └── EngineError                (the inference engine failed)
+    ├── TimeoutError_              504 timeout_error
+    └── OverloadedError            529 overloaded_error
+
+Foreign exceptions (llama.cpp, jinja, I/O) are translated at the boundary
+with ``raise SomeParleyError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ParleyError(Exception):
+    """Base of every error parley reports; carries status and Anthropic type."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "api_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequestError(ParleyError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    """A feature of the Anthropic API that parley, or the served model, cannot do."""
+
+
+class AuthenticationError(ParleyError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class PermissionDeniedError(ParleyError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(ParleyError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class RequestTooLargeError(ParleyError):
+    status_code = 413
+    error_type = "request_too_large"
+
+
+class RateLimitError(ParleyError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class APIError(ParleyError):
+    status_code = 500
+    error_type = "api_error"
+
+
+class EngineError(APIError):
+    """The inference engine failed while serving a request."""
+
+
+class TimeoutError_(ParleyError):  # noqa: N801 - avoid shadowing the builtin
+    status_code = 504
+    error_type = "timeout_error"
+
+
+class OverloadedError(ParleyError):
+    status_code = 529
+    error_type = "overloaded_error"

@@ -1,0 +1,1 @@
+"""Engine events → Anthropic stream events → SSE bytes, in three pure stages."""

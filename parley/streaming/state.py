@@ -1,0 +1,167 @@
+"""The state machine that turns engine events into Anthropic stream events.
+
+It owns the invariants clients depend on (protocol notes, "Streaming"):
+``message_start`` first; blocks indexed contiguously from 0; one block open at
+a time, started before its deltas and stopped before the next starts;
+``message_delta`` with stop reason and cumulative usage; ``message_stop`` last.
+The same machine builds the non-streamed ``Message``, so both paths agree.
+It knows nothing of HTTP and is tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+
+from parley.engines.base import EngineEvent, Finished, TextChunk, ToolCallStart, ToolInputChunk
+from parley.errors import EngineError, ParleyError
+from parley.wire import events as ev
+from parley.wire import responses as wr
+
+
+class Phase(Enum):
+    NEW = "new"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+class StreamProtocolError(EngineError):
+    """An engine produced events in an order the protocol cannot express."""
+
+
+@dataclass
+class _OpenBlock:
+    index: int
+    kind: str
+    text: list[str] = field(default_factory=list)
+    tool_id: str = ""
+    tool_name: str = ""
+
+
+@dataclass
+class MessageState:
+    message_id: str
+    model: str
+    input_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    phase: Phase = Phase.NEW
+    content: list[wr.ContentBlock] = field(default_factory=list)
+    stop_reason: wr.StopReason | None = None
+    stop_sequence: str | None = None
+    output_tokens: int = 0
+    _open: _OpenBlock | None = None
+
+    def start(self) -> list[ev.StreamEvent]:
+        if self.phase is not Phase.NEW:
+            raise StreamProtocolError("message already started")
+        self.phase = Phase.STREAMING
+        shell = wr.Message(id=self.message_id, model=self.model, content=[], usage=self._usage())
+        return [ev.MessageStart(message=shell)]
+
+    def feed(self, event: EngineEvent) -> list[ev.StreamEvent]:
+        if self.phase is not Phase.STREAMING:
+            raise StreamProtocolError(f"engine event {type(event).__name__} outside a message")
+        match event:
+            case TextChunk(text=text):
+                if not text:
+                    return []
+                out = self._ensure_open("text")
+                assert self._open is not None
+                self._open.text.append(text)
+                out.append(
+                    ev.ContentBlockDelta(index=self._open.index, delta=ev.TextDelta(text=text))
+                )
+                return out
+            case ToolCallStart(id=tool_id, name=name):
+                out = self._close()
+                self._open = _OpenBlock(len(self.content), "tool_use", tool_id=tool_id, tool_name=name)
+                block = wr.ToolUseBlock(id=tool_id, name=name, input={})
+                out.append(ev.ContentBlockStart(index=self._open.index, content_block=block))
+                return out
+            case ToolInputChunk(partial_json=piece):
+                if self._open is None or self._open.kind != "tool_use":
+                    raise StreamProtocolError("tool input outside a tool_use block")
+                self._open.text.append(piece)
+                delta = ev.InputJSONDelta(partial_json=piece)
+                return [ev.ContentBlockDelta(index=self._open.index, delta=delta)]
+            case Finished():
+                return self._finish(event)
+        raise StreamProtocolError(f"unknown engine event {event!r}")
+
+    def fail(self, error: ParleyError, request_id: str | None) -> list[ev.StreamEvent]:
+        """The error event that ends a stream which already began."""
+        self.phase = Phase.DONE
+        detail = wr.ErrorDetail(type=error.error_type, message=error.message)
+        return [ev.Error(error=detail, request_id=request_id)]
+
+    def message(self) -> wr.Message:
+        """The complete message, once ``Finished`` was fed."""
+        if self.phase is not Phase.DONE or self.stop_reason is None:
+            raise StreamProtocolError("message is not complete")
+        return wr.Message(
+            id=self.message_id,
+            model=self.model,
+            content=list(self.content),
+            stop_reason=self.stop_reason,
+            stop_sequence=self.stop_sequence,
+            usage=self._usage(),
+        )
+
+    # --- internals ------------------------------------------------------------
+
+    def _usage(self) -> wr.Usage:
+        return wr.Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+        )
+
+    def _ensure_open(self, kind: str) -> list[ev.StreamEvent]:
+        if self._open is not None and self._open.kind == kind:
+            return []
+        out = self._close()
+        self._open = _OpenBlock(len(self.content), kind)
+        out.append(
+            ev.ContentBlockStart(index=self._open.index, content_block=wr.TextBlock(text=""))
+        )
+        return out
+
+    def _close(self) -> list[ev.StreamEvent]:
+        block = self._open
+        if block is None:
+            return []
+        self._open = None
+        if block.kind == "text":
+            self.content.append(wr.TextBlock(text="".join(block.text)))
+        else:
+            raw = "".join(block.text)
+            try:
+                parsed = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise StreamProtocolError(f"tool input is not valid JSON: {exc}") from exc
+            if not isinstance(parsed, dict):
+                raise StreamProtocolError("tool input is not a JSON object")
+            self.content.append(
+                wr.ToolUseBlock(id=block.tool_id, name=block.tool_name, input=parsed)
+            )
+        return [ev.ContentBlockStop(index=block.index)]
+
+    def _finish(self, done: Finished) -> list[ev.StreamEvent]:
+        out = self._close()
+        self.phase = Phase.DONE
+        self.stop_reason = done.stop_reason
+        self.stop_sequence = done.stop_sequence
+        self.output_tokens = done.output_tokens
+        usage = ev.MessageDeltaUsage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens,
+            cache_read_input_tokens=self.cache_read_input_tokens,
+        )
+        body = ev.MessageDeltaBody(stop_reason=done.stop_reason, stop_sequence=done.stop_sequence)
+        out.append(ev.MessageDelta(delta=body, usage=usage))
+        out.append(ev.MessageStop())
+        return out

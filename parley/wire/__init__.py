@@ -1,0 +1,1 @@
+"""Typed wire models of the Anthropic Messages API (requests, responses, events)."""

@@ -1,0 +1,129 @@
+"""Fixtures: real parley servers in subprocesses, driven over real sockets.
+
+Servers are started by the tests and stopped by them. ``model_server`` runs
+the embedded llama.cpp model; ``scripted_server`` the deterministic engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+
+RULES = Path(__file__).parent / "data" / "rules.yaml"
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self, **kwargs: object) -> anthropic.Anthropic:
+        options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
+        options.update(kwargs)
+        return anthropic.Anthropic(base_url=self.url, **options)  # type: ignore[arg-type]
+
+    def async_client(self, **kwargs: object) -> anthropic.AsyncAnthropic:
+        options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
+        options.update(kwargs)
+        return anthropic.AsyncAnthropic(base_url=self.url, **options)  # type: ignore[arg-type]
+
+    def stats(self, key: str = "test-key") -> dict[str, dict[str, int]]:
+        response = httpx.get(f"{self.url}/parley/stats", headers={"x-api-key": key})
+        response.raise_for_status()
+        data: dict[str, dict[str, int]] = response.json()
+        return data
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(args: list[str], tmp: Path, env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log_path = tmp / f"parley-{port}.log"
+    command = [sys.executable, "-m", "parley", "serve", "--port", str(port), *args]
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("PARLEY_DATA_DIR", str(tmp / "data"))
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"parley exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(url + "/", timeout=1.0).status_code == 200:
+                return Server(url, process, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"parley did not start:\n{log_path.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = start_server(list(args), tmp_path_factory.mktemp("srv"), env)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def model_server(server_factory: Callable[..., Server]) -> Server:
+    """The embedded default model, as ``parley serve`` runs it."""
+    return server_factory("--ping-interval", "0.5", "--max-queue", "32")
+
+
+@pytest.fixture(scope="session")
+def scripted_server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory("--engine", "scripted", "--script", str(RULES), "--ping-interval", "0.2")
+
+
+@pytest.fixture(scope="session")
+def model_client(model_server: Server) -> anthropic.Anthropic:
+    return model_server.client()
+
+
+@pytest.fixture(scope="session")
+def scripted_client(scripted_server: Server) -> anthropic.Anthropic:
+    return scripted_server.client()
+
+
+MODEL = "smollm2-135m-instruct"

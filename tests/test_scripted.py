@@ -1,0 +1,132 @@
+"""The scripted engine's rules, through the official SDK over a real socket."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from tests.conftest import Server
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+TIME = {
+    "name": "get_time",
+    "description": "Time in a zone",
+    "input_schema": {"type": "object", "properties": {"zone": {"type": "string"}}},
+}
+
+
+def test_echo_without_rule(scripted_client: anthropic.Anthropic) -> None:
+    message = scripted_client.messages.create(
+        model="scripted", max_tokens=50, messages=[{"role": "user", "content": "echo me please"}]
+    )
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "echo me please"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == 3
+
+
+def test_exact_rule_with_tool_use(scripted_client: anthropic.Anthropic) -> None:
+    message = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=50,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "weather in Paris"}],
+    )
+    assert [b.type for b in message.content] == ["text", "tool_use"]
+    call = message.content[1]
+    assert call.type == "tool_use"
+    assert call.id.startswith("toolu_")
+    assert call.name == "get_weather"
+    assert call.input == {"city": "Paris", "unit": "celsius"}
+    assert message.stop_reason == "tool_use"
+
+
+def test_regex_rule_needs_its_tools(scripted_client: anthropic.Anthropic) -> None:
+    both = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=50,
+        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "two tools now"}],
+    )
+    assert [b.name for b in both.content if b.type == "tool_use"] == ["get_weather", "get_time"]
+    one = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=50,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "two tools now"}],
+    )
+    assert one.content[0].type == "text" and one.content[0].text == "two tools now"
+
+
+def test_system_rule(scripted_client: anthropic.Anthropic) -> None:
+    message = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=50,
+        system=[{"type": "text", "text": "You are a pirate."}],
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    assert message.content[0].type == "text" and message.content[0].text == "Arr, matey!"
+
+
+def test_usage_override(scripted_client: anthropic.Anthropic) -> None:
+    message = scripted_client.messages.create(
+        model="scripted", max_tokens=50, messages=[{"role": "user", "content": "custom usage"}]
+    )
+    assert message.usage.output_tokens == 42
+
+
+def test_streamed_tool_use_arrives_in_chunks(scripted_client: anthropic.Anthropic) -> None:
+    with scripted_client.messages.stream(
+        model="scripted",
+        max_tokens=50,
+        tools=[WEATHER],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "weather in Paris"}],
+    ) as stream:
+        deltas = [e for e in stream if e.type == "content_block_delta"]
+        final = stream.get_final_message()
+    json_chunks = [d for d in deltas if d.delta.type == "input_json_delta"]
+    assert len(json_chunks) > 1
+    assert final.content[1].type == "tool_use"
+    assert final.content[1].input == {"city": "Paris", "unit": "celsius"}
+
+
+def test_stop_sequence_and_max_tokens(scripted_client: anthropic.Anthropic) -> None:
+    stopped = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=50,
+        stop_sequences=["four"],
+        messages=[{"role": "user", "content": "count to ten"}],
+    )
+    assert stopped.stop_reason == "stop_sequence"
+    assert stopped.stop_sequence == "four"
+    assert stopped.content[0].type == "text" and stopped.content[0].text == "one two three "
+    capped = scripted_client.messages.create(
+        model="scripted", max_tokens=3, messages=[{"role": "user", "content": "count to ten"}]
+    )
+    assert capped.stop_reason == "max_tokens"
+    assert capped.usage.output_tokens == 3
+    assert capped.content[0].type == "text" and capped.content[0].text == "one two three"
+
+
+def test_failure_mid_stream_is_an_error_event(scripted_server: Server) -> None:
+    client = scripted_server.client()
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        with client.messages.stream(
+            model="scripted", max_tokens=50, messages=[{"role": "user", "content": "fail midway"}]
+        ) as stream:
+            for _ in stream:
+                pass
+    assert "scripted failure" in str(caught.value)
+
+
+def test_failure_without_stream_is_500(scripted_client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        scripted_client.messages.create(
+            model="scripted", max_tokens=50, messages=[{"role": "user", "content": "fail midway"}]
+        )
+    assert caught.value.status_code == 500
+    assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
