@@ -30,10 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--alias", action="append", default=[], metavar="NAME=MODEL", help="extra model alias"
     )
-    serve.add_argument("--no-claude-aliases", action="store_true",
-                       help="do not map Claude model ids to the default model")
-    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                       help="accepted API key (repeatable); none configured = open server")
+    serve.add_argument(
+        "--no-claude-aliases",
+        action="store_true",
+        help="do not map Claude model ids to the default model",
+    )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="accepted API key (repeatable); none configured = open server",
+    )
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--config", type=Path, help="a TOML file of settings")
     serve.add_argument("--n-ctx", type=int, help="context window in tokens")

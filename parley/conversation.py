@@ -155,7 +155,9 @@ def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model
     if isinstance(thinking, wr.ThinkingEnabled):
         max_tokens = getattr(req, "max_tokens", None)
         if thinking.budget_tokens < 1024:
-            raise InvalidRequestError("thinking.budget_tokens: Input should be greater than or equal to 1024")
+            raise InvalidRequestError(
+                "thinking.budget_tokens: Input should be greater than or equal to 1024"
+            )
         if max_tokens is not None and thinking.budget_tokens >= max_tokens:
             raise InvalidRequestError(
                 "max_tokens: must be greater than thinking.budget_tokens "
@@ -209,11 +211,15 @@ def _block_parts(block: Any, caps: Capabilities, *, path: str, model: str) -> li
             )
         case wc.ToolUseBlock(id=tool_id, name=name, input=tool_input):
             if not caps.tools:
-                raise UnsupportedFeatureError(f"{path}: model '{model}' does not support tool use yet")
+                raise UnsupportedFeatureError(
+                    f"{path}: model '{model}' does not support tool use yet"
+                )
             return [ToolCallPart(tool_id, name, tool_input)]
         case wc.ToolResultBlock():
             if not caps.tools:
-                raise UnsupportedFeatureError(f"{path}: model '{model}' does not support tool use yet")
+                raise UnsupportedFeatureError(
+                    f"{path}: model '{model}' does not support tool use yet"
+                )
             return [_tool_result(block, caps, path=path, model=model)]
     raise InvalidRequestError(f"{path}: unexpected content block")
 

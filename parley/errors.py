@@ -81,7 +81,7 @@ class EngineError(APIError):
     """The inference engine failed while serving a request."""
 
 
-class TimeoutError_(ParleyError):  # noqa: N801 - avoid shadowing the builtin
+class TimeoutError_(ParleyError):
     status_code = 504
     error_type = "timeout_error"
 

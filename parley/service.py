@@ -117,9 +117,7 @@ class MessagesService:
                 generation.cancel()
 
 
-async def _with_pings(
-    generation: Generation, interval: float
-) -> AsyncIterator[EngineEvent | None]:
+async def _with_pings(generation: Generation, interval: float) -> AsyncIterator[EngineEvent | None]:
     """Engine events, with ``None`` whenever ``interval`` seconds pass without one."""
     events = aiter(generation)
     pending: asyncio.Future[EngineEvent] = asyncio.ensure_future(anext(events))

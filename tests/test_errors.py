@@ -24,7 +24,9 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
-def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw: Any) -> httpx.Response:
+def post(
+    server: Server, body: object | bytes, path: str = "/v1/messages", **kw: Any
+) -> httpx.Response:
     headers = {"content-type": "application/json", **kw.pop("headers", {})}
     if isinstance(body, bytes):
         return httpx.post(server.url + path, content=body, headers=headers, timeout=60, **kw)
@@ -35,7 +37,13 @@ def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw:
     ("body", "message"),
     [
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "foo": 1}]}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "x", "foo": 1}]}
+                ],
+            },
             "messages.0.content.0.foo: Extra inputs are not permitted",
         ),
         (
@@ -47,22 +55,72 @@ def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw:
             "max_tokens: Field required",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [
-                {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/tiff", "data": "AA=="}}]},
-            ]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/tiff",
+                                    "data": "AA==",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            },
             "messages.2.content.0.source.media_type: Input should be",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}]}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/png",
+                                    "data": "AA==",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
             "messages.0.content.0: model 'scripted' does not support image input",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "web_search_tool_result", "tool_use_id": "x", "content": []}]}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "web_search_tool_result", "tool_use_id": "x", "content": []}
+                        ],
+                    }
+                ],
+            },
             "messages.0.content.0: content blocks of type 'web_search_tool_result' are not supported by parley yet",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "nope"}]}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "nope"}]}],
+            },
             "messages.0.content.0: Input should be a content block whose 'type' is one of",
         ),
         (
@@ -70,7 +128,14 @@ def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw:
             "messages.0: all messages must have non-empty content",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "trailing "}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "trailing "},
+                ],
+            },
             "final assistant content cannot end with trailing whitespace",
         ),
         (
@@ -94,19 +159,44 @@ def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw:
             "container: this parameter is not supported by parley yet",
         ),
         (
-            {"model": "scripted", "max_tokens": 5000, "messages": HI, "thinking": {"type": "enabled", "budget_tokens": 100}},
+            {
+                "model": "scripted",
+                "max_tokens": 5000,
+                "messages": HI,
+                "thinking": {"type": "enabled", "budget_tokens": 100},
+            },
             "thinking.budget_tokens: Input should be greater than or equal to 1024",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": HI, "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": HI,
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            },
             "tools.0: server tool 'web_search_20250305' is not supported by parley yet",
         ),
         (
-            {"model": "scripted", "max_tokens": 5, "messages": [
-                {"role": "user", "content": "a"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2", "content": "r"}]},
-            ], "tools": [{"name": "t", "input_schema": {"type": "object"}}]},
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "toolu_1", "name": "t", "input": {}}
+                        ],
+                    },
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "r"}
+                        ],
+                    },
+                ],
+                "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+            },
             "unexpected `tool_use_id` found in `tool_result` blocks: toolu_2",
         ),
         (
@@ -115,7 +205,9 @@ def post(server: Server, body: object | bytes, path: str = "/v1/messages", **kw:
         ),
     ],
 )
-def test_invalid_requests_name_the_path(scripted_server: Server, body: object, message: str) -> None:
+def test_invalid_requests_name_the_path(
+    scripted_server: Server, body: object, message: str
+) -> None:
     response = post(scripted_server, body)
     assert response.status_code == 400, response.text
     error = error_of(response)
@@ -140,7 +232,10 @@ def test_sdk_raises_bad_request(scripted_client: anthropic.Anthropic) -> None:
         (b'{"model": "scripted", "max_tokens": 5, "messages": [', "not valid JSON"),
         (b"", "body is empty"),
         (b"[1, 2]", "must be a JSON object"),
-        (b'{"model": "scripted", "max_tokens": NaN, "messages": [{"role": "user", "content": "x"}]}', "max_tokens"),
+        (
+            b'{"model": "scripted", "max_tokens": NaN, "messages": [{"role": "user", "content": "x"}]}',
+            "max_tokens",
+        ),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
     ],
 )
@@ -159,7 +254,10 @@ def test_wrong_content_type(scripted_server: Server) -> None:
 def test_unknown_model_is_404(scripted_client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         scripted_client.messages.create(model="no-such-model", max_tokens=5, messages=HI)  # type: ignore[arg-type]
-    assert caught.value.body["error"] == {"type": "not_found_error", "message": "model: no-such-model"}  # type: ignore[index]
+    assert caught.value.body["error"] == {
+        "type": "not_found_error",
+        "message": "model: no-such-model",
+    }  # type: ignore[index]
     with pytest.raises(anthropic.NotFoundError):
         scripted_client.messages.count_tokens(model="no-such-model", messages=HI)  # type: ignore[arg-type]
 
@@ -173,10 +271,14 @@ def test_unknown_route_and_wrong_method(scripted_server: Server) -> None:
     assert error_of(wrong)["type"] == "invalid_request_error"
 
 
-def test_body_over_32mb_is_413_without_reading_it(scripted_client: anthropic.Anthropic, scripted_server: Server) -> None:
+def test_body_over_32mb_is_413_without_reading_it(
+    scripted_client: anthropic.Anthropic, scripted_server: Server
+) -> None:
     big = "x" * (33 * 1024 * 1024)
     with pytest.raises(anthropic.ContentTooLargeError) as caught:
-        scripted_client.messages.create(model="scripted", max_tokens=5, messages=[{"role": "user", "content": big}])
+        scripted_client.messages.create(
+            model="scripted", max_tokens=5, messages=[{"role": "user", "content": big}]
+        )
     assert caught.value.status_code == 413
     assert caught.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
@@ -213,7 +315,9 @@ def test_health_endpoints(scripted_server: Server) -> None:
 
 
 def test_authentication(server_factory: Callable[..., Server]) -> None:
-    server = server_factory("--engine", "scripted", "--api-key", "secret-1", "--api-key", "secret-2")
+    server = server_factory(
+        "--engine", "scripted", "--api-key", "secret-1", "--api-key", "secret-2"
+    )
     with pytest.raises(anthropic.AuthenticationError) as caught:
         server.client(api_key="wrong").messages.create(model="scripted", max_tokens=5, messages=HI)
     assert caught.value.status_code == 401
@@ -221,7 +325,9 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
     missing = httpx.get(server.url + "/v1/models")
     assert missing.status_code == 401
     # x-api-key (what the SDK's api_key sends) and Authorization: Bearer both work.
-    ok = server.client(api_key="secret-1").messages.create(model="scripted", max_tokens=5, messages=HI)
+    ok = server.client(api_key="secret-1").messages.create(
+        model="scripted", max_tokens=5, messages=HI
+    )
     assert ok.type == "message"
     bearer = anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0)
     assert bearer.models.list().data

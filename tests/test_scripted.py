@@ -114,12 +114,14 @@ def test_stop_sequence_and_max_tokens(scripted_client: anthropic.Anthropic) -> N
 
 def test_failure_mid_stream_is_an_error_event(scripted_server: Server) -> None:
     client = scripted_server.client()
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        with client.messages.stream(
+    with (
+        pytest.raises(anthropic.APIStatusError) as caught,
+        client.messages.stream(
             model="scripted", max_tokens=50, messages=[{"role": "user", "content": "fail midway"}]
-        ) as stream:
-            for _ in stream:
-                pass
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
     assert "scripted failure" in str(caught.value)
 
 

@@ -70,7 +70,11 @@ def sdk_accumulate(events: list[ev.StreamEvent]) -> SDKMessage:
 text_chunks = st.text(min_size=0, max_size=6).map(TextChunk)
 tool_calls = st.tuples(
     st.from_regex(r"[a-z_]{1,8}", fullmatch=True),
-    st.dictionaries(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.integers() | st.text(max_size=5), max_size=3),
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,5}", fullmatch=True),
+        st.integers() | st.text(max_size=5),
+        max_size=3,
+    ),
     st.integers(min_value=1, max_value=6),
 )
 

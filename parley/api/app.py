@@ -54,7 +54,9 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             for engine in chosen:
                 await engine.close()
 
-    app = FastAPI(title="parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     errors.install(app)
     app.include_router(health.router)
     app.include_router(messages.router)

@@ -25,9 +25,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestTooLargeError(f"Request exceeds the maximum allowed number of bytes ({limit})")
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype not in ("application/json", ""):
-        raise InvalidRequestError(
-            f"Content-Type must be application/json, not '{ctype}'"
-        )
+        raise InvalidRequestError(f"Content-Type must be application/json, not '{ctype}'")
     chunks: list[bytes] = []
     size = 0
     try:
@@ -39,7 +37,9 @@ async def read_body(request: Request, limit: int) -> bytes:
                 )
             chunks.append(chunk)
     except ClientDisconnect:
-        raise InvalidRequestError("the client closed the connection before the body arrived") from None
+        raise InvalidRequestError(
+            "the client closed the connection before the body arrived"
+        ) from None
     return b"".join(chunks)
 
 
@@ -52,7 +52,9 @@ def parse(model: type[M], body: bytes) -> M:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
-            raise InvalidRequestError(f"the request body is not valid JSON: {first['msg']}") from None
+            raise InvalidRequestError(
+                f"the request body is not valid JSON: {first['msg']}"
+            ) from None
         path = error_path(tuple(first["loc"]))
         if first["type"] == "model_type" and not path:
             raise InvalidRequestError("the request body must be a JSON object") from None
@@ -61,6 +63,4 @@ def parse(model: type[M], body: bytes) -> M:
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(
-        model.model_dump_json(), status_code=status_code, media_type="application/json"
-    )
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")

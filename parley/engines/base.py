@@ -108,10 +108,12 @@ class Engine(abc.ABC):
     card: ModelCard
 
     async def start(self) -> None:
-        """Load the model; called once from the app's lifespan."""
+        """Load the model; called once from the app's lifespan. Default: nothing to load."""
+        return None
 
     async def close(self) -> None:
-        """Stop work and free resources; called once on shutdown."""
+        """Stop work and free resources; called once on shutdown. Default: nothing held."""
+        return None
 
     @abc.abstractmethod
     def prepare(self, conversation: Conversation) -> Prompt:

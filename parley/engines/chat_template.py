@@ -90,7 +90,11 @@ def _messages(conversation: Conversation, *, inline_system: bool) -> list[dict[s
         if pending_system and turn.role == "user":
             content = "\n\n".join([*(f"<system>{s}</system>" for s in pending_system), content])
             pending_system = []
-        out.append({"role": turn.role, "content": content})
+        if out and out[-1]["role"] == turn.role:
+            # Folding system turns away can leave two user turns side by side.
+            out[-1] = {"role": turn.role, "content": out[-1]["content"] + "\n\n" + content}
+        else:
+            out.append({"role": turn.role, "content": content})
     return out
 
 

@@ -22,6 +22,7 @@ from parley.conversation import Capabilities, Conversation
 from parley.engines.base import (
     Engine,
     Finished,
+    FinishReason,
     Generation,
     ModelCard,
     Prompt,
@@ -193,8 +194,10 @@ class LlamaCppEngine(Engine):
         stops = StopMatcher(params.stop_sequences)
         produced = 0
         if budget <= 0:
-            reason = "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
-            emit(Finished(reason, 0))
+            empty: FinishReason = (
+                "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
+            )
+            emit(Finished(empty, 0))
             return 0
         try:
             tokens = llm.generate(
@@ -223,7 +226,9 @@ class LlamaCppEngine(Engine):
                 if produced >= budget:
                     emit(TextChunk(stops.flush() + decoder.decode(b"", final=True)))
                     limit_hit = produced >= params.max_tokens
-                    reason = "max_tokens" if limit_hit else "model_context_window_exceeded"
+                    reason: FinishReason = (
+                        "max_tokens" if limit_hit else "model_context_window_exceeded"
+                    )
                     emit(Finished(reason, produced))
                     return produced
         except (RuntimeError, ValueError, OSError) as exc:

@@ -41,9 +41,7 @@ def available() -> dict[str, str]:
 def load(name: str) -> EngineFactory:
     table = available()
     if name not in table:
-        raise UnknownEngineError(
-            f"unknown engine '{name}'; available: {', '.join(sorted(table))}"
-        )
+        raise UnknownEngineError(f"unknown engine '{name}'; available: {', '.join(sorted(table))}")
     module_name, _, attr = table[name].partition(":")
     module = importlib.import_module(module_name)
     return cast(EngineFactory, getattr(module, attr))

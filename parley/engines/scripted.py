@@ -227,7 +227,9 @@ def _chunks(text: str, size: int) -> list[str]:
 
 
 class ScriptedEngine(Engine):
-    def __init__(self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000):
+    def __init__(
+        self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000
+    ):
         self.script = script
         self._slots = asyncio.Semaphore(script.slots)
         self._waiting = 0

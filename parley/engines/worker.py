@@ -12,6 +12,7 @@ without changing this contract.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import queue
@@ -133,7 +134,7 @@ class Worker:
             outcome = "completed"
             produced = 0
             try:
-                produced = self._run_job(job, lambda event, job=job: self._emit(job, event))
+                produced = self._run_job(job, functools.partial(self._emit, job))
             except ParleyError as exc:
                 outcome = "failed"
                 self._emit(job, exc)

@@ -76,7 +76,9 @@ class MessageState:
                 return out
             case ToolCallStart(id=tool_id, name=name):
                 out = self._close()
-                self._open = _OpenBlock(len(self.content), "tool_use", tool_id=tool_id, tool_name=name)
+                self._open = _OpenBlock(
+                    len(self.content), "tool_use", tool_id=tool_id, tool_name=name
+                )
                 block = wr.ToolUseBlock(id=tool_id, name=name, input={})
                 out.append(ev.ContentBlockStart(index=self._open.index, content_block=block))
                 return out

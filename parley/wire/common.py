@@ -75,8 +75,6 @@ class CacheControlEphemeral(RequestModel):
 def error_path(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location as the client's path (``messages.0.content``)."""
     parts = [
-        str(p)
-        for p in loc
-        if not (isinstance(p, str) and (p.startswith(TAG_PREFIX) or "[" in p))
+        str(p) for p in loc if not (isinstance(p, str) and (p.startswith(TAG_PREFIX) or "[" in p))
     ]
     return ".".join(parts)

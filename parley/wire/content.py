@@ -89,7 +89,9 @@ class ContentSource(RequestModel):
     type: Literal["content"]
     content: Annotated[
         Annotated[str, Tag(tag("str"))]
-        | Annotated[list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]], Tag(tag("list"))],
+        | Annotated[
+            list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]], Tag(tag("list"))
+        ],
         shape_discriminator(str_or_list),
     ]
 

@@ -1,0 +1,48 @@
+"""Settings precedence: defaults < config file < PARLEY_* environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parley.config import ConfigError, Settings, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+
+
+def test_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text('port = 7000\nhost = "0.0.0.0"\napi_keys = ["from-file"]\nn_ctx = 4096\n')
+    env = {"PARLEY_CONFIG": str(config), "PARLEY_PORT": "7100", "PARLEY_ALIASES": "a=b, c=d"}
+    settings = load_settings({"port": 7200}, environ=env)
+    assert settings.port == 7200  # flag beats environment
+    assert settings.host == "0.0.0.0"  # file beats default
+    assert settings.api_keys == ("from-file",)
+    assert settings.n_ctx == 4096
+    assert settings.aliases == {"a": "b", "c": "d"}
+    from_env = load_settings(environ=env)
+    assert from_env.port == 7100  # environment beats file
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PARLEY_PORT": "eighty"}, "setting 'port'"),
+        ({"PARLEY_ALIASES": "nonsense"}, "NAME=MODEL"),
+        ({"PARLEY_N_CTX": "12"}, "n_ctx"),
+    ],
+)
+def test_bad_values(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=env)
+
+
+def test_unknown_keys_in_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown settings"):
+        load_settings(config_file=config, environ={})
