@@ -108,7 +108,7 @@ def parley_run(client: httpx.Client, url: str, rep: int) -> Run:
 
 
 def count_latency(client: httpx.Client, url: str) -> tuple[float, int]:
-    words = " ".join(f"word{i % 97}" for i in range(1200))
+    words = " ".join(f"word{i % 97}" for i in range(850))
     body = {"model": MODEL, "messages": [{"role": "user", "content": words}]}
     n = client.post(url + "/v1/messages/count_tokens", json=body).json()["input_tokens"]
     samples = []

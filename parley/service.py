@@ -117,24 +117,43 @@ class MessagesService:
                 generation.cancel()
 
 
+_DONE = object()
+
+
 async def _with_pings(generation: Generation, interval: float) -> AsyncIterator[EngineEvent | None]:
-    """Engine events, with ``None`` whenever ``interval`` seconds pass without one."""
-    events = aiter(generation)
-    pending: asyncio.Future[EngineEvent] = asyncio.ensure_future(anext(events))
+    """Engine events, with ``None`` whenever ``interval`` seconds pass without one.
+
+    One pump task per stream moves events into a queue; the consumer arms a
+    timer only while the queue is empty. Nothing is allocated per event
+    beyond the queue slot, which keeps the per-token cost low.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[object] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for event in generation:
+                queue.put_nowait(event)
+        except Exception as exc:
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(_DONE)
+
+    task = asyncio.create_task(pump())
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield None
-                continue
-            try:
-                item = pending.result()
-            except StopAsyncIteration:
+            if queue.empty():
+                timer = loop.call_later(interval, queue.put_nowait, None)
+                item = await queue.get()
+                timer.cancel()
+            else:
+                item = queue.get_nowait()
+            if item is _DONE:
                 return
-            yield item
-            pending = asyncio.ensure_future(anext(events))
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
     finally:
-        pending.cancel()
-        with contextlib.suppress(BaseException):
-            await pending
-        await events.aclose()  # type: ignore[attr-defined]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import anthropic
+import httpx
 import pytest
 
 from tests.conftest import Server
@@ -132,3 +136,30 @@ def test_failure_without_stream_is_500(scripted_client: anthropic.Anthropic) -> 
         )
     assert caught.value.status_code == 500
     assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
+def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:
+    rules = Path(__file__).parent / "data" / "slow.yaml"
+    server: Server = server_factory(
+        "--engine", "scripted", "--script", str(rules), "--ping-interval", "0.05"
+    )
+    body = {
+        "model": "scripted",
+        "max_tokens": 10,
+        "stream": True,
+        "messages": [{"role": "user", "content": "one two three"}],
+    }
+    with httpx.stream("POST", server.url + "/v1/messages", json=body, timeout=30) as response:
+        names = [
+            line.removeprefix("event: ")
+            for line in response.iter_lines()
+            if line.startswith("event: ")
+        ]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert names.count("ping") >= 3
+    first_delta = names.index("content_block_delta")
+    assert "ping" in names[:first_delta]
+    with server.client().messages.stream(
+        model="scripted", max_tokens=10, messages=[{"role": "user", "content": "one two three"}]
+    ) as stream:
+        assert stream.get_final_message().content[0].text == "one two three"  # type: ignore[union-attr]
