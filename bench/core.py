@@ -27,7 +27,8 @@ import httpx
 import psutil
 
 from bench.common import Section, serve, write_section
-from parley.engines.llamacpp import GGML_TYPE_Q8_0, embedded_model_path
+from parley.engines.llama_native import GGML_TYPE_Q8_0
+from parley.engines.llamacpp import embedded_model_path
 
 REPS = int(os.environ.get("BENCH_REPS", "5"))
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "200"))

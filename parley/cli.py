@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="a TOML file of settings")
     serve.add_argument("--n-ctx", type=int, help="context window in tokens")
     serve.add_argument("--threads", type=int)
+    serve.add_argument("--parallel", type=int, help="sequences decoded together")
+    serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument("--log-level")
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,
         "threads": args.threads,
+        "parallel": args.parallel,
+        "prefill_chunk": args.prefill_chunk,
         "max_queue": args.max_queue,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,

@@ -55,6 +55,8 @@ class Settings:
     script: str | None = None  # rules file of the scripted engine
     n_ctx: int = 8192
     n_batch: int = 512
+    parallel: int = 8  # sequences decoded together (continuous batching)
+    prefill_chunk: int = 128  # prompt tokens per step while other sequences decode
     threads: int | None = None
     max_queue: int = 64
     ping_interval: float = 5.0
@@ -130,6 +132,8 @@ def load_settings(
     settings = replace(Settings(), **values)
     if settings.n_ctx < 256:
         raise ConfigError("setting 'n_ctx' must be at least 256")
+    if not 1 <= settings.parallel <= 64:
+        raise ConfigError("setting 'parallel' must be between 1 and 64")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
     return settings

@@ -1,0 +1,60 @@
+"""The bridge between an engine thread and the event loop: jobs and their generations.
+
+A ``Job`` carries a prompt and its sampling parameters to the engine thread;
+events come back through the job's ``asyncio.Queue``, fed with
+``call_soon_threadsafe`` so the event loop never blocks. ``None`` ends the
+stream; an exception is raised in the consumer. Cancelling sets a flag the
+engine thread checks at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from parley.engines.base import EngineEvent, Finished, Generation, Prompt, SamplingParams
+
+
+@dataclass
+class Job:
+    prompt: Prompt
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[EngineEvent | BaseException | None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class QueueGeneration(Generation):
+    def __init__(self, job: Job, on_cancel: Callable[[Job], None]) -> None:
+        self._job = job
+        self._on_cancel = on_cancel
+        self._done = False
+
+    async def _events(self) -> AsyncIterator[EngineEvent]:
+        try:
+            while True:
+                item = await self._job.events.get()
+                if item is None:
+                    self._done = True
+                    return
+                if isinstance(item, BaseException):
+                    self._done = True
+                    raise item
+                if isinstance(item, Finished):
+                    self._done = True
+                yield item
+                if self._done:
+                    return
+        finally:
+            if not self._done:
+                self.cancel()
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._events()
+
+    def cancel(self) -> None:
+        if not self._done and not self._job.cancelled.is_set():
+            self._job.cancelled.set()
+            self._on_cancel(self._job)

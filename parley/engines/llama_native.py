@@ -1,0 +1,202 @@
+"""A thin, typed wrapper over llama.cpp's C API (through llama-cpp-python's ctypes).
+
+It owns the model, one context with ``n_seq_max`` sequences sharing a unified
+KV cache, and the vocabulary. Every foreign failure is translated here into
+``parley.errors``; nothing above this module touches ctypes.
+
+Not thread-safe: the scheduler thread owns the decode path. ``tokenize`` and
+``piece`` read only the immutable vocabulary and may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as L
+
+from parley.errors import EngineError, ParleyError
+
+log = logging.getLogger("parley.engine.llamacpp")
+
+GGML_TYPE_Q8_0 = 8
+FLASH_ATTN_ENABLED = 1
+
+
+class ModelLoadError(ParleyError):
+    """Start-up error: the model file is missing or llama.cpp cannot load it."""
+
+
+@L.llama_log_callback  # type: ignore[untyped-decorator]
+def _quiet(level: int, text: bytes, user_data: Any) -> None:
+    """llama.cpp logs to stderr by default; parley keeps its own logs structured."""
+
+
+@dataclass(frozen=True)
+class NativeConfig:
+    n_ctx: int  # KV cells shared by all sequences (and the longest one sequence may use)
+    n_seq_max: int
+    n_batch: int
+    n_threads: int
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    token: int
+    pos: int
+    seq_id: int
+    logits: bool
+
+
+class LlamaNative:
+    def __init__(self, path: Path, config: NativeConfig) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        L.llama_log_set(_quiet, ctypes.c_void_p())
+        L.llama_backend_init()
+        self.config = config
+        model_params = L.llama_model_default_params()
+        self._model = L.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF file?)")
+        params = L.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_batch = config.n_batch
+        params.n_ubatch = config.n_batch
+        params.n_seq_max = config.n_seq_max
+        params.n_threads = config.n_threads
+        params.n_threads_batch = config.n_threads
+        params.flash_attn_type = FLASH_ATTN_ENABLED
+        params.type_k = GGML_TYPE_Q8_0
+        params.type_v = GGML_TYPE_Q8_0
+        params.kv_unified = True
+        params.no_perf = True
+        self._ctx = L.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            L.llama_model_free(self._model)
+            raise ModelLoadError(f"llama.cpp could not create a context for {path}")
+        self._vocab = L.llama_model_get_vocab(self._model)
+        self._memory = L.llama_get_memory(self._ctx)
+        self._batch = L.llama_batch_init(config.n_batch, 0, 1)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
+
+    def close(self) -> None:
+        if self._ctx:
+            L.llama_batch_free(self._batch)
+            L.llama_free(self._ctx)
+            L.llama_model_free(self._model)
+            self._ctx = None
+            self._model = None
+
+    # --- vocabulary and metadata (any thread) -----------------------------------
+
+    def metadata(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def chat_template(self) -> str | None:
+        raw = L.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8", errors="replace") if raw else None
+
+    def token_text(self, token: int) -> str:
+        raw = L.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    @property
+    def bos(self) -> int:
+        return int(L.llama_vocab_bos(self._vocab))
+
+    @property
+    def eos(self) -> int:
+        return int(L.llama_vocab_eos(self._vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(L.llama_vocab_get_add_bos(self._vocab))
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        """Tokens of ``text``; special-token text (``<|im_start|>``) is parsed as such."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (L.llama_token * capacity)()
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, True)
+        if n < 0:
+            capacity = -n
+            buf = (L.llama_token * capacity)()
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, True)
+        if n < 0:
+            raise EngineError("llama.cpp could not tokenize the prompt")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        n = L.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+        if n < 0:
+            big = ctypes.create_string_buffer(-n)
+            n = L.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
+            return big.raw[:n]
+        return self._piece_buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(L.llama_vocab_is_eog(self._vocab, token))
+
+    # --- decoding (the scheduler thread) ----------------------------------------
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None:
+        batch = self._batch
+        batch.n_tokens = len(entries)
+        for i, entry in enumerate(entries):
+            batch.token[i] = entry.token
+            batch.pos[i] = entry.pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = entry.seq_id
+            batch.logits[i] = entry.logits
+        rc = L.llama_decode(self._ctx, batch)
+        if rc == 1:
+            raise EngineError("llama.cpp found no room in the KV cache for this batch")
+        if rc != 0:
+            raise EngineError(f"llama.cpp failed to decode a batch (code {rc})")
+
+    def forget(self, seq_id: int, from_pos: int = 0) -> None:
+        """Drop a sequence's KV cells from ``from_pos`` on."""
+        L.llama_memory_seq_rm(self._memory, seq_id, from_pos, -1)
+
+    def seq_pos_max(self, seq_id: int) -> int:
+        return int(L.llama_memory_seq_pos_max(self._memory, seq_id))
+
+    # --- sampling ----------------------------------------------------------------
+
+    def new_sampler(
+        self, *, temperature: float, top_p: float | None, top_k: int | None, seed: int | None
+    ) -> Any:
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if temperature <= 0.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+            return chain
+        if top_k:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(top_k))
+        if top_p is not None and top_p < 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(top_p, 1))
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(temperature))
+        chosen = secrets.randbits(32) if seed is None else seed & 0xFFFFFFFF
+        L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(chosen))
+        return chain
+
+    def sample(self, sampler: Any, index: int) -> int:
+        return int(L.llama_sampler_sample(sampler, self._ctx, index))
+
+    @staticmethod
+    def free_sampler(sampler: Any) -> None:
+        L.llama_sampler_free(sampler)

@@ -1,0 +1,343 @@
+"""Continuous batching over one llama.cpp context.
+
+One thread runs the decode loop. Each step packs the next token of every
+running sequence, plus prompt chunks of newly admitted ones, into one
+``llama_batch``; each sequence has its own ``seq_id`` in a unified KV cache
+and its own sampler chain. Requests join and leave between steps.
+
+Admission: at most ``n_parallel`` sequences run; each reserves KV cells for
+its prompt plus its output budget, and waits while the reservation does not
+fit, so a decode never runs out of cells. Waiting requests are ordered by
+priority (interactive before batch work), then arrival; beyond ``max_queue``
+waiting ones, ``submit`` raises 529.
+
+Prefix reuse: a finished sequence leaves its KV cells in its slot. A new
+request takes the idle slot sharing the longest prefix with its prompt and
+prefills only the rest (llama-server's slot reuse); idle cells are evicted
+when admission needs the room.
+
+Cancellation (client gone, batch cancelled) is seen at the next step: the
+sequence leaves the batch and its sampler is freed; its cells stay cached
+and accounted like any idle slot's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import heapq
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from parley.engines.base import (
+    EngineEvent,
+    Finished,
+    FinishReason,
+    Generation,
+    Prompt,
+    SamplingParams,
+    TextChunk,
+)
+from parley.engines.llama_native import BatchEntry, LlamaNative
+from parley.engines.stops import StopMatcher
+from parley.engines.jobs import Job, QueueGeneration
+from parley.errors import EngineError, OverloadedError, ParleyError
+
+log = logging.getLogger("parley.engine.scheduler")
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV cells are in the cache
+    busy: bool = False
+
+
+@dataclass
+class Running:
+    job: Job
+    slot: Slot
+    sampler: Any
+    budget: int
+    prompt_left: list[int]  # prompt tokens not yet decoded
+    pending: int | None = None  # sampled, not yet decoded
+    produced: int = 0
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+
+    @property
+    def reserved(self) -> int:
+        return len(self.slot.cached) + len(self.prompt_left) + self.budget - self.produced
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        native: LlamaNative,
+        *,
+        n_parallel: int,
+        max_queue: int,
+        prefill_chunk: int,
+    ) -> None:
+        self._native = native
+        self._n_parallel = n_parallel
+        self._max_queue = max_queue
+        self._n_batch = native.config.n_batch
+        self._prefill_chunk = max(1, min(prefill_chunk, self._n_batch))
+        self._capacity = native.n_ctx
+        self._slots = [Slot(i) for i in range(n_parallel)]
+        self._running: list[Running] = []
+        self._waiting: list[tuple[int, int, Job]] = []
+        self._order = itertools.count()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0, "tokens": 0}
+        self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
+
+    # --- the event-loop side -------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
+        job = Job(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
+        with self._cond:
+            if len(self._waiting) >= self._max_queue:
+                self._counters["rejected"] += 1
+                raise OverloadedError(
+                    "Overloaded: the request queue is full; retry shortly",
+                    headers={"retry-after": "1"},
+                )
+            heapq.heappush(self._waiting, (params.priority, next(self._order), job))
+            self._cond.notify_all()
+        return QueueGeneration(job, self._on_cancel)
+
+    def _on_cancel(self, job: Job) -> None:
+        with self._cond:
+            self._counters["cancelled"] += 1
+            self._cond.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            cached = [len(s.cached) for s in self._slots]
+            return {
+                "waiting": sum(1 for _, _, j in self._waiting if not j.cancelled.is_set()),
+                "running": len(self._running),
+                **self._counters,
+                "kv_capacity": self._capacity,
+                "kv_cached_tokens": sum(cached),
+                "slots": [
+                    {
+                        "seq_id": s.seq_id,
+                        "busy": s.busy,
+                        "cached": len(s.cached),
+                        "kv_pos_max": self._native.seq_pos_max(s.seq_id),
+                    }
+                    for s in self._slots
+                ],
+            }
+
+    # --- the scheduler thread ------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._reap_cancelled()
+                self._admit()
+                while not self._running and not self._stopping:
+                    self._cond.wait()
+                    self._reap_cancelled()
+                    self._admit()
+                if self._stopping:
+                    self._fail_all(EngineError("the server is shutting down"))
+                    return
+            try:
+                self._step()
+            except ParleyError as exc:
+                log.error("batch step failed", extra={"error": exc.message})
+                with self._cond:
+                    self._fail_all(exc)
+            except Exception:
+                log.exception("batch step failed")
+                with self._cond:
+                    self._fail_all(EngineError("the engine failed while decoding"))
+
+    def _reap_cancelled(self) -> None:
+        self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
+        heapq.heapify(self._waiting)
+        for run in [r for r in self._running if r.job.cancelled.is_set()]:
+            self._release(run)
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self._n_parallel:
+            _, _, job = self._waiting[0]
+            tokens = list(job.prompt.tokens)
+            budget = max(0, min(job.params.max_tokens, self._capacity - len(tokens)))
+            slot, reuse = self._pick_slot(tokens)
+            need = len(tokens) + budget
+            in_use = sum(r.reserved for r in self._running)
+            idle = [s for s in self._slots if not s.busy and s is not slot]
+            room = self._capacity - in_use - sum(len(s.cached) for s in idle) - reuse
+            for victim in sorted(idle, key=lambda s: len(s.cached), reverse=True):
+                if room >= need - reuse:
+                    break
+                room += len(victim.cached)
+                self._native.forget(victim.seq_id)
+                victim.cached = []
+            if room < need - reuse and self._running:
+                return  # wait for running sequences to free their cells
+            heapq.heappop(self._waiting)
+            self._native.forget(slot.seq_id, reuse)
+            slot.cached = tokens[:reuse]
+            slot.busy = True
+            params = job.params
+            sampler = self._native.new_sampler(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+            )
+            run = Running(job, slot, sampler, budget, tokens[reuse:])
+            run.stops = StopMatcher(params.stop_sequences)
+            self._running.append(run)
+            if budget == 0:
+                reason: FinishReason = (
+                    "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
+                )
+                self._finish(run, reason)
+
+    def _pick_slot(self, tokens: list[int]) -> tuple[Slot, int]:
+        """The idle slot sharing the longest prefix with ``tokens``, and that length."""
+        best: tuple[Slot, int] | None = None
+        for slot in self._slots:
+            if slot.busy:
+                continue
+            shared = common_prefix(slot.cached, tokens)
+            if best is None or shared > best[1] or (shared == best[1] and not slot.cached):
+                best = (slot, shared)
+        assert best is not None, "admission runs only with a free slot"
+        slot, shared = best
+        # The last prompt token must be decoded again to get its logits.
+        return slot, min(shared, max(0, len(tokens) - 1))
+
+    def _step(self) -> None:
+        with self._cond:
+            running = list(self._running)
+        entries: list[BatchEntry] = []
+        samplers: list[tuple[int, Running]] = []
+        fed: list[tuple[Running, list[int]]] = []
+        for run in running:
+            if run.pending is not None:
+                pos = len(run.slot.cached)
+                entries.append(BatchEntry(run.pending, pos, run.slot.seq_id, True))
+                samplers.append((len(entries) - 1, run))
+                fed.append((run, [run.pending]))
+        room = self._n_batch - len(entries)
+        if entries:
+            room = min(room, self._prefill_chunk)
+        for run in running:
+            if room <= 0:
+                break
+            if run.pending is not None or not run.prompt_left:
+                continue
+            chunk = run.prompt_left[:room]
+            base = len(run.slot.cached)
+            last = len(chunk) == len(run.prompt_left)
+            for i, token in enumerate(chunk):
+                want = last and i == len(chunk) - 1
+                entries.append(BatchEntry(token, base + i, run.slot.seq_id, want))
+            if last:
+                samplers.append((len(entries) - 1, run))
+            fed.append((run, chunk))
+            room -= len(chunk)
+        if not entries:
+            return
+        self._native.decode(entries)
+        for run, tokens in fed:
+            run.slot.cached.extend(tokens)
+            if run.pending is not None and tokens == [run.pending]:
+                run.pending = None
+            else:
+                del run.prompt_left[: len(tokens)]
+        for index, run in samplers:
+            if run.job.cancelled.is_set():
+                continue
+            self._accept(run, self._native.sample(run.sampler, index))
+
+    def _accept(self, run: Running, token: int) -> None:
+        native = self._native
+        if native.is_eog(token):
+            self._emit_text(run, run.stops.flush() + run.decoder.decode(b"", final=True))
+            self._finish(run, "end_turn")
+            return
+        run.produced += 1
+        text, matched = run.stops.feed(run.decoder.decode(native.piece(token)))
+        self._emit_text(run, text)
+        if matched is not None:
+            self._finish(run, "stop_sequence", matched)
+            return
+        if run.produced >= run.budget:
+            self._emit_text(run, run.stops.flush() + run.decoder.decode(b"", final=True))
+            hit = run.produced >= run.job.params.max_tokens
+            self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
+            return
+        run.pending = token
+
+    def _emit_text(self, run: Running, text: str) -> None:
+        if text:
+            _deliver(run.job, TextChunk(text))
+
+    def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
+        _deliver(run.job, Finished(reason, run.produced, stop))
+        _deliver(run.job, None)
+        with self._cond:
+            self._counters["completed"] += 1
+            self._release(run)
+
+    def _release(self, run: Running) -> None:
+        """Take a sequence out of the batch; its cells stay cached in its slot."""
+        if run in self._running:
+            self._running.remove(run)
+            self._counters["tokens"] += run.produced
+            self._native.free_sampler(run.sampler)
+            run.slot.busy = False
+            self._cond.notify_all()
+
+    def _fail_all(self, error: ParleyError) -> None:
+        for run in list(self._running):
+            _deliver(run.job, error)
+            _deliver(run.job, None)
+            self._counters["failed"] += 1
+            self._native.forget(run.slot.seq_id)
+            run.slot.cached = []
+            self._release(run)
+        if self._stopping:
+            for _, _, job in self._waiting:
+                _deliver(job, error)
+                _deliver(job, None)
+            self._waiting.clear()
+
+
+def _deliver(job: Job, event: EngineEvent | BaseException | None) -> None:
+    try:
+        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        job.cancelled.set()
