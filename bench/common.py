@@ -27,9 +27,10 @@ HEADER = (
 class Section:
     key: str
     title: str
-    rows: list[tuple[str, str, str]]
+    rows: list[tuple[str, ...]]
     verdicts: dict[str, bool]
     notes: str
+    header: tuple[str, ...] = ("measure", "value", "target")
 
     def markdown(self) -> str:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -39,9 +40,9 @@ class Section:
             "",
             f"Measured {stamp}. {self.notes}",
             "",
-            "| measure | value | target |",
-            "| --- | --- | --- |",
-            *(f"| {a} | {b} | {c} |" for a, b, c in self.rows),
+            "| " + " | ".join(self.header) + " |",
+            "|" + " --- |" * len(self.header),
+            *("| " + " | ".join(row) + " |" for row in self.rows),
             "",
             *(f"- {'met' if ok else 'NOT met'}: {name}" for name, ok in self.verdicts.items()),
             f"<!-- /section:{self.key} -->",

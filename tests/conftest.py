@@ -127,3 +127,20 @@ def scripted_client(scripted_server: Server) -> anthropic.Anthropic:
 
 
 MODEL = "smollm2-135m-instruct"
+
+# A request the embedded model answers at length (greedy counting runs past 600
+# tokens), for tests that need a generation still running when they act.
+LONG_MESSAGES = [
+    {"role": "user", "content": "Count from 1 to 1000, separated by commas."},
+    {"role": "assistant", "content": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"},
+]
+
+
+def long_body(max_tokens: int = 3000, **extra: object) -> dict[str, object]:
+    return {
+        "model": MODEL,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "messages": LONG_MESSAGES,
+        **extra,
+    }

@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import MODEL, Server
+from tests.conftest import MODEL, Server, long_body
 from tests.test_stream_state import check_invariants
 
 pytestmark = pytest.mark.model
@@ -102,6 +102,14 @@ def test_max_tokens_stop(model_client: anthropic.Anthropic) -> None:
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 5
     assert message.stop_sequence is None
+
+
+def test_zero_max_tokens_only_reads_the_prompt(model_client: anthropic.Anthropic) -> None:
+    message = greedy(model_client, max_tokens=0)
+    assert message.stop_reason == "max_tokens"
+    assert message.content == []
+    assert message.usage.output_tokens == 0
+    assert message.usage.input_tokens > 0
 
 
 def test_stop_sequence_stop(model_client: anthropic.Anthropic) -> None:
@@ -339,15 +347,7 @@ def test_eight_concurrent_streams(model_server: Server) -> None:
 
 def test_disconnect_cancels_generation(model_server: Server) -> None:
     before = model_server.stats()[MODEL]
-    body = {
-        "model": MODEL,
-        "max_tokens": 4000,
-        "stream": True,
-        "temperature": 1.0,
-        "messages": [
-            {"role": "user", "content": "Write an extremely long, never-ending epic poem."}
-        ],
-    }
+    body = long_body(4000, stream=True)
     with httpx.stream("POST", model_server.url + "/v1/messages", json=body, timeout=60) as response:
         seen = 0
         for line in response.iter_lines():
@@ -372,14 +372,7 @@ def test_disconnect_cancels_generation(model_server: Server) -> None:
 
 def test_non_streamed_disconnect_cancels_generation(model_server: Server) -> None:
     before = model_server.stats()[MODEL]
-    body = {
-        "model": MODEL,
-        "max_tokens": 4000,
-        "temperature": 1.0,
-        "messages": [
-            {"role": "user", "content": "Write an extremely long, never-ending epic poem."}
-        ],
-    }
+    body = long_body(4000)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(model_server.url + "/v1/messages", json=body, timeout=1.0)
     deadline = time.monotonic() + 60

@@ -41,9 +41,9 @@ from parley.engines.base import (
     SamplingParams,
     TextChunk,
 )
+from parley.engines.jobs import Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
 from parley.engines.stops import StopMatcher
-from parley.engines.jobs import Job, QueueGeneration
 from parley.errors import EngineError, OverloadedError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
@@ -104,6 +104,8 @@ class BatchScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0, "tokens": 0}
+        # Events of one step go to the event loop in one wake-up, not one per event.
+        self._outbox: list[tuple[Job, EngineEvent | BaseException | None]] = []
         self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
 
     # --- the event-loop side -------------------------------------------------
@@ -138,6 +140,8 @@ class BatchScheduler:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             cached = [len(s.cached) for s in self._slots]
+            # KV positions are read only while nothing decodes (no race with the thread).
+            idle = not self._running
             return {
                 "waiting": sum(1 for _, _, j in self._waiting if not j.cancelled.is_set()),
                 "running": len(self._running),
@@ -149,7 +153,7 @@ class BatchScheduler:
                         "seq_id": s.seq_id,
                         "busy": s.busy,
                         "cached": len(s.cached),
-                        "kv_pos_max": self._native.seq_pos_max(s.seq_id),
+                        "kv_pos_max": self._native.seq_pos_max(s.seq_id) if idle else None,
                     }
                     for s in self._slots
                 ],
@@ -163,11 +167,13 @@ class BatchScheduler:
                 self._reap_cancelled()
                 self._admit()
                 while not self._running and not self._stopping:
+                    self._flush()
                     self._cond.wait()
                     self._reap_cancelled()
                     self._admit()
                 if self._stopping:
                     self._fail_all(EngineError("the server is shutting down"))
+                    self._flush()
                     return
             try:
                 self._step()
@@ -179,6 +185,8 @@ class BatchScheduler:
                 log.exception("batch step failed")
                 with self._cond:
                     self._fail_all(EngineError("the engine failed while decoding"))
+            finally:
+                self._flush()
 
     def _reap_cancelled(self) -> None:
         self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
@@ -303,11 +311,11 @@ class BatchScheduler:
 
     def _emit_text(self, run: Running, text: str) -> None:
         if text:
-            _deliver(run.job, TextChunk(text))
+            self._outbox.append((run.job, TextChunk(text)))
 
     def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
-        _deliver(run.job, Finished(reason, run.produced, stop))
-        _deliver(run.job, None)
+        self._outbox.append((run.job, Finished(reason, run.produced, stop)))
+        self._outbox.append((run.job, None))
         with self._cond:
             self._counters["completed"] += 1
             self._release(run)
@@ -323,21 +331,32 @@ class BatchScheduler:
 
     def _fail_all(self, error: ParleyError) -> None:
         for run in list(self._running):
-            _deliver(run.job, error)
-            _deliver(run.job, None)
+            self._outbox.extend([(run.job, error), (run.job, None)])
             self._counters["failed"] += 1
             self._native.forget(run.slot.seq_id)
             run.slot.cached = []
             self._release(run)
         if self._stopping:
             for _, _, job in self._waiting:
-                _deliver(job, error)
-                _deliver(job, None)
+                self._outbox.extend([(job, error), (job, None)])
             self._waiting.clear()
 
+    def _flush(self) -> None:
+        """Hand this step's events to their event loops, one wake-up per loop."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        for job, event in self._outbox:
+            by_loop.setdefault(job.loop, []).append((job, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                for job, _ in items:
+                    job.cancelled.set()
 
-def _deliver(job: Job, event: EngineEvent | BaseException | None) -> None:
-    try:
-        job.loop.call_soon_threadsafe(job.events.put_nowait, event)
-    except RuntimeError:  # the loop is closed: nobody is listening any more
-        job.cancelled.set()
+
+def _put_all(items: list[tuple[Job, EngineEvent | BaseException | None]]) -> None:
+    for job, event in items:
+        job.events.put_nowait(event)

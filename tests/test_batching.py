@@ -1,0 +1,254 @@
+"""Continuous batching on the real embedded model.
+
+Many requests decode together; each must finish exactly as it would alone,
+with its own stop reason and usage; cancellation frees capacity; the queue
+is bounded; no KV cells leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from parley.config import load_settings
+from parley.conversation import Conversation, TextPart, Turn
+from parley.engines.base import Finished, SamplingParams, TextChunk
+from parley.engines.llamacpp import LlamaCppEngine, from_settings
+from tests.conftest import MODEL, Server, long_body
+
+pytestmark = pytest.mark.model
+
+TOPICS = [
+    "sea",
+    "moon",
+    "sun",
+    "cats",
+    "dogs",
+    "rivers",
+    "trees",
+    "stars",
+    "bees",
+    "clouds",
+    "rain",
+    "snow",
+    "wind",
+    "fire",
+    "rocks",
+    "birds",
+]
+
+
+def ask(i: int) -> str:
+    return f"Tell me fact number {i} about the {TOPICS[i]}."
+
+
+@pytest.fixture(scope="module")
+def wide_server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory("--parallel", "16", "--ping-interval", "0.5")
+
+
+def wait_idle(server: Server, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = server.stats()[MODEL]
+        if stats["running"] == 0 and stats["waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.05)
+
+
+def test_sixteen_concurrent_requests_match_their_unbatched_runs(wide_server: Server) -> None:
+    client = wide_server.client()
+    greedy = {"temperature": 0.0}
+    # Each request alone first (reference), with its own max_tokens.
+    alone = [
+        client.messages.create(
+            model=MODEL,
+            max_tokens=10 + i,
+            extra_body=greedy,
+            messages=[{"role": "user", "content": ask(i)}],
+        )
+        for i in range(16)
+    ]
+    # A stop sequence taken from each reference answer, for half the requests.
+    stops: list[list[str]] = []
+    for i, message in enumerate(alone):
+        words = (
+            [w for w in message.content[0].text.split() if len(w) > 3] if message.content else []
+        )  # type: ignore[union-attr]
+        stops.append([words[len(words) // 2]] if i % 2 and words else [])
+
+    async def one(c: anthropic.AsyncAnthropic, i: int) -> anthropic.types.Message:
+        return await c.messages.create(
+            model=MODEL,
+            max_tokens=10 + i,
+            extra_body=greedy,
+            stop_sequences=stops[i],
+            messages=[{"role": "user", "content": ask(i)}],
+        )
+
+    async def all_at_once() -> list[anthropic.types.Message]:
+        c = wide_server.async_client()
+        return await asyncio.gather(*(one(c, i) for i in range(16)))
+
+    together = asyncio.run(all_at_once())
+    for i, (ref, got) in enumerate(zip(alone, together, strict=True)):
+        ref_text = ref.content[0].text if ref.content else ""  # type: ignore[union-attr]
+        got_text = got.content[0].text if got.content else ""  # type: ignore[union-attr]
+        assert got.usage.input_tokens == ref.usage.input_tokens
+        if stops[i] and stops[i][0] in ref_text:
+            assert got.stop_reason == "stop_sequence", i
+            assert got.stop_sequence == stops[i][0]
+            assert got_text == ref_text[: ref_text.index(stops[i][0])]
+        else:
+            assert got_text == ref_text, i  # greedy output is the same batched or alone
+            assert got.stop_reason == ref.stop_reason
+            assert got.usage.output_tokens == ref.usage.output_tokens
+            if got.stop_reason == "max_tokens":
+                assert got.usage.output_tokens == 10 + i
+    stats = wait_idle(wide_server)
+    assert stats["kv_cached_tokens"] <= stats["kv_capacity"]
+
+
+def test_cancelling_a_stream_lets_a_queued_request_start(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--parallel", "1", "--max-queue", "1")
+    queued: list[anthropic.types.Message] = []
+
+    with httpx.stream(
+        "POST", server.url + "/v1/messages", json=long_body(stream=True), timeout=60
+    ) as response:
+        lines = response.iter_lines()  # kept: dropping the iterator would close the stream
+        for line in lines:
+            if line.startswith("event: content_block_delta"):
+                break
+        # The only slot is busy: the next request waits in the queue...
+        waiter = threading.Thread(
+            target=lambda: queued.append(
+                server.client().messages.create(
+                    model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+                )
+            )
+        )
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while server.stats()[MODEL]["waiting"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # ...and a third one finds the queue full.
+        with pytest.raises(anthropic.OverloadedError):
+            server.client().messages.create(
+                model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+            )
+    # Leaving the stream cancels it; the queued request then runs to completion.
+    waiter.join(timeout=60)
+    assert queued and queued[0].stop_reason in {"end_turn", "max_tokens"}
+    stats = wait_idle(server)
+    assert stats["cancelled"] >= 1 and stats["rejected"] == 1
+
+
+def test_no_leaks_after_a_storm_of_cancels(wide_server: Server) -> None:
+    before = wait_idle(wide_server)
+
+    async def abandon(i: int) -> None:
+        body = long_body(500, stream=True)
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            http.stream("POST", wide_server.url + "/v1/messages", json=body) as response,
+        ):
+            seen = 0
+            async for line in response.aiter_lines():
+                if line.startswith("event: content_block_delta"):
+                    seen += 1
+                    if seen > i % 5:
+                        return  # disconnect mid-stream
+
+    async def storm() -> None:
+        await asyncio.gather(*(abandon(i) for i in range(40)))
+
+    asyncio.run(storm())
+    stats = wait_idle(wide_server)
+    assert stats["cancelled"] - before["cancelled"] == 40
+    assert stats["tokens"] - before["tokens"] < 40 * 100
+    assert all(not slot["busy"] for slot in stats["slots"])
+    for slot in stats["slots"]:
+        # Every KV cell is accounted for: a slot's cells are exactly its cached tokens.
+        assert slot["kv_pos_max"] == slot["cached"] - 1, slot
+    assert stats["kv_cached_tokens"] <= stats["kv_capacity"]
+    # The engine still answers.
+    message = wide_server.client().messages.create(
+        model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert message.stop_reason in {"end_turn", "max_tokens"}
+
+
+def test_short_requests_are_not_starved_by_a_long_one(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--parallel", "2")
+    body = long_body(stream=True)
+    with httpx.stream("POST", server.url + "/v1/messages", json=body, timeout=120) as response:
+        lines = response.iter_lines()  # kept: dropping the iterator would close the stream
+        for line in lines:
+            if line.startswith("event: content_block_delta"):
+                break
+        for _ in range(3):
+            short = server.client().messages.create(
+                model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
+            )
+            assert short.stop_reason in {"end_turn", "max_tokens"}
+        assert server.stats()[MODEL]["running"] >= 1  # the long one is still going
+
+
+def test_interactive_work_goes_before_batch_work() -> None:
+    async def main() -> list[str]:
+        engine: LlamaCppEngine = from_settings(load_settings({"parallel": 1}, environ={}))
+        await engine.start()
+        order: list[str] = []
+
+        async def run(name: str, priority: int, max_tokens: int) -> None:
+            conv = Conversation(system=None, turns=(Turn("user", (TextPart(f"Say {name}"),)),))
+            prompt = engine.prepare(conv)
+            params = SamplingParams(max_tokens=max_tokens, temperature=0.0, priority=priority)
+            async for event in engine.submit(prompt, params):
+                if isinstance(event, Finished):
+                    order.append(name)
+
+        try:
+            first = asyncio.create_task(run("first", 0, 30))
+            await asyncio.sleep(0.2)  # the only slot is now busy
+            batch = asyncio.create_task(run("batch", 10, 3))
+            await asyncio.sleep(0.05)
+            interactive = asyncio.create_task(run("interactive", 0, 3))
+            await asyncio.gather(first, batch, interactive)
+        finally:
+            await engine.close()
+        return order
+
+    assert asyncio.run(main()) == ["first", "interactive", "batch"]
+
+
+def test_engine_events_are_text_then_one_finish() -> None:
+    async def main() -> list[Any]:
+        engine = from_settings(load_settings({"parallel": 2}, environ={}))
+        await engine.start()
+        try:
+            conv = Conversation(system=None, turns=(Turn("user", (TextPart("Hello"),)),))
+            events = [
+                e async for e in engine.submit(engine.prepare(conv), SamplingParams(max_tokens=8))
+            ]
+        finally:
+            await engine.close()
+        return events
+
+    events = asyncio.run(main())
+    assert all(isinstance(e, TextChunk) for e in events[:-1])
+    assert isinstance(events[-1], Finished)
