@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
+from parley.tools import client_tool
 from parley.wire import content as wc
 from parley.wire import requests as wr
 
@@ -129,6 +130,9 @@ def build_conversation(
         raise InvalidRequestError("messages: at least one user message is required")
 
     tools = tuple(_tool_spec(t) for t in req.tools or ())
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequestError("tools: Tool names must be unique.")
     choice = req.tool_choice
     tool_name = choice.name if isinstance(choice, wr.ToolChoiceTool) else None
     if tool_name is not None and tool_name not in {t.name for t in tools}:
@@ -278,8 +282,8 @@ def _check_tool_results(turns: list[Turn]) -> None:
 def _tool_spec(tool: Any) -> ToolSpec:
     if isinstance(tool, wr.CustomTool):
         return ToolSpec(tool.name, tool.description or "", tool.input_schema)
-    extra = {k: v for k, v in (tool.model_extra or {}).items()}
-    return ToolSpec(tool.name, f"Anthropic-defined tool {tool.type}", {"type": "object", **extra})
+    description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
+    return ToolSpec(tool.name, description, schema)
 
 
 def tool_input_json(value: dict[str, Any]) -> str:

@@ -37,10 +37,20 @@ class ModelCard:
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """A decoding constraint in llama.cpp's GBNF, optionally woken by a trigger text."""
+
+    text: str
+    root: str = "root"
+    lazy_trigger: str | None = None  # None: constrain from the first token
+
+
+@dataclass(frozen=True)
 class Prompt:
     conversation: Conversation
     text: str
     tokens: Sequence[int]
+    grammar: Grammar | None = None
 
     @property
     def n_tokens(self) -> int:

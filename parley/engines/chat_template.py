@@ -15,6 +15,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from parley.conversation import Conversation, TextPart, ToolCallPart, ToolResultPart, Turn
+from parley.engines.tool_format import CLOSE, NAME_END, OPEN, system_section
 from parley.errors import InvalidRequestError
 
 FALLBACK_TEMPLATE = (
@@ -76,8 +77,11 @@ class ChatTemplate:
 
 def _messages(conversation: Conversation, *, inline_system: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if conversation.system:
-        out.append({"role": "system", "content": conversation.system})
+    system = conversation.system or ""
+    if conversation.tools:
+        system = f"{system}\n\n{system_section(conversation)}".strip()
+    if system:
+        out.append({"role": "system", "content": system})
     pending_system: list[str] = []
     for turn in conversation.turns:
         if turn.role == "system":
@@ -104,9 +108,10 @@ def _turn_text(turn: Turn) -> str:
         if isinstance(part, TextPart):
             pieces.append(part.text)
         elif isinstance(part, ToolCallPart):
-            call = json.dumps({"name": part.name, "input": part.input}, ensure_ascii=False)
-            pieces.append(f"<tool_call>{call}</tool_call>")
+            body = json.dumps(part.input, ensure_ascii=False)
+            pieces.append(f"{OPEN}{part.name}{NAME_END}{body}{CLOSE}")
         elif isinstance(part, ToolResultPart):
             status = ' is_error="true"' if part.is_error else ""
-            pieces.append(f'<tool_result id="{part.tool_use_id}"{status}>{part.text}</tool_result>')
+            head = f'<tool_result tool_use_id="{part.tool_use_id}"{status}>'
+            pieces.append(f"{head}\n{part.text}\n</tool_result>")
     return "\n\n".join(pieces)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 import llama_cpp as L
 
+from parley.engines.base import Grammar
 from parley.errors import EngineError, ParleyError
 
 log = logging.getLogger("parley.engine.llamacpp")
@@ -179,9 +181,17 @@ class LlamaNative:
     # --- sampling ----------------------------------------------------------------
 
     def new_sampler(
-        self, *, temperature: float, top_p: float | None, top_k: int | None, seed: int | None
+        self,
+        *,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        seed: int | None,
+        grammar: Grammar | None = None,
     ) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if grammar is not None:
+            L.llama_sampler_chain_add(chain, self._grammar_sampler(grammar))
         if temperature <= 0.0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             return chain
@@ -193,6 +203,20 @@ class LlamaNative:
         chosen = secrets.randbits(32) if seed is None else seed & 0xFFFFFFFF
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(chosen))
         return chain
+
+    def _grammar_sampler(self, grammar: Grammar) -> Any:
+        text, root = grammar.text.encode(), grammar.root.encode()
+        if grammar.lazy_trigger is None:
+            sampler = L.llama_sampler_init_grammar(self._vocab, text, root)
+        else:
+            patterns = (ctypes.c_char_p * 1)(re.escape(grammar.lazy_trigger).encode())
+            no_tokens = (L.llama_token * 1)()
+            sampler = L.llama_sampler_init_grammar_lazy_patterns(
+                self._vocab, text, root, patterns, 1, no_tokens, 0
+            )
+        if not sampler:
+            raise EngineError("llama.cpp rejected the grammar built from the tool schemas")
+        return sampler
 
     def sample(self, sampler: Any, index: int) -> int:
         return int(L.llama_sampler_sample(sampler, self._ctx, index))

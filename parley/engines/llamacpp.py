@@ -21,6 +21,7 @@ from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingP
 from parley.engines.chat_template import ChatTemplate
 from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfig
 from parley.engines.scheduler import BatchScheduler
+from parley.engines.tool_format import grammar_for
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -78,7 +79,7 @@ class LlamaCppEngine(Engine):
             created_at=_mtime(model_path),
             context_length=config.n_ctx,
             max_output_tokens=config.n_ctx,
-            capabilities=Capabilities(images=False, tools=False),
+            capabilities=Capabilities(images=False, tools=True),
         )
 
     async def start(self) -> None:
@@ -139,7 +140,7 @@ class LlamaCppEngine(Engine):
         text = self._template.render(conversation)
         add_bos = self._add_bos and not text.startswith(self._bos_text)
         tokens = self._native.tokenize(text, add_bos=add_bos)
-        return Prompt(conversation=conversation, text=text, tokens=tokens)
+        return Prompt(conversation, text, tokens, grammar_for(conversation))
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"

@@ -39,11 +39,10 @@ from parley.engines.base import (
     Generation,
     Prompt,
     SamplingParams,
-    TextChunk,
 )
 from parley.engines.jobs import Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
-from parley.engines.stops import StopMatcher
+from parley.engines.tool_format import ToolCallParser
 from parley.errors import EngineError, OverloadedError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
@@ -66,7 +65,7 @@ class Running:
     pending: int | None = None  # sampled, not yet decoded
     produced: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    stops: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    parser: ToolCallParser = field(default_factory=lambda: ToolCallParser(()))
 
     @property
     def reserved(self) -> int:
@@ -217,14 +216,20 @@ class BatchScheduler:
             slot.cached = tokens[:reuse]
             slot.busy = True
             params = job.params
+            grammar = job.prompt.grammar
             sampler = self._native.new_sampler(
                 temperature=params.temperature,
                 top_p=params.top_p,
                 top_k=params.top_k,
                 seed=params.seed,
+                grammar=grammar,
             )
             run = Running(job, slot, sampler, budget, tokens[reuse:])
-            run.stops = StopMatcher(params.stop_sequences)
+            run.parser = ToolCallParser(
+                job.prompt.conversation.tools,
+                params.stop_sequences,
+                watch_calls=grammar is not None,
+            )
             self._running.append(run)
             if budget == 0:
                 reason: FinishReason = (
@@ -292,26 +297,28 @@ class BatchScheduler:
 
     def _accept(self, run: Running, token: int) -> None:
         native = self._native
+        parser = run.parser
         if native.is_eog(token):
-            self._emit_text(run, run.stops.flush() + run.decoder.decode(b"", final=True))
-            self._finish(run, "end_turn")
+            self._emit(run, parser.feed(run.decoder.decode(b"", final=True)) + parser.flush())
+            self._finish(run, "tool_use" if parser.calls else "end_turn")
             return
         run.produced += 1
-        text, matched = run.stops.feed(run.decoder.decode(native.piece(token)))
-        self._emit_text(run, text)
-        if matched is not None:
-            self._finish(run, "stop_sequence", matched)
+        self._emit(run, parser.feed(run.decoder.decode(native.piece(token))))
+        if parser.duplicate:
+            self._finish(run, "tool_use")
+            return
+        if parser.stop_hit is not None:
+            self._finish(run, "stop_sequence", parser.stop_hit)
             return
         if run.produced >= run.budget:
-            self._emit_text(run, run.stops.flush() + run.decoder.decode(b"", final=True))
+            self._emit(run, parser.feed(run.decoder.decode(b"", final=True)) + parser.flush())
             hit = run.produced >= run.job.params.max_tokens
             self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
             return
         run.pending = token
 
-    def _emit_text(self, run: Running, text: str) -> None:
-        if text:
-            self._outbox.append((run.job, TextChunk(text)))
+    def _emit(self, run: Running, events: list[EngineEvent]) -> None:
+        self._outbox.extend((run.job, event) for event in events)
 
     def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
         self._outbox.append((run.job, Finished(reason, run.produced, stop)))

@@ -23,7 +23,9 @@ class StopMatcher:
             if at >= 0 and (hit is None or at < hit[0]):
                 hit = (at, stop)
         if hit is not None:
-            self._held = ""
+            # What follows the match stays held: ``flush`` returns it to callers
+            # that go on parsing after a marker (tool calls).
+            self._held = buf[hit[0] + len(hit[1]) :]
             return buf[: hit[0]], hit[1]
         keep = 0
         for stop in self._stops:

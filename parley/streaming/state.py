@@ -131,7 +131,8 @@ class MessageState:
         )
         return out
 
-    def _close(self) -> list[ev.StreamEvent]:
+    def _close(self, *, truncated: bool = False) -> list[ev.StreamEvent]:
+        """Stop the open block; ``truncated`` when a limit cut the message short."""
         block = self._open
         if block is None:
             return []
@@ -143,7 +144,9 @@ class MessageState:
             try:
                 parsed = json.loads(raw) if raw.strip() else {}
             except json.JSONDecodeError as exc:
-                raise StreamProtocolError(f"tool input is not valid JSON: {exc}") from exc
+                if not truncated:
+                    raise StreamProtocolError(f"tool input is not valid JSON: {exc}") from exc
+                parsed = {}  # cut off mid-input by max_tokens: what arrived is incomplete
             if not isinstance(parsed, dict):
                 raise StreamProtocolError("tool input is not a JSON object")
             self.content.append(
@@ -152,7 +155,9 @@ class MessageState:
         return [ev.ContentBlockStop(index=block.index)]
 
     def _finish(self, done: Finished) -> list[ev.StreamEvent]:
-        out = self._close()
+        out = self._close(
+            truncated=done.stop_reason != "end_turn" and done.stop_reason != "tool_use"
+        )
         self.phase = Phase.DONE
         self.stop_reason = done.stop_reason
         self.stop_sequence = done.stop_sequence

@@ -1,0 +1,220 @@
+"""Tool calling for models without a native tool format: prompt, grammar, parser.
+
+The documented fallback format. Tools are described in the system prompt; a
+call is written as::
+
+    <tool_call name="get_weather">
+    {"city": "Paris"}
+    </tool_call>
+
+(several calls follow one another, separated by a newline). Once a call
+starts, decoding is constrained by a llama.cpp grammar built from the tools'
+JSON Schemas, so the name is one of the offered tools and the input is JSON
+that matches its schema. ``auto`` uses a lazy grammar that wakes up at
+``<tool_call``; ``any`` and ``tool`` constrain from the first token; ``none``
+has no grammar and tells the model not to call. Schema features the grammar
+converter cannot express (numeric bounds, ``uniqueItems``, ``format``) are
+left unconstrained: the JSON is still valid, those bounds may not hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from parley.conversation import Conversation, ToolSpec
+from parley.engines.base import EngineEvent, Grammar, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.stops import StopMatcher
+from parley.ids import tool_use_id
+
+OPEN = '<tool_call name="'
+NAME_END = '">\n'
+CLOSE = "\n</tool_call>"
+TRIGGER = "<tool_call"
+
+
+def system_section(conv: Conversation) -> str:
+    """The text appended to the system prompt when tools are offered."""
+    lines = [
+        "You can call tools. To call a tool, reply with a block exactly like this, "
+        "holding only the tool's JSON input:",
+        f"{OPEN}TOOL_NAME{NAME_END}" + '{"argument": "value"}' + CLOSE,
+        "Tool results come back in <tool_result> blocks.",
+    ]
+    if conv.tool_choice == "none":
+        lines.append("Do not call any tool in this reply: answer in plain text.")
+    elif conv.tool_choice == "tool":
+        lines.append(f"Call the tool {conv.tool_name} now.")
+    elif conv.tool_choice == "any":
+        lines.append("Call one of the tools now.")
+    if conv.disable_parallel_tool_use:
+        lines.append("Call at most one tool.")
+    lines.append("\nAvailable tools:")
+    for tool in conv.tools:
+        lines.append(f"\n## {tool.name}\n{tool.description}".rstrip())
+        lines.append("Input schema: " + json.dumps(tool.input_schema, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def grammar_for(conv: Conversation) -> Grammar | None:
+    if not conv.tools or conv.tool_choice == "none":
+        return None
+    from llama_cpp import llama_grammar
+
+    converter_class: Any = llama_grammar.SchemaConverter  # untyped upstream
+    allowed = [t for t in conv.tools if conv.tool_choice != "tool" or t.name == conv.tool_name]
+    converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    alternatives = []
+    for i, tool in enumerate(allowed):
+        schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
+        rule = converter.visit(schema, f"tool-{i}")
+        alternatives.append(f"{_literal(tool.name + NAME_END)} {rule}")
+    body = converter.format_grammar()
+    # JSON strings may not hold raw control characters; the converter's rule allows them.
+    body = body.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    call = "call ::= (" + " | ".join(alternatives) + ") " + _literal(CLOSE)
+    more = "" if conv.disable_parallel_tool_use else f" ({_literal(chr(10) + OPEN)} call)*"
+    root = f"root ::= {_literal(OPEN)} call{more}"
+    lazy = TRIGGER if conv.tool_choice == "auto" else None
+    return Grammar(f"{root}\n{call}\n{body}", "root", lazy)
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)
+
+
+def _gbnf_safe(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy the converter accepts: ``additionalProperties`` defaults to closed."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: walk(v) for k, v in node.items()}
+            if out.get("type") == "object" and "additionalProperties" not in out:
+                out["additionalProperties"] = False
+            return out
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+@dataclass
+class ToolCallParser:
+    """Splits decoded text into text, tool-call starts and streamed tool input.
+
+    A call that repeats an earlier call of the same message exactly is never
+    shown: while its input is still a prefix of an earlier one it is held
+    back, and if it completes identical the message ends there
+    (``duplicate`` is set). Small models loop on parallel calls otherwise.
+    """
+
+    tools: tuple[ToolSpec, ...]
+    stops: tuple[str, ...] = ()
+    watch_calls: bool = True
+    state: str = "text"
+    calls: int = 0
+    stop_hit: str | None = None
+    duplicate: bool = False
+    _matcher: StopMatcher = field(init=False)
+    _name: str = ""
+    _input: list[str] = field(default_factory=list)
+    _started: bool = False
+    _sent: int = 0
+    _done: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        markers = (OPEN,) if self.watch_calls else ()
+        self._matcher = StopMatcher((*markers, *self.stops))
+
+    def feed(self, text: str) -> list[EngineEvent]:
+        out: list[EngineEvent] = []
+        while text and not self.duplicate:
+            if self.state == "text":
+                safe, hit = self._matcher.feed(text)
+                text = ""
+                if safe:
+                    out.append(TextChunk(safe))
+                if hit == OPEN:
+                    text = self._matcher.flush()
+                    self._enter_name()
+                elif hit is not None:
+                    self.stop_hit = hit
+                    return out
+            elif self.state == "name":
+                joined = self._name + text
+                at = joined.find(NAME_END)
+                if at < 0:
+                    self._name = joined
+                    return out
+                self._name, text = joined[:at], joined[at + len(NAME_END) :]
+                self._matcher = StopMatcher((CLOSE,))
+                self.state = "input"
+                out.extend(self._release())
+            elif self.state == "input":
+                safe, hit = self._matcher.feed(text)
+                text = ""
+                self._input.append(safe)
+                out.extend(self._release())
+                if hit is not None:
+                    text = self._matcher.flush()  # what follows the close marker
+                    out.extend(self._complete())
+            else:  # between calls: the grammar allows only another call or the end
+                _, hit = self._matcher.feed(text)
+                text = ""
+                if hit is not None:
+                    text = self._matcher.flush()
+                    self._enter_name()
+        return out
+
+    def _echoes_earlier(self, raw: str, *, complete: bool) -> bool:
+        return any(
+            name == self._name and (prior == raw if complete else prior.startswith(raw))
+            for name, prior in self._done
+        )
+
+    def _release(self) -> list[EngineEvent]:
+        """Send what is known of the current call, unless it may still be a repeat."""
+        raw = "".join(self._input)
+        if not self._started and self._echoes_earlier(raw, complete=False):
+            return []
+        out: list[EngineEvent] = []
+        if not self._started:
+            self._started = True
+            out.append(ToolCallStart(tool_use_id(), self._name))
+        if len(raw) > self._sent:
+            out.append(ToolInputChunk(raw[self._sent :]))
+            self._sent = len(raw)
+        return out
+
+    def _complete(self) -> list[EngineEvent]:
+        raw = "".join(self._input)
+        if not self._started and self._echoes_earlier(raw, complete=True):
+            self.duplicate = True
+            return []
+        out = self._release()
+        self._done.append((self._name, raw))
+        self.calls += 1
+        self._matcher = StopMatcher((OPEN,))
+        self.state = "between"
+        return out
+
+    def _enter_name(self) -> None:
+        self.state = "name"
+        self._name = ""
+        self._input = []
+        self._started = False
+        self._sent = 0
+
+    def flush(self) -> list[EngineEvent]:
+        """At the end of a message: what was held back and is still owed."""
+        if self.state == "text":
+            rest = self._matcher.flush()
+            return [TextChunk(rest)] if rest else []
+        if self.state == "input" and not self.duplicate:
+            # A cut-off call still held as a possible repeat stays unsent.
+            self._input.append(self._matcher.flush())
+            return self._release()
+        return []

@@ -1,0 +1,312 @@
+"""Tool use on the real embedded model: every tool_choice, schema-valid inputs, streaming.
+
+The grammar guarantees the shape of a call (a known name, JSON that matches
+the tool's schema); which tool the model picks, and what it writes inside
+the schema, is the model's business.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import MODEL, Server
+
+pytestmark = pytest.mark.model
+
+GREEDY = {"temperature": 0.0}
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Get the weather forecast for a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "days": {"type": "integer"},
+        },
+        "required": ["city", "unit"],
+    },
+}
+BOOKING = {
+    "name": "book_flight",
+    "description": "Book a flight.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "from": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "to": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "passengers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 30},
+                        "age": {"type": "integer"},
+                        "seat": {"type": "string", "enum": ["window", "aisle"]},
+                    },
+                    "required": ["name"],
+                },
+                "minItems": 1,
+                "maxItems": 3,
+            },
+            "price_limit": {"type": "number"},
+            "refundable": {"type": "boolean"},
+            "notes": {"type": ["string", "null"], "maxLength": 40},
+        },
+        "required": ["from", "to", "passengers"],
+    },
+}
+TIME = {
+    "name": "get_time",
+    "description": "Current time in a timezone.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"zone": {"type": "string", "maxLength": 30}},
+        "required": ["zone"],
+    },
+}
+TOOLS = [WEATHER, BOOKING, TIME]
+SCHEMAS = {t["name"]: t["input_schema"] for t in TOOLS}
+ASK = [
+    {
+        "role": "user",
+        "content": "Book me a flight from Paris to Rome for two people, and tell me the weather in Rome.",
+    }
+]
+
+
+def calls(message: anthropic.types.Message) -> list[Any]:
+    return [b for b in message.content if b.type == "tool_use"]
+
+
+def check_calls(message: anthropic.types.Message, schemas: dict[str, Any]) -> None:
+    for call in calls(message):
+        assert call.id.startswith("toolu_")
+        assert call.name in schemas
+        jsonschema.validate(call.input, schemas[call.name])
+
+
+def create(client: anthropic.Anthropic, **kw: Any) -> anthropic.types.Message:
+    options: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "tools": TOOLS,
+        "messages": ASK,
+        "extra_body": GREEDY,
+    }
+    options.update(kw)
+    return client.messages.create(**options)
+
+
+@pytest.mark.parametrize("tool", TOOLS, ids=lambda t: t["name"])
+def test_forced_tool_yields_schema_valid_input(
+    model_client: anthropic.Anthropic, tool: dict[str, Any]
+) -> None:
+    message = create(model_client, tool_choice={"type": "tool", "name": tool["name"]})
+    assert message.stop_reason == "tool_use"
+    assert calls(message) and all(c.name == tool["name"] for c in calls(message))
+    check_calls(message, SCHEMAS)
+    assert not [b for b in message.content if b.type == "text"]  # forced: no text first
+
+
+def test_any_calls_some_tool(model_client: anthropic.Anthropic) -> None:
+    message = create(model_client, tool_choice={"type": "any"})
+    assert message.stop_reason == "tool_use"
+    assert calls(message)
+    check_calls(message, SCHEMAS)
+
+
+def test_disable_parallel_tool_use_gives_exactly_one_call(
+    model_client: anthropic.Anthropic,
+) -> None:
+    for choice in (
+        {"type": "any", "disable_parallel_tool_use": True},
+        {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+    ):
+        message = create(model_client, tool_choice=choice)
+        assert message.stop_reason == "tool_use"
+        assert len(calls(message)) == 1
+        check_calls(message, SCHEMAS)
+
+
+def test_none_never_calls(model_client: anthropic.Anthropic) -> None:
+    message = create(model_client, tool_choice={"type": "none"}, max_tokens=60)
+    assert not calls(message)
+    assert message.stop_reason in {"end_turn", "max_tokens"}
+
+
+def test_auto_answers_in_text_or_valid_calls(model_client: anthropic.Anthropic) -> None:
+    message = create(model_client, tool_choice={"type": "auto"}, max_tokens=300)
+    check_calls(message, SCHEMAS)
+    if calls(message):
+        assert message.stop_reason == "tool_use"
+
+
+def test_tool_loop_with_results(model_client: anthropic.Anthropic) -> None:
+    first = create(
+        model_client,
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "What is the weather in Rome?"}],
+    )
+    call = calls(first)[0]
+    history: list[Any] = [
+        {"role": "user", "content": "What is the weather in Rome?"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": b.id, "content": "Sunny, 24 degrees."}
+                for b in calls(first)
+            ],
+        },
+    ]
+    answer = create(
+        model_client, tools=[WEATHER], tool_choice={"type": "auto"}, max_tokens=60, messages=history
+    )
+    assert answer.stop_reason in {"end_turn", "max_tokens", "tool_use"}
+    check_calls(answer, SCHEMAS)
+    counted = model_client.messages.count_tokens(
+        model=MODEL, tools=[WEATHER], tool_choice={"type": "auto"}, messages=history
+    )  # type: ignore[arg-type]
+    assert counted.input_tokens == answer.usage.input_tokens
+    assert call.input["city"]
+
+
+def test_streamed_tool_input_arrives_in_deltas(model_client: anthropic.Anthropic) -> None:
+    plain = create(
+        model_client,
+        tool_choice={"type": "tool", "name": "book_flight", "disable_parallel_tool_use": True},
+    )
+    with model_client.messages.stream(
+        model=MODEL,
+        max_tokens=400,
+        tools=TOOLS,
+        messages=ASK,
+        extra_body=GREEDY,  # type: ignore[arg-type]
+        tool_choice={"type": "tool", "name": "book_flight", "disable_parallel_tool_use": True},
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    starts = [
+        e for e in events if e.type == "content_block_start" and e.content_block.type == "tool_use"
+    ]
+    assert starts and starts[0].content_block.input == {}
+    pieces = [
+        e.delta.partial_json
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+    ]
+    assert len(pieces) > 3
+    assert json.loads("".join(pieces)) == final.content[0].input  # type: ignore[union-attr]
+    assert (
+        final.model_dump(exclude={"id"}, exclude_none=True)["content"][0]["input"]
+        == plain.content[0].input
+    )  # type: ignore[union-attr]
+    assert final.stop_reason == plain.stop_reason == "tool_use"
+
+
+def test_anthropic_defined_tools_get_their_documented_schema(
+    model_client: anthropic.Anthropic,
+) -> None:
+    message = model_client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        extra_body=GREEDY,
+        tools=[
+            {"type": "bash_20250124", "name": "bash"},
+            {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+        ],
+        tool_choice={
+            "type": "tool",
+            "name": "str_replace_based_edit_tool",
+            "disable_parallel_tool_use": True,
+        },
+        messages=[{"role": "user", "content": "Create the file /tmp/hello.txt containing hello."}],
+    )
+    (call,) = calls(message)
+    assert call.input["command"] in {"view", "create", "str_replace", "insert"}
+    assert isinstance(call.input["path"], str)
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": "get_time"}],
+)
+def test_count_tokens_with_tools_equals_usage(
+    model_client: anthropic.Anthropic, choice: dict[str, Any]
+) -> None:
+    counted = model_client.messages.count_tokens(
+        model=MODEL, tools=TOOLS, tool_choice=choice, messages=ASK
+    )  # type: ignore[arg-type]
+    message = create(model_client, tool_choice=choice, max_tokens=1)
+    assert counted.input_tokens == message.usage.input_tokens
+    without = model_client.messages.count_tokens(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert counted.input_tokens > without.input_tokens
+
+
+# --- random schemas ------------------------------------------------------------
+
+names = st.from_regex(r"[a-z][a-z_]{0,9}", fullmatch=True)
+leaves = st.one_of(
+    st.just({"type": "string", "maxLength": 12}),
+    st.just({"type": "integer"}),
+    st.just({"type": "number"}),
+    st.just({"type": "boolean"}),
+    st.lists(st.from_regex(r"[a-z]{1,6}", fullmatch=True), min_size=1, max_size=4, unique=True).map(
+        lambda v: {"enum": v}
+    ),
+    st.just({"type": "string", "pattern": "^[0-9]{2}-[A-Z]{2}$"}),
+)
+
+
+def objects(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    def build(props: dict[str, dict[str, Any]], data: st.DataObject) -> dict[str, Any]:
+        required = data.draw(st.lists(st.sampled_from(sorted(props)), unique=True)) if props else []
+        return {"type": "object", "properties": props, "required": required}
+
+    return st.builds(build, st.dictionaries(names, children, min_size=1, max_size=3), st.data())
+
+
+schemas = st.recursive(
+    leaves,
+    lambda inner: st.one_of(
+        objects(inner),
+        st.builds(
+            lambda item, hi: {"type": "array", "items": item, "maxItems": hi},
+            inner,
+            st.integers(1, 3),
+        ),
+    ),
+    max_leaves=6,
+).filter(lambda s: s.get("type") == "object") | objects(leaves)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schema=schemas)
+def test_random_schemas_always_validate(model_server: Server, schema: dict[str, Any]) -> None:
+    client = model_server.client()
+    tool = {"name": "do_it", "description": "Do the thing.", "input_schema": schema}
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=600,
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "do_it", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": "Do the thing with sensible values."}],
+        extra_body=GREEDY,
+    )
+    assert message.stop_reason == "tool_use", message
+    (call,) = calls(message)
+    jsonschema.validate(call.input, schema)
