@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -341,20 +342,25 @@ def test_queue_full_is_529(server_factory: Callable[..., Server]) -> None:
     server = server_factory("--engine", "scripted", "--script", str(rules))
     client = server.client()
     long_text = " ".join(["word"] * 200)
-    started = threading.Barrier(3)
     results: list[str] = []
 
     def occupy() -> None:
-        with client.messages.stream(
-            model="scripted", max_tokens=500, messages=[{"role": "user", "content": long_text}]
-        ) as stream:
-            started.wait(timeout=30)
-            results.append(stream.get_final_message().stop_reason or "")
+        try:
+            final = client.messages.create(
+                model="scripted", max_tokens=500, messages=[{"role": "user", "content": long_text}]
+            )
+            results.append(final.stop_reason or "")
+        except Exception as exc:  # reported through `results`
+            results.append(repr(exc))
 
     threads = [threading.Thread(target=occupy) for _ in range(2)]
     for thread in threads:
         thread.start()
-    started.wait(timeout=30)  # one request running, one waiting
+    deadline = time.monotonic() + 60
+    while server.stats()["scripted"] != {"waiting": 1, "running": 1, "cancelled": 0}:
+        assert time.monotonic() < deadline, (server.stats(), results)
+        time.sleep(0.02)
+    # One request running, one waiting: the queue (max_queue 1) is full.
     with pytest.raises(anthropic.OverloadedError) as caught:
         client.messages.create(model="scripted", max_tokens=5, messages=HI)
     assert caught.value.status_code == 529

@@ -121,7 +121,8 @@ class BatchScheduler:
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         job = Job(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
         with self._cond:
-            if len(self._waiting) >= self._max_queue:
+            # Jobs submitted since the last step may still find a free slot.
+            if len(self._waiting) + len(self._running) >= self._n_parallel + self._max_queue:
                 self._counters["rejected"] += 1
                 raise OverloadedError(
                     "Overloaded: the request queue is full; retry shortly",

@@ -249,7 +249,8 @@ class ScriptedEngine(Engine):
         return Prompt(conversation, "".join(pieces), list(range(len(pieces))))
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
-        if self._waiting >= self.script.max_queue:
+        # Requests not yet holding a slot may still find one free: count all of them.
+        if self._waiting + self._running >= self.script.slots + self.script.max_queue:
             raise OverloadedError(
                 "Overloaded: the request queue is full; retry shortly",
                 headers={"retry-after": "1"},
