@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import Section, _free_port, serve, write_section
+from bench.common import Section, free_port, running, serve, write_section
 from bench.peer import bin_dir
 from parley.engines.llamacpp import embedded_model_path
 
@@ -152,56 +152,16 @@ def measure(parley_url: str, peer_url: str) -> tuple[dict[int, Wave], dict[int, 
 
 @contextlib.contextmanager
 def llama_server(model: Path) -> Iterator[str]:
-    port = _free_port()
-    command = [
-        str(bin_dir() / "llama-server"),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-c",
-        str(N_CTX),
-        "-np",
-        str(max(LEVELS)),
-        "-kvu",
-        "-t",
-        str(THREADS),
-        "-tb",
-        str(THREADS),
-        "-b",
-        "512",
-        "-ub",
-        "512",
-        "-fa",
-        "on",
-        "-ctk",
-        "q8_0",
-        "-ctv",
-        "q8_0",
-        "--no-webui",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("llama-server exited during start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not start")
-            time.sleep(0.2)
+    command = [
+        str(bin_dir() / "llama-server"), "-m", str(model), "--host", "127.0.0.1",
+        "--port", str(port), "-c", str(N_CTX), "-np", str(max(LEVELS)), "-kvu",
+        "-t", str(THREADS), "-tb", str(THREADS), "-b", "512", "-ub", "512",
+        "-fa", "on", "-ctk", "q8_0", "-ctv", "q8_0", "--no-webui",
+    ]  # fmt: skip
+    with running(command, url + "/health"):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def ceiling(model: Path, prompt_tokens: int) -> dict[int, float]:
@@ -246,17 +206,15 @@ def ceiling(model: Path, prompt_tokens: int) -> dict[int, float]:
 def main() -> Section:
     model = embedded_model_path()
     bin_dir()  # build the peer first, outside any timing
-    with serve(["--parallel", str(max(LEVELS))]) as (url, _):
+    with serve(["--parallel", str(max(LEVELS))]) as (url, _), llama_server(model) as peer_url:
         counted = httpx.post(
             url + "/v1/messages/count_tokens",
             json={"model": MODEL, "messages": [{"role": "user", "content": prompt(0)}]},
         ).json()["input_tokens"]
-        ours = measure("parley", url)
-    with llama_server(model) as url:
-        theirs = measure("peer", url)
+        ours, theirs = measure(url, peer_url)
     top = ceiling(model, counted)
 
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     verdicts: dict[str, bool] = {}
     for streams in LEVELS:
         p, q, c = ours[streams], theirs[streams], top[streams]

@@ -61,7 +61,7 @@ def write_section(section: Section) -> None:
     print(block)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -69,40 +69,43 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(args: list[str]) -> Iterator[tuple[str, int]]:
-    """A ``parley serve`` subprocess on a free loopback port; stopped on exit."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "parley",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+def running(command: list[str], health_url: str) -> Iterator[int]:
+    """A server subprocess, once ``health_url`` answers 200; stopped on exit."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError("parley exited during start-up")
+                raise RuntimeError(f"{command[0]} exited during start-up")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/", timeout=1).status_code == 200:
+                if httpx.get(health_url, timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("parley did not start")
+                raise RuntimeError(f"{command[0]} did not start")
             time.sleep(0.1)
-        yield url, process.pid
+        yield process.pid
     finally:
         process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def serve(args: list[str]) -> Iterator[tuple[str, int]]:
+    """A ``parley serve`` subprocess on a free loopback port: (url, pid)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "parley",
+        "serve",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    with running([*command, *args], url + "/") as pid:
+        yield url, pid

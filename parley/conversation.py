@@ -13,7 +13,7 @@ The result is made of frozen dataclasses; no wire model travels further.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
@@ -82,7 +82,6 @@ class Conversation:
     tool_choice: str = "auto"
     tool_name: str | None = None
     disable_parallel_tool_use: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last_user_text(self) -> str:

@@ -8,8 +8,6 @@ is busy. Both go through ``MessageState``, so they agree exactly.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,7 +16,7 @@ import anyio
 
 from parley.catalog import Catalog
 from parley.conversation import build_conversation
-from parley.engines.base import Engine, EngineEvent, Generation, Prompt, SamplingParams
+from parley.engines.base import Engine, Generation, Prompt, SamplingParams
 from parley.errors import APIError, InvalidRequestError, ParleyError
 from parley.ids import message_id
 from parley.streaming.state import MessageState
@@ -42,14 +40,12 @@ class MessagesService:
         self._catalog = catalog
         self._ping_interval = ping_interval
 
-    async def _render(self, req: wr.CountTokensRequest) -> tuple[Engine, Prompt]:
-        engine = self._catalog.resolve(req.model)
+    async def _render(self, engine: Engine, req: wr.CountTokensRequest) -> Prompt:
         conversation = build_conversation(req, engine.card.capabilities, model=req.model)
-        prompt = await anyio.to_thread.run_sync(engine.prepare, conversation)
-        return engine, prompt
+        return await anyio.to_thread.run_sync(engine.prepare, conversation)
 
     async def count_tokens(self, req: wr.CountTokensRequest) -> wresp.TokenCount:
-        _, prompt = await self._render(req)
+        prompt = await self._render(self._catalog.resolve(req.model), req)
         return wresp.TokenCount(input_tokens=prompt.n_tokens)
 
     async def prepare(self, req: wr.CreateMessageRequest) -> Prepared:
@@ -60,7 +56,7 @@ class MessagesService:
                 f"max_tokens: {req.max_tokens} > {card.max_output_tokens}, which is the maximum "
                 f"allowed number of output tokens for {req.model}"
             )
-        engine, prompt = await self._render(req)
+        prompt = await self._render(engine, req)
         if prompt.n_tokens >= card.context_length:
             raise InvalidRequestError(
                 f"prompt is too long: {prompt.n_tokens} tokens > {card.context_length - 1} "
@@ -98,7 +94,7 @@ class MessagesService:
         for event in state.start():
             yield event
         try:
-            async for item in _with_pings(generation, self._ping_interval):
+            async for item in generation.heartbeat(self._ping_interval):
                 if item is None:
                     yield ev.Ping()
                     continue
@@ -115,45 +111,3 @@ class MessagesService:
         finally:
             if state.stop_reason is None:
                 generation.cancel()
-
-
-_DONE = object()
-
-
-async def _with_pings(generation: Generation, interval: float) -> AsyncIterator[EngineEvent | None]:
-    """Engine events, with ``None`` whenever ``interval`` seconds pass without one.
-
-    One pump task per stream moves events into a queue; the consumer arms a
-    timer only while the queue is empty. Nothing is allocated per event
-    beyond the queue slot, which keeps the per-token cost low.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for event in generation:
-                queue.put_nowait(event)
-        except Exception as exc:
-            queue.put_nowait(exc)
-        finally:
-            queue.put_nowait(_DONE)
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            if queue.empty():
-                timer = loop.call_later(interval, queue.put_nowait, None)
-                item = await queue.get()
-                timer.cancel()
-            else:
-                item = queue.get_nowait()
-            if item is _DONE:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

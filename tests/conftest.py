@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx
@@ -39,11 +40,21 @@ class Server:
         options.update(kwargs)
         return anthropic.AsyncAnthropic(base_url=self.url, **options)  # type: ignore[arg-type]
 
-    def stats(self, key: str = "test-key") -> dict[str, dict[str, int]]:
+    def stats(self, key: str = "test-key") -> dict[str, dict[str, Any]]:
         response = httpx.get(f"{self.url}/parley/stats", headers={"x-api-key": key})
         response.raise_for_status()
-        data: dict[str, dict[str, int]] = response.json()
+        data: dict[str, dict[str, Any]] = response.json()
         return data
+
+    def wait_idle(self, model: str, timeout: float = 60) -> dict[str, Any]:
+        """Engine stats once nothing runs or waits (polls; fails after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats: dict[str, Any] = self.stats()[model]
+            if stats["running"] == 0 and stats["waiting"] == 0:
+                return stats
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -54,16 +54,6 @@ def wide_server(server_factory: Callable[..., Server]) -> Server:
     return server_factory("--parallel", "16", "--ping-interval", "0.5")
 
 
-def wait_idle(server: Server, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = server.stats()[MODEL]
-        if stats["running"] == 0 and stats["waiting"] == 0:
-            return stats
-        assert time.monotonic() < deadline, stats
-        time.sleep(0.05)
-
-
 def test_sixteen_concurrent_requests_match_their_unbatched_runs(wide_server: Server) -> None:
     client = wide_server.client()
     greedy = {"temperature": 0.0}
@@ -113,7 +103,7 @@ def test_sixteen_concurrent_requests_match_their_unbatched_runs(wide_server: Ser
             assert got.usage.output_tokens == ref.usage.output_tokens
             if got.stop_reason == "max_tokens":
                 assert got.usage.output_tokens == 10 + i
-    stats = wait_idle(wide_server)
+    stats = wide_server.wait_idle(MODEL)
     assert stats["kv_cached_tokens"] <= stats["kv_capacity"]
 
 
@@ -151,12 +141,12 @@ def test_cancelling_a_stream_lets_a_queued_request_start(
     # Leaving the stream cancels it; the queued request then runs to completion.
     waiter.join(timeout=60)
     assert queued and queued[0].stop_reason in {"end_turn", "max_tokens"}
-    stats = wait_idle(server)
+    stats = server.wait_idle(MODEL)
     assert stats["cancelled"] >= 1 and stats["rejected"] == 1
 
 
 def test_no_leaks_after_a_storm_of_cancels(wide_server: Server) -> None:
-    before = wait_idle(wide_server)
+    before = wide_server.wait_idle(MODEL)
 
     async def abandon(i: int) -> None:
         body = long_body(500, stream=True)
@@ -175,7 +165,7 @@ def test_no_leaks_after_a_storm_of_cancels(wide_server: Server) -> None:
         await asyncio.gather(*(abandon(i) for i in range(40)))
 
     asyncio.run(storm())
-    stats = wait_idle(wide_server)
+    stats = wide_server.wait_idle(MODEL)
     assert stats["cancelled"] - before["cancelled"] == 40
     assert stats["tokens"] - before["tokens"] < 40 * 100
     assert all(not slot["busy"] for slot in stats["slots"])

@@ -7,7 +7,6 @@ never what SmolLM2 happens to say.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import anthropic
@@ -355,13 +354,7 @@ def test_disconnect_cancels_generation(model_server: Server) -> None:
                 seen += 1
                 if seen == 3:
                     break
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        now = model_server.stats()[MODEL]
-        if now["running"] == 0 and now["cancelled"] > before["cancelled"]:
-            break
-        time.sleep(0.1)
-    after = model_server.stats()[MODEL]
+    after = model_server.wait_idle(MODEL)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["running"] == 0 and after["waiting"] == 0
     # Freed within a few tokens of the disconnect, far below max_tokens.
@@ -375,12 +368,6 @@ def test_non_streamed_disconnect_cancels_generation(model_server: Server) -> Non
     body = long_body(4000)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(model_server.url + "/v1/messages", json=body, timeout=1.0)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        now = model_server.stats()[MODEL]
-        if now["running"] == 0 and now["cancelled"] > before["cancelled"]:
-            break
-        time.sleep(0.1)
-    after = model_server.stats()[MODEL]
+    after = model_server.wait_idle(MODEL)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["tokens"] - before["tokens"] < 1000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated
 
 import anyio
@@ -18,6 +18,7 @@ from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
+from parley.wire.events import StreamEvent
 
 router = APIRouter()
 
@@ -69,13 +70,13 @@ async def count_tokens(
     return json_response(await state.messages.count_tokens(req))
 
 
-async def _sse(events: AsyncIterator[object]) -> AsyncIterator[bytes]:
+async def _sse(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
     async for event in events:
-        yield encode(event)  # type: ignore[arg-type]
+        yield encode(event)
 
 
 async def _cancel_on_disconnect(
-    request: Request, generation: Generation, work: object
+    request: Request, generation: Generation, work: Awaitable[wresp.Message]
 ) -> wresp.Message:
     """Run a non-streamed generation, cancelling it if the client goes away."""
     result: list[wresp.Message] = []
@@ -89,7 +90,7 @@ async def _cancel_on_disconnect(
                 return
 
     async def collect() -> None:
-        result.append(await work)  # type: ignore[misc]
+        result.append(await work)
         tg.cancel_scope.cancel()
 
     async with anyio.create_task_group() as tg:

@@ -17,6 +17,8 @@ Obligations of an implementation:
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -110,6 +112,56 @@ class Generation(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self) -> None: ...
+
+    async def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        """The events, with ``None`` whenever ``interval`` seconds pass without one.
+
+        This default moves events through a queue with one pump task; engines
+        with a queue of their own override it to skip the extra hop.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in self:
+                    queue.put_nowait(event)
+            except Exception as exc:
+                queue.put_nowait(exc)
+            finally:
+                queue.put_nowait(_END)
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                item = await next_or_tick(queue, loop, interval)
+                if item is _END:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+_END = object()
+TICK = object()
+"""Put in a queue by the heartbeat timer; read back as ``None`` (no event yet)."""
+
+
+async def next_or_tick(
+    queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop, interval: float
+) -> Any:
+    """The next queued item, or ``None`` if ``interval`` seconds pass first."""
+    if not queue.empty():
+        item = queue.get_nowait()
+    else:
+        timer = loop.call_later(interval, queue.put_nowait, TICK)
+        item = await queue.get()
+        timer.cancel()
+    return None if item is TICK else item
 
 
 class Engine(abc.ABC):

@@ -2,7 +2,7 @@
 
 A ``Job`` carries a prompt and its sampling parameters to the engine thread;
 events come back through the job's ``asyncio.Queue``, fed with
-``call_soon_threadsafe`` so the event loop never blocks. ``None`` ends the
+``call_soon_threadsafe`` so the event loop never blocks. ``END`` ends the
 stream; an exception is raised in the consumer. Cancelling sets a flag the
 engine thread checks at its next step.
 """
@@ -14,7 +14,21 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from parley.engines.base import EngineEvent, Finished, Generation, Prompt, SamplingParams
+from parley.engines.base import (
+    EngineEvent,
+    Finished,
+    Generation,
+    Prompt,
+    SamplingParams,
+    next_or_tick,
+)
+
+
+class _EndOfStream:
+    """The last item a job's queue receives."""
+
+
+END = _EndOfStream()
 
 
 @dataclass
@@ -22,7 +36,7 @@ class Job:
     prompt: Prompt
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[EngineEvent | BaseException | None]
+    events: asyncio.Queue[EngineEvent | BaseException | _EndOfStream]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -36,7 +50,7 @@ class QueueGeneration(Generation):
         try:
             while True:
                 item = await self._job.events.get()
-                if item is None:
+                if isinstance(item, _EndOfStream):
                     self._done = True
                     return
                 if isinstance(item, BaseException):
@@ -53,6 +67,29 @@ class QueueGeneration(Generation):
 
     def __aiter__(self) -> AsyncIterator[EngineEvent]:
         return self._events()
+
+    async def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                item = await next_or_tick(self._job.events, loop, interval)
+                if item is None:
+                    yield None
+                    continue
+                if isinstance(item, _EndOfStream):
+                    self._done = True
+                    return
+                if isinstance(item, BaseException):
+                    self._done = True
+                    raise item
+                if isinstance(item, Finished):
+                    self._done = True
+                yield item
+                if self._done:
+                    return
+        finally:
+            if not self._done:
+                self.cancel()
 
     def cancel(self) -> None:
         if not self._done and not self._job.cancelled.is_set():

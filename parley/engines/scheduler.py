@@ -40,7 +40,7 @@ from parley.engines.base import (
     Prompt,
     SamplingParams,
 )
-from parley.engines.jobs import Job, QueueGeneration
+from parley.engines.jobs import END, Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
 from parley.engines.tool_format import ToolCallParser
 from parley.errors import EngineError, OverloadedError, ParleyError
@@ -104,7 +104,7 @@ class BatchScheduler:
         self._stopping = False
         self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0, "tokens": 0}
         # Events of one step go to the event loop in one wake-up, not one per event.
-        self._outbox: list[tuple[Job, EngineEvent | BaseException | None]] = []
+        self._outbox: list[tuple[Job, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
 
     # --- the event-loop side -------------------------------------------------
@@ -323,7 +323,7 @@ class BatchScheduler:
 
     def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
         self._outbox.append((run.job, Finished(reason, run.produced, stop)))
-        self._outbox.append((run.job, None))
+        self._outbox.append((run.job, END))
         with self._cond:
             self._counters["completed"] += 1
             self._release(run)
@@ -339,14 +339,14 @@ class BatchScheduler:
 
     def _fail_all(self, error: ParleyError) -> None:
         for run in list(self._running):
-            self._outbox.extend([(run.job, error), (run.job, None)])
+            self._outbox.extend([(run.job, error), (run.job, END)])
             self._counters["failed"] += 1
             self._native.forget(run.slot.seq_id)
             run.slot.cached = []
             self._release(run)
         if self._stopping:
             for _, _, job in self._waiting:
-                self._outbox.extend([(job, error), (job, None)])
+                self._outbox.extend([(job, error), (job, END)])
             self._waiting.clear()
 
     def _flush(self) -> None:
@@ -365,6 +365,6 @@ class BatchScheduler:
                     job.cancelled.set()
 
 
-def _put_all(items: list[tuple[Job, EngineEvent | BaseException | None]]) -> None:
+def _put_all(items: list[tuple[Job, Any]]) -> None:
     for job, event in items:
         job.events.put_nowait(event)

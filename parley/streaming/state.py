@@ -70,8 +70,10 @@ class MessageState:
                 out = self._ensure_open("text")
                 assert self._open is not None
                 self._open.text.append(text)
+                # The per-token hot path: built without re-validating our own values.
+                delta = ev.TextDelta.model_construct(text=text)
                 out.append(
-                    ev.ContentBlockDelta(index=self._open.index, delta=ev.TextDelta(text=text))
+                    ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta)
                 )
                 return out
             case ToolCallStart(id=tool_id, name=name):
@@ -86,8 +88,10 @@ class MessageState:
                 if self._open is None or self._open.kind != "tool_use":
                     raise StreamProtocolError("tool input outside a tool_use block")
                 self._open.text.append(piece)
-                delta = ev.InputJSONDelta(partial_json=piece)
-                return [ev.ContentBlockDelta(index=self._open.index, delta=delta)]
+                delta_json = ev.InputJSONDelta.model_construct(partial_json=piece)
+                return [
+                    ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta_json)
+                ]
             case Finished():
                 return self._finish(event)
         raise StreamProtocolError(f"unknown engine event {event!r}")

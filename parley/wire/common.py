@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator
+from pydantic import BaseModel, ConfigDict, Discriminator, model_validator
+from pydantic_core import PydanticCustomError
 
 # Union members are tagged "~name" so that validation error locations can drop
 # the tags and keep only the path into the client's JSON (see ``error_path``).
@@ -65,6 +66,20 @@ def str_or_list(value: Any) -> str:
 
 def shape_discriminator(fn: Callable[[Any], str]) -> Discriminator:
     return Discriminator(fn)
+
+
+class KnownUnsupported(RequestModel):
+    """A type the API defines but parley cannot serve yet: validation always fails,
+    with a message naming the type instead of an "unknown type" error."""
+
+    refusal: ClassVar[str] = "'{kind}' is not supported by parley yet"
+    type: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        kind = value.get("type") if isinstance(value, dict) else value
+        raise PydanticCustomError("unsupported", cls.refusal, {"kind": kind})
 
 
 class CacheControlEphemeral(RequestModel):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, Tag, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, Tag
 
 from parley.wire.common import (
     CacheControlEphemeral,
+    KnownUnsupported,
     RequestModel,
     shape_discriminator,
     str_or_list,
@@ -196,20 +196,8 @@ UNSUPPORTED_BLOCK_TYPES = (
 )
 
 
-class UnsupportedBlock(RequestModel):
-    """Stands for a known block type that parley cannot serve; always fails."""
-
-    type: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse(cls, value: Any) -> Any:
-        kind = value.get("type") if isinstance(value, dict) else value
-        raise PydanticCustomError(
-            "unsupported_block",
-            "content blocks of type '{kind}' are not supported by parley yet",
-            {"kind": kind},
-        )
+class UnsupportedBlock(KnownUnsupported):
+    refusal = "content blocks of type '{kind}' are not supported by parley yet"
 
 
 SUPPORTED_BLOCK_TYPES = (

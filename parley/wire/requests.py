@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from parley.wire.common import (
     CacheControlEphemeral,
+    KnownUnsupported,
     RequestModel,
     shape_discriminator,
     str_or_list,
@@ -137,20 +138,8 @@ class AnthropicClientTool(RequestModel):
     cache_control: CacheControlEphemeral | None = None
 
 
-class ServerTool(RequestModel):
-    """A server tool; recognised so the error can say it is not available."""
-
-    type: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse(cls, value: Any) -> Any:
-        kind = value.get("type") if isinstance(value, dict) else value
-        raise PydanticCustomError(
-            "unsupported_tool",
-            "server tool '{kind}' is not supported by parley yet",
-            {"kind": kind},
-        )
+class ServerTool(KnownUnsupported):
+    refusal = "server tool '{kind}' is not supported by parley yet"
 
 
 def _tool_kind(value: Any) -> str | None:
