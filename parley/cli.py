@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M)")
     serve.add_argument("--model-name", help="the model id clients use for --model")
+    serve.add_argument("--chat-template", help="a Jinja chat template file replacing the model's")
     serve.add_argument("--engine", help="engine name: llamacpp (default), scripted, ...")
     serve.add_argument("--script", help="rules file of the scripted engine (YAML or JSON)")
     serve.add_argument(
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "port": args.port,
         "model": args.model,
         "model_name": args.model_name,
+        "chat_template": args.chat_template,
         "engine": args.engine,
         "script": args.script,
         "data_dir": args.data_dir,

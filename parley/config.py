@@ -48,6 +48,7 @@ class Settings:
     engine: str = "llamacpp"
     model: str | None = None  # a GGUF path; None serves the embedded default
     model_name: str | None = None  # the id clients use; derived when None
+    chat_template: str | None = None  # a Jinja file replacing the GGUF's template
     aliases: dict[str, str] = field(default_factory=dict)
     claude_aliases: bool = True
     api_keys: tuple[str, ...] = ()

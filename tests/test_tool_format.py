@@ -8,14 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parley.conversation import Conversation, TextPart, ToolSpec, Turn
-from parley.engines.base import EngineEvent, TextChunk, ToolCallStart, ToolInputChunk
-from parley.engines.tool_format import ToolCallParser, grammar_for
+from parley.engines.base import CallSyntax, EngineEvent, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.tool_format import FALLBACK, HERMES, ToolCallParser, grammar_for
 
 TOOLS = (ToolSpec("a", "", {"type": "object"}), ToolSpec("b", "", {"type": "object"}))
 
 
-def run(pieces: list[str], stops: tuple[str, ...] = ()) -> tuple[list[EngineEvent], ToolCallParser]:
-    parser = ToolCallParser(TOOLS, stops)
+def run(
+    pieces: list[str], stops: tuple[str, ...] = (), syntax: CallSyntax = FALLBACK
+) -> tuple[list[EngineEvent], ToolCallParser]:
+    parser = ToolCallParser(TOOLS, stops, syntax)
     events: list[EngineEvent] = []
     for piece in pieces:
         events.extend(parser.feed(piece))
@@ -117,3 +119,32 @@ def test_grammar_per_choice() -> None:
     assert forced is not None and forced.lazy_trigger is None
     assert json.dumps('b">\n') in forced.text and json.dumps('a">\n') not in forced.text
     assert "call)*" not in forced.text
+
+
+def written(syntax: CallSyntax, name: str, body: str) -> str:
+    return f"{syntax.open}{name}{syntax.name_end}{body}{syntax.close}"
+
+
+HERMES_TEXT = "Sure." + written(HERMES, "a", '{"x": {"y": 1}}') + "\n" + written(HERMES, "b", "{}")
+
+
+@given(splits(HERMES_TEXT))
+def test_hermes_syntax_any_split(pieces: list[str]) -> None:
+    events, parser = run(pieces, syntax=HERMES)
+    assert summary(events) == [
+        ("text", "Sure."),
+        ("call", "a"),
+        ("input", '{"x": {"y": 1}}'),
+        ("call", "b"),
+        ("input", "{}"),
+    ]
+    assert parser.calls == 2
+
+
+def test_grammar_follows_the_syntax() -> None:
+    conv = Conversation(
+        system=None, turns=(Turn("user", (TextPart("x"),)),), tools=TOOLS, tool_choice="any"
+    )
+    grammar = grammar_for(conv, HERMES)
+    assert grammar is not None and grammar.syntax is HERMES
+    assert json.dumps(HERMES.open) in grammar.text and json.dumps(HERMES.close) in grammar.text

@@ -8,6 +8,8 @@ the schema, is the model's business.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -310,3 +312,93 @@ def test_random_schemas_always_validate(model_server: Server, schema: dict[str, 
     assert message.stop_reason == "tool_use", message
     (call,) = calls(message)
     jsonschema.validate(call.input, schema)
+
+
+# --- a model whose chat template renders tools itself (Hermes style) -------------
+
+HERMES = Path(__file__).parent / "data" / "hermes.jinja"
+
+
+@pytest.fixture(scope="module")
+def hermes_server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory("--chat-template", str(HERMES))
+
+
+def test_native_template_tools_round_trip(hermes_server: Server) -> None:
+    client = hermes_server.client()
+    first = create(
+        client,
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+    )
+    assert first.stop_reason == "tool_use"
+    check_calls(first, SCHEMAS)
+    history: list[Any] = [
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": b.id, "content": "Sunny.", "is_error": False}
+                for b in calls(first)
+            ],
+        },
+    ]
+    with client.messages.stream(
+        model=MODEL,
+        max_tokens=200,
+        tools=[WEATHER, TIME],
+        messages=history,
+        extra_body=GREEDY,  # type: ignore[arg-type]
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use" and len(calls(final)) == 1
+    check_calls(final, SCHEMAS)
+    pieces = [
+        e.delta.partial_json
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+    ]
+    assert json.loads("".join(pieces)) == calls(final)[0].input
+    counted = client.messages.count_tokens(
+        model=MODEL,
+        tools=[WEATHER, TIME],
+        messages=history,  # type: ignore[arg-type]
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
+    assert counted.input_tokens == final.usage.input_tokens
+
+
+def test_native_template_renders_tools_and_history() -> None:
+    from parley.conversation import (
+        Conversation,
+        TextPart,
+        ToolCallPart,
+        ToolResultPart,
+        ToolSpec,
+        Turn,
+    )
+    from parley.engines.chat_template import ChatTemplate
+
+    template = ChatTemplate(HERMES.read_text(), bos_token="", eos_token="")
+    assert template.native_tools
+    conv = Conversation(
+        system="Be brief.",
+        turns=(
+            Turn("user", (TextPart("Weather in Rome?"),)),
+            Turn("assistant", (ToolCallPart("toolu_1", "get_weather", {"city": "Rome"}),)),
+            Turn("user", (ToolResultPart("toolu_1", "Sunny."),)),
+        ),
+        tools=(ToolSpec("get_weather", "Weather.", {"type": "object"}),),
+    )
+    text = template.render(conv)
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in text
+    assert "Be brief." in text
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>' in text
+    )
+    assert "<tool_response>\nSunny.\n</tool_response>" in text
+    assert text.endswith("<|im_start|>assistant\n")

@@ -39,12 +39,28 @@ class ModelCard:
 
 
 @dataclass(frozen=True)
+class CallSyntax:
+    """How a model writes a tool call: ``open NAME name_end INPUT close``.
+
+    Consecutive calls are separated by ``separator``; ``trigger`` is the text
+    that wakes a lazy grammar when the model decides to call on its own.
+    """
+
+    open: str
+    name_end: str
+    close: str
+    trigger: str
+    separator: str = "\n"
+
+
+@dataclass(frozen=True)
 class Grammar:
     """A decoding constraint in llama.cpp's GBNF, optionally woken by a trigger text."""
 
     text: str
     root: str = "root"
     lazy_trigger: str | None = None  # None: constrain from the first token
+    syntax: CallSyntax | None = None  # the tool-call syntax the grammar writes
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from parley.conversation import Conversation, TextPart, ToolCallPart, ToolResultPart, Turn
-from parley.engines.tool_format import CLOSE, NAME_END, OPEN, system_section
+from parley.engines.base import CallSyntax
+from parley.engines.tool_format import FALLBACK, HERMES, system_section
 from parley.errors import InvalidRequestError
 
 FALLBACK_TEMPLATE = (
@@ -49,25 +50,33 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # Hermes-style templates render tools themselves and show the model
+        # <tool_call> blocks; every other template gets parley's fallback.
+        self.native_tools = "<tool_call>" in self.source and "tools" in self.source
+        self.syntax: CallSyntax = HERMES if self.native_tools else FALLBACK
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text: history, generation prompt, then the prefill."""
-        messages = _messages(conversation, inline_system=True)
+        native = self.native_tools
+        tools = _function_specs(conversation) if native and conversation.tools else None
+        messages = _messages(conversation, inline_system=True, native=native)
         try:
-            text = self._apply(messages)
+            text = self._apply(messages, tools)
         except TemplateRefusal:
             # Templates that allow a system message only in first place get the
             # inline ones folded into the user turn that follows them.
-            text = self._apply(_messages(conversation, inline_system=False))
+            text = self._apply(_messages(conversation, inline_system=False, native=native), tools)
         return text + conversation.prefill
 
-    def _apply(self, messages: list[dict[str, Any]]) -> str:
+    def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
         try:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except TemplateRefusal:
             raise
@@ -75,11 +84,30 @@ class ChatTemplate:
             raise InvalidRequestError(f"messages: the model's chat template failed: {exc}") from exc
 
 
-def _messages(conversation: Conversation, *, inline_system: bool) -> list[dict[str, Any]]:
+def _function_specs(conversation: Conversation) -> list[dict[str, Any]]:
+    """Tools in the shape chat templates expect (OpenAI-style functions)."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.input_schema,
+            },
+        }
+        for t in conversation.tools
+    ]
+
+
+def _messages(
+    conversation: Conversation, *, inline_system: bool, native: bool = False
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     system = conversation.system or ""
-    if conversation.tools:
+    if conversation.tools and not native:
         system = f"{system}\n\n{system_section(conversation)}".strip()
+    elif conversation.tools and conversation.tool_choice == "none":
+        system = f"{system}\n\nDo not call any tool in this reply.".strip()
     if system:
         out.append({"role": "system", "content": system})
     pending_system: list[str] = []
@@ -90,16 +118,51 @@ def _messages(conversation: Conversation, *, inline_system: bool) -> list[dict[s
             else:
                 pending_system.append(turn.text)
             continue
-        content = _turn_text(turn)
-        if pending_system and turn.role == "user":
-            content = "\n\n".join([*(f"<system>{s}</system>" for s in pending_system), content])
-            pending_system = []
-        if out and out[-1]["role"] == turn.role:
-            # Folding system turns away can leave two user turns side by side.
-            out[-1] = {"role": turn.role, "content": out[-1]["content"] + "\n\n" + content}
+        if native:
+            produced = _native_turn(turn)
         else:
-            out.append({"role": turn.role, "content": content})
+            produced = [{"role": turn.role, "content": _turn_text(turn)}]
+        if pending_system and produced and produced[-1]["role"] == "user":
+            notes = [f"<system>{s}</system>" for s in pending_system]
+            produced[-1]["content"] = "\n\n".join([*notes, produced[-1]["content"]])
+            pending_system = []
+        for message in produced:
+            if out and _mergeable(out[-1], message):
+                # Folding system turns away can leave two user turns side by side.
+                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + message["content"]}
+            else:
+                out.append(message)
     return out
+
+
+def _mergeable(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    plain = "tool_calls" not in before and "tool_calls" not in after
+    return plain and before["role"] == after["role"] and after["role"] in ("user", "assistant")
+
+
+def _native_turn(turn: Turn) -> list[dict[str, Any]]:
+    """A turn as OpenAI-style messages: assistant ``tool_calls``, ``tool`` results."""
+    text = "\n\n".join(p.text for p in turn.parts if isinstance(p, TextPart))
+    if turn.role == "assistant":
+        calls = [
+            {"type": "function", "id": p.id, "function": {"name": p.name, "arguments": p.input}}
+            for p in turn.parts
+            if isinstance(p, ToolCallPart)
+        ]
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            message["tool_calls"] = calls
+        return [message]
+    results = [
+        {
+            "role": "tool",
+            "tool_call_id": p.tool_use_id,
+            "content": f"Error: {p.text}" if p.is_error else p.text,
+        }
+        for p in turn.parts
+        if isinstance(p, ToolResultPart)
+    ]
+    return [*results, {"role": turn.role, "content": text}] if text else results
 
 
 def _turn_text(turn: Turn) -> str:
@@ -109,7 +172,7 @@ def _turn_text(turn: Turn) -> str:
             pieces.append(part.text)
         elif isinstance(part, ToolCallPart):
             body = json.dumps(part.input, ensure_ascii=False)
-            pieces.append(f"{OPEN}{part.name}{NAME_END}{body}{CLOSE}")
+            pieces.append(f"{FALLBACK.open}{part.name}{FALLBACK.name_end}{body}{FALLBACK.close}")
         elif isinstance(part, ToolResultPart):
             status = ' is_error="true"' if part.is_error else ""
             head = f'<tool_result tool_use_id="{part.tool_use_id}"{status}>'

@@ -62,8 +62,10 @@ class LlamaCppEngine(Engine):
         config: NativeConfig,
         max_queue: int = 64,
         prefill_chunk: int = 128,
+        chat_template: str | None = None,
     ) -> None:
         self.model_path = model_path
+        self._template_override = chat_template
         self._config = config
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
@@ -96,7 +98,7 @@ class LlamaCppEngine(Engine):
         self._bos_text = native.token_text(native.bos)
         self._add_bos = native.add_bos
         self._template = ChatTemplate(
-            native.chat_template(),
+            self._template_override or native.chat_template(),
             bos_token=self._bos_text,
             eos_token=native.token_text(native.eos),
         )
@@ -140,7 +142,7 @@ class LlamaCppEngine(Engine):
         text = self._template.render(conversation)
         add_bos = self._add_bos and not text.startswith(self._bos_text)
         tokens = self._native.tokenize(text, add_bos=add_bos)
-        return Prompt(conversation, text, tokens, grammar_for(conversation))
+        return Prompt(conversation, text, tokens, grammar_for(conversation, self._template.syntax))
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
@@ -173,4 +175,14 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         config=config,
         max_queue=settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
+        chat_template=_read_template(settings.chat_template),
     )
+
+
+def _read_template(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the chat template {path}: {exc}") from exc

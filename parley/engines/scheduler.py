@@ -229,7 +229,7 @@ class BatchScheduler:
             run.parser = ToolCallParser(
                 job.prompt.conversation.tools,
                 params.stop_sequences,
-                watch_calls=grammar is not None,
+                grammar.syntax if grammar is not None else None,
             )
             self._running.append(run)
             if budget == 0:

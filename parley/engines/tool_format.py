@@ -1,13 +1,21 @@
-"""Tool calling for models without a native tool format: prompt, grammar, parser.
+"""Tool calling: call syntaxes, the fallback prompt, the grammar, the parser.
 
-The documented fallback format. Tools are described in the system prompt; a
-call is written as::
+Two call syntaxes. Models whose chat template renders tools in the Hermes
+style (Qwen 2.5/3, Hermes, many fine-tunes: the template mentions
+``<tool_call>``) get their tools through the template and write::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+Every other model gets the documented fallback: tools described in the
+system prompt, calls written as::
 
     <tool_call name="get_weather">
     {"city": "Paris"}
     </tool_call>
 
-(several calls follow one another, separated by a newline). Once a call
+(in both, several calls follow one another, separated by a newline). Once a call
 starts, decoding is constrained by a llama.cpp grammar built from the tools'
 JSON Schemas, so the name is one of the offered tools and the input is JSON
 that matches its schema. ``auto`` uses a lazy grammar that wakes up at
@@ -24,14 +32,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parley.conversation import Conversation, ToolSpec
-from parley.engines.base import EngineEvent, Grammar, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.base import (
+    CallSyntax,
+    EngineEvent,
+    Grammar,
+    TextChunk,
+    ToolCallStart,
+    ToolInputChunk,
+)
 from parley.engines.stops import StopMatcher
 from parley.ids import tool_use_id
 
-OPEN = '<tool_call name="'
-NAME_END = '">\n'
-CLOSE = "\n</tool_call>"
-TRIGGER = "<tool_call"
+FALLBACK = CallSyntax(
+    open='<tool_call name="', name_end='">\n', close="\n</tool_call>", trigger="<tool_call"
+)
+HERMES = CallSyntax(
+    open='<tool_call>\n{"name": "',
+    name_end='", "arguments": ',
+    close="}\n</tool_call>",
+    trigger="<tool_call>",
+)
 
 
 def system_section(conv: Conversation) -> str:
@@ -39,7 +59,7 @@ def system_section(conv: Conversation) -> str:
     lines = [
         "You can call tools. To call a tool, reply with a block exactly like this, "
         "holding only the tool's JSON input:",
-        f"{OPEN}TOOL_NAME{NAME_END}" + '{"argument": "value"}' + CLOSE,
+        f"{FALLBACK.open}TOOL_NAME{FALLBACK.name_end}" + '{"argument": "value"}' + FALLBACK.close,
         "Tool results come back in <tool_result> blocks.",
     ]
     if conv.tool_choice == "none":
@@ -57,7 +77,8 @@ def system_section(conv: Conversation) -> str:
     return "\n".join(lines)
 
 
-def grammar_for(conv: Conversation) -> Grammar | None:
+def grammar_for(conv: Conversation, syntax: CallSyntax = FALLBACK) -> Grammar | None:
+    """The constraint for this request's tool calls, in ``syntax``; None for no calls."""
     if not conv.tools or conv.tool_choice == "none":
         return None
     from llama_cpp import llama_grammar
@@ -69,15 +90,16 @@ def grammar_for(conv: Conversation) -> Grammar | None:
     for i, tool in enumerate(allowed):
         schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
         rule = converter.visit(schema, f"tool-{i}")
-        alternatives.append(f"{_literal(tool.name + NAME_END)} {rule}")
+        alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
     body = converter.format_grammar()
     # JSON strings may not hold raw control characters; the converter's rule allows them.
     body = body.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
-    call = "call ::= (" + " | ".join(alternatives) + ") " + _literal(CLOSE)
-    more = "" if conv.disable_parallel_tool_use else f" ({_literal(chr(10) + OPEN)} call)*"
-    root = f"root ::= {_literal(OPEN)} call{more}"
-    lazy = TRIGGER if conv.tool_choice == "auto" else None
-    return Grammar(f"{root}\n{call}\n{body}", "root", lazy)
+    call = "call ::= (" + " | ".join(alternatives) + ") " + _literal(syntax.close)
+    again = _literal(syntax.separator + syntax.open)
+    more = "" if conv.disable_parallel_tool_use else f" ({again} call)*"
+    root = f"root ::= {_literal(syntax.open)} call{more}"
+    lazy = syntax.trigger if conv.tool_choice == "auto" else None
+    return Grammar(f"{root}\n{call}\n{body}", "root", lazy, syntax)
 
 
 def _literal(text: str) -> str:
@@ -113,7 +135,7 @@ class ToolCallParser:
 
     tools: tuple[ToolSpec, ...]
     stops: tuple[str, ...] = ()
-    watch_calls: bool = True
+    syntax: CallSyntax | None = None  # None: no tool calls to watch for
     state: str = "text"
     calls: int = 0
     stop_hit: str | None = None
@@ -126,7 +148,8 @@ class ToolCallParser:
     _done: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        markers = (OPEN,) if self.watch_calls else ()
+        self._syntax = self.syntax or FALLBACK
+        markers = (self._syntax.open,) if self.syntax else ()
         self._matcher = StopMatcher((*markers, *self.stops))
 
     def feed(self, text: str) -> list[EngineEvent]:
@@ -137,7 +160,7 @@ class ToolCallParser:
                 text = ""
                 if safe:
                     out.append(TextChunk(safe))
-                if hit == OPEN:
+                if hit == self._syntax.open:
                     text = self._matcher.flush()
                     self._enter_name()
                 elif hit is not None:
@@ -145,12 +168,13 @@ class ToolCallParser:
                     return out
             elif self.state == "name":
                 joined = self._name + text
-                at = joined.find(NAME_END)
+                end = self._syntax.name_end
+                at = joined.find(end)
                 if at < 0:
                     self._name = joined
                     return out
-                self._name, text = joined[:at], joined[at + len(NAME_END) :]
-                self._matcher = StopMatcher((CLOSE,))
+                self._name, text = joined[:at], joined[at + len(end) :]
+                self._matcher = StopMatcher((self._syntax.close,))
                 self.state = "input"
                 out.extend(self._release())
             elif self.state == "input":
@@ -197,7 +221,7 @@ class ToolCallParser:
         out = self._release()
         self._done.append((self._name, raw))
         self.calls += 1
-        self._matcher = StopMatcher((OPEN,))
+        self._matcher = StopMatcher((self._syntax.open,))
         self.state = "between"
         return out
 
