@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -173,6 +174,8 @@ async def next_or_tick(
     """The next queued item, or ``None`` if ``interval`` seconds pass first."""
     if not queue.empty():
         item = queue.get_nowait()
+    elif interval == math.inf:
+        item = await queue.get()
     else:
         timer = loop.call_later(interval, queue.put_nowait, TICK)
         item = await queue.get()

@@ -10,6 +10,7 @@ engine thread checks at its next step.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -46,29 +47,8 @@ class QueueGeneration(Generation):
         self._on_cancel = on_cancel
         self._done = False
 
-    async def _events(self) -> AsyncIterator[EngineEvent]:
-        try:
-            while True:
-                item = await self._job.events.get()
-                if isinstance(item, _EndOfStream):
-                    self._done = True
-                    return
-                if isinstance(item, BaseException):
-                    self._done = True
-                    raise item
-                if isinstance(item, Finished):
-                    self._done = True
-                yield item
-                if self._done:
-                    return
-        finally:
-            if not self._done:
-                self.cancel()
-
-    def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        return self._events()
-
-    async def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+    async def _stream(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        """Events until the end of the job; ``None`` after ``interval`` s without one."""
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -90,6 +70,17 @@ class QueueGeneration(Generation):
         finally:
             if not self._done:
                 self.cancel()
+
+    async def _events(self) -> AsyncIterator[EngineEvent]:
+        async for item in self._stream(math.inf):
+            if item is not None:
+                yield item
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._events()
+
+    def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        return self._stream(interval)
 
     def cancel(self) -> None:
         if not self._done and not self._job.cancelled.is_set():
