@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
+from parley.thinking import Signer
 from parley.tools import client_tool
 from parley.wire import content as wc
 from parley.wire import requests as wr
@@ -43,7 +44,12 @@ class ToolResultPart:
     is_error: bool = False
 
 
-Part = TextPart | ToolCallPart | ToolResultPart
+@dataclass(frozen=True)
+class ThinkingPart:
+    text: str
+
+
+Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Conversation:
     tool_choice: str = "auto"
     tool_name: str | None = None
     disable_parallel_tool_use: bool = False
+    thinking_budget: int | None = None  # open a reasoning section of at most this many tokens
 
     @property
     def last_user_text(self) -> str:
@@ -92,14 +99,20 @@ class Conversation:
 
 
 def build_conversation(
-    req: wr.CountTokensRequest, caps: Capabilities, *, model: str
+    req: wr.CountTokensRequest,
+    caps: Capabilities,
+    *,
+    model: str,
+    signer: Signer | None = None,
 ) -> Conversation:
     """Validate what pydantic cannot and produce the engine's conversation."""
     _refuse_unsupported(req, caps, model=model)
+    budget = _thinking_budget(req)
+    context = _Context(caps, model, signer)
     system = _system_text(req.system)
     turns: list[Turn] = []
     for i, message in enumerate(req.messages):
-        parts = _parts(message, caps, path=f"messages.{i}", model=model)
+        parts = _parts(message, context, path=f"messages.{i}")
         last = i == len(req.messages) - 1
         if not parts and not (last and message.role == "assistant"):
             raise InvalidRequestError(
@@ -115,6 +128,13 @@ def build_conversation(
     prefill = ""
     if turns and turns[-1].role == "assistant":
         final = turns.pop()
+        if budget is not None:
+            raise InvalidRequestError(
+                f"messages.{len(req.messages) - 1}.content.0.type: Expected `thinking` or "
+                "`redacted_thinking`, but found `text`. When `thinking` is enabled, a final "
+                "`assistant` message must start with a thinking block; parley does not continue "
+                "a prefill while thinking"
+            )
         if any(not isinstance(p, TextPart) for p in final.parts):
             raise InvalidRequestError(
                 "messages: the final assistant message may only contain text to continue "
@@ -144,6 +164,7 @@ def build_conversation(
         tool_choice=choice.type if choice is not None else "auto",
         tool_name=tool_name,
         disable_parallel_tool_use=bool(getattr(choice, "disable_parallel_tool_use", False)),
+        thinking_budget=budget,
     )
 
 
@@ -166,15 +187,52 @@ def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model
                 "max_tokens: must be greater than thinking.budget_tokens "
                 f"({max_tokens} <= {thinking.budget_tokens})"
             )
-        raise UnsupportedFeatureError(
-            "thinking: extended thinking ({'type': 'enabled'}) is not supported by parley yet"
-        )
+    if isinstance(thinking, wr.ThinkingEnabled | wr.ThinkingAdaptive):
+        if isinstance(req.tool_choice, wr.ToolChoiceAny | wr.ToolChoiceTool):
+            raise InvalidRequestError(
+                "Thinking may not be enabled when tool_choice forces tool use."
+            )
+        if isinstance(req, wr.CreateMessageRequest):
+            if req.temperature is not None and req.temperature != 1.0:
+                raise InvalidRequestError(
+                    "`temperature` may only be set to 1 when thinking is enabled."
+                )
+            if req.top_k is not None:
+                raise InvalidRequestError("`top_k` may not be set when thinking is enabled.")
+            if req.top_p is not None and req.top_p < 0.95:
+                raise InvalidRequestError(
+                    "`top_p` must be greater than or equal to 0.95 when thinking is enabled."
+                )
     if req.output_config is not None and req.output_config.format is not None:
         raise UnsupportedFeatureError(
             "output_config.format: structured outputs are not supported by parley yet"
         )
     if req.tools and not caps.tools:
         raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
+
+
+# Budgets parley gives adaptive thinking, by output_config.effort.
+EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 6144, "max": 8192}
+
+
+def _thinking_budget(req: wr.CountTokensRequest) -> int | None:
+    thinking = req.thinking
+    if isinstance(thinking, wr.ThinkingEnabled):
+        return thinking.budget_tokens
+    if isinstance(thinking, wr.ThinkingAdaptive):
+        effort = req.output_config.effort if req.output_config is not None else None
+        budget = EFFORT_BUDGETS[effort or "medium"]
+        max_tokens = getattr(req, "max_tokens", None)
+        # Leave room for an answer within max_tokens.
+        return min(budget, max(1, max_tokens // 2)) if max_tokens is not None else budget
+    return None
+
+
+@dataclass(frozen=True)
+class _Context:
+    caps: Capabilities
+    model: str
+    signer: Signer | None
 
 
 def _system_text(system: str | list[wc.TextBlock] | None) -> str | None:
@@ -185,17 +243,18 @@ def _system_text(system: str | list[wc.TextBlock] | None) -> str | None:
     return "\n\n".join(b.text for b in system) or None
 
 
-def _parts(message: wr.Message, caps: Capabilities, *, path: str, model: str) -> tuple[Part, ...]:
+def _parts(message: wr.Message, ctx: _Context, *, path: str) -> tuple[Part, ...]:
     content = message.content
     if isinstance(content, str):
         return (TextPart(content),) if content else ()
     parts: list[Part] = []
     for j, block in enumerate(content):
-        parts.extend(_block_parts(block, caps, path=f"{path}.content.{j}", model=model))
+        parts.extend(_block_parts(block, ctx, path=f"{path}.content.{j}"))
     return tuple(parts)
 
 
-def _block_parts(block: Any, caps: Capabilities, *, path: str, model: str) -> list[Part]:
+def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
+    caps, model = ctx.caps, ctx.model
     match block:
         case wc.TextBlock(text=text):
             if not text:
@@ -208,9 +267,15 @@ def _block_parts(block: Any, caps: Capabilities, *, path: str, model: str) -> li
         case wc.SearchResultBlock(title=title, source=source, content=blocks):
             body = "\n".join(b.text for b in blocks)
             return [TextPart(f"Search result: {title}\nSource: {source}\n{body}")]
-        case wc.ThinkingBlock() | wc.RedactedThinkingBlock():
+        case wc.ThinkingBlock(thinking=thinking, signature=signature):
+            if ctx.signer is None or not ctx.signer.verify(thinking, signature):
+                raise InvalidRequestError(
+                    f"{path}.signature: Invalid `signature` in `thinking` block"
+                )
+            return [ThinkingPart(thinking)]
+        case wc.RedactedThinkingBlock():
             raise UnsupportedFeatureError(
-                f"{path}: thinking blocks in history are not supported by parley yet"
+                f"{path}: redacted_thinking blocks are not supported by parley yet"
             )
         case wc.ToolUseBlock(id=tool_id, name=name, input=tool_input):
             if not caps.tools:
@@ -223,7 +288,7 @@ def _block_parts(block: Any, caps: Capabilities, *, path: str, model: str) -> li
                 raise UnsupportedFeatureError(
                     f"{path}: model '{model}' does not support tool use yet"
                 )
-            return [_tool_result(block, caps, path=path, model=model)]
+            return [_tool_result(block, ctx, path=path)]
     raise InvalidRequestError(f"{path}: unexpected content block")
 
 
@@ -249,13 +314,13 @@ def _document_text(source: Any, title: str | None, context: str | None, *, path:
     return f"{header}\n{body}" if header else body
 
 
-def _tool_result(block: wc.ToolResultBlock, caps: Capabilities, *, path: str, model: str) -> Part:
+def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part:
     if block.content is None or isinstance(block.content, str):
         text = block.content or ""
     else:
         pieces: list[str] = []
         for k, item in enumerate(block.content):
-            for part in _block_parts(item, caps, path=f"{path}.content.{k}", model=model):
+            for part in _block_parts(item, ctx, path=f"{path}.content.{k}"):
                 if isinstance(part, TextPart):
                     pieces.append(part.text)
         text = "\n".join(pieces)

@@ -20,6 +20,7 @@ from parley.engines.base import Engine, Generation, Prompt, SamplingParams
 from parley.errors import APIError, InvalidRequestError, ParleyError
 from parley.ids import message_id
 from parley.streaming.state import MessageState
+from parley.thinking import Signer
 from parley.wire import events as ev
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
@@ -36,12 +37,15 @@ class Prepared:
 
 
 class MessagesService:
-    def __init__(self, catalog: Catalog, *, ping_interval: float) -> None:
+    def __init__(self, catalog: Catalog, *, ping_interval: float, signer: Signer) -> None:
         self._catalog = catalog
         self._ping_interval = ping_interval
+        self._signer = signer
 
     async def _render(self, engine: Engine, req: wr.CountTokensRequest) -> Prompt:
-        conversation = build_conversation(req, engine.card.capabilities, model=req.model)
+        conversation = build_conversation(
+            req, engine.card.capabilities, model=req.model, signer=self._signer
+        )
         return await anyio.to_thread.run_sync(engine.prepare, conversation)
 
     async def count_tokens(self, req: wr.CountTokensRequest) -> wresp.TokenCount:
@@ -75,7 +79,9 @@ class MessagesService:
     def submit(self, prepared: Prepared) -> tuple[Generation, MessageState]:
         """Admit the generation (or raise 529) and open its message state."""
         generation = prepared.engine.submit(prepared.prompt, prepared.params)
-        state = MessageState(message_id(), prepared.model, prepared.prompt.n_tokens)
+        state = MessageState(
+            message_id(), prepared.model, prepared.prompt.n_tokens, sign=self._signer.sign
+        )
         return generation, state
 
     async def run(self, generation: Generation, state: MessageState) -> wresp.Message:

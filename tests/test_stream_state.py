@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from parley.engines.base import EngineEvent, Finished, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.base import (
+    EngineEvent,
+    Finished,
+    TextChunk,
+    ThinkingChunk,
+    ToolCallStart,
+    ToolInputChunk,
+)
 from parley.errors import EngineError
 from parley.streaming.sse import encode
 from parley.streaming.state import MessageState, StreamProtocolError
@@ -47,7 +54,7 @@ def check_invariants(events: list[ev.StreamEvent]) -> None:
 
 
 def run(events: list[EngineEvent]) -> tuple[list[ev.StreamEvent], MessageState]:
-    state = MessageState("msg_test", "m", input_tokens=7)
+    state = MessageState("msg_test", "m", input_tokens=7, sign=lambda text: f"sig{len(text)}")
     out = state.start()
     for item in events:
         out.extend(state.feed(item))
@@ -82,6 +89,8 @@ tool_calls = st.tuples(
 @st.composite
 def engine_streams(draw: st.DrawFn) -> list[EngineEvent]:
     events: list[EngineEvent] = []
+    if draw(st.booleans()):
+        events.extend(ThinkingChunk(t) for t in draw(st.lists(st.text(max_size=6), max_size=4)))
     for _ in range(draw(st.integers(0, 6))):
         if draw(st.booleans()):
             events.extend(draw(st.lists(text_chunks, max_size=4)))
@@ -110,6 +119,13 @@ def test_any_engine_stream_gives_a_valid_event_sequence(stream: list[EngineEvent
     ).model_dump(exclude_none=True)
     text = "".join(e.text for e in stream if isinstance(e, TextChunk))
     assert "".join(b.text for b in final.content if b.type == "text") == text
+    for i, event in enumerate(events):
+        # A thinking block's signature arrives right before the block stops.
+        if isinstance(event, ev.ContentBlockDelta) and event.delta.type == "signature_delta":
+            assert isinstance(events[i + 1], ev.ContentBlockStop)
+    for block in final.content:
+        if block.type == "thinking":
+            assert block.signature == f"sig{len(block.thinking)}"
 
 
 def test_sse_encoding() -> None:

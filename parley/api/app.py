@@ -17,6 +17,7 @@ from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
 from parley.service import MessagesService
+from parley.thinking import Signer
 
 log = logging.getLogger("parley")
 
@@ -42,7 +43,11 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         app.state.parley = AppState(
             settings=settings,
             catalog=catalog,
-            messages=MessagesService(catalog, ping_interval=settings.ping_interval),
+            messages=MessagesService(
+                catalog,
+                ping_interval=settings.ping_interval,
+                signer=Signer.from_data_dir(settings.data_dir.expanduser()),
+            ),
         )
         if not settings.api_keys:
             log.warning("no API keys configured: parley accepts every request")

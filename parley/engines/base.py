@@ -96,6 +96,11 @@ class TextChunk:
 
 
 @dataclass(frozen=True)
+class ThinkingChunk:
+    text: str
+
+
+@dataclass(frozen=True)
 class ToolCallStart:
     id: str
     name: str
@@ -118,7 +123,7 @@ class Finished:
     stop_sequence: str | None = None
 
 
-EngineEvent = TextChunk | ToolCallStart | ToolInputChunk | Finished
+EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolInputChunk | Finished
 
 
 class Generation(abc.ABC):

@@ -14,9 +14,16 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from parley.conversation import Conversation, TextPart, ToolCallPart, ToolResultPart, Turn
+from parley.conversation import (
+    Conversation,
+    TextPart,
+    ThinkingPart,
+    ToolCallPart,
+    ToolResultPart,
+    Turn,
+)
 from parley.engines.base import CallSyntax
-from parley.engines.tool_format import FALLBACK, HERMES, system_section
+from parley.engines.tool_format import FALLBACK, HERMES, THINK_CLOSE, THINK_OPEN, system_section
 from parley.errors import InvalidRequestError
 
 FALLBACK_TEMPLATE = (
@@ -56,7 +63,8 @@ class ChatTemplate:
         self.syntax: CallSyntax = HERMES if self.native_tools else FALLBACK
 
     def render(self, conversation: Conversation) -> str:
-        """The prompt text: history, generation prompt, then the prefill."""
+        """The prompt text: history, generation prompt, then the prefill (or, when
+        thinking, the opening of a reasoning section)."""
         native = self.native_tools
         tools = _function_specs(conversation) if native and conversation.tools else None
         messages = _messages(conversation, inline_system=True, native=native)
@@ -66,6 +74,8 @@ class ChatTemplate:
             # Templates that allow a system message only in first place get the
             # inline ones folded into the user turn that follows them.
             text = self._apply(_messages(conversation, inline_system=False, native=native), tools)
+        if conversation.thinking_budget is not None:
+            return text + THINK_OPEN
         return text + conversation.prefill
 
     def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
@@ -102,6 +112,7 @@ def _function_specs(conversation: Conversation) -> list[dict[str, Any]]:
 def _messages(
     conversation: Conversation, *, inline_system: bool, native: bool = False
 ) -> list[dict[str, Any]]:
+    turns = _without_stale_thinking(conversation.turns)
     out: list[dict[str, Any]] = []
     system = conversation.system or ""
     if conversation.tools and not native:
@@ -111,7 +122,7 @@ def _messages(
     if system:
         out.append({"role": "system", "content": system})
     pending_system: list[str] = []
-    for turn in conversation.turns:
+    for turn in turns:
         if turn.role == "system":
             if inline_system:
                 out.append({"role": "system", "content": turn.text})
@@ -135,6 +146,22 @@ def _messages(
     return out
 
 
+def _without_stale_thinking(turns: tuple[Turn, ...]) -> tuple[Turn, ...]:
+    """Drop thinking from every assistant turn but the one the current tool loop
+    continues (the last assistant turn, when only tool results follow it), as
+    Anthropic documents for thinking in history."""
+    loop = len(turns) >= 2 and turns[-2].role == "assistant" and turns[-1].role == "user"
+    keep = -1
+    if loop and all(isinstance(p, ToolResultPart) for p in turns[-1].parts):
+        keep = len(turns) - 2
+    out = []
+    for i, turn in enumerate(turns):
+        if i != keep and any(isinstance(p, ThinkingPart) for p in turn.parts):
+            turn = Turn(turn.role, tuple(p for p in turn.parts if not isinstance(p, ThinkingPart)))
+        out.append(turn)
+    return tuple(out)
+
+
 def _mergeable(before: dict[str, Any], after: dict[str, Any]) -> bool:
     plain = "tool_calls" not in before and "tool_calls" not in after
     return plain and before["role"] == after["role"] and after["role"] in ("user", "assistant")
@@ -142,7 +169,10 @@ def _mergeable(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 def _native_turn(turn: Turn) -> list[dict[str, Any]]:
     """A turn as OpenAI-style messages: assistant ``tool_calls``, ``tool`` results."""
-    text = "\n\n".join(p.text for p in turn.parts if isinstance(p, TextPart))
+    thought = "".join(
+        f"{THINK_OPEN}{p.text}{THINK_CLOSE}\n\n" for p in turn.parts if isinstance(p, ThinkingPart)
+    )
+    text = thought + "\n\n".join(p.text for p in turn.parts if isinstance(p, TextPart))
     if turn.role == "assistant":
         calls = [
             {"type": "function", "id": p.id, "function": {"name": p.name, "arguments": p.input}}
@@ -170,6 +200,8 @@ def _turn_text(turn: Turn) -> str:
     for part in turn.parts:
         if isinstance(part, TextPart):
             pieces.append(part.text)
+        elif isinstance(part, ThinkingPart):
+            pieces.append(f"{THINK_OPEN}{part.text}{THINK_CLOSE}")
         elif isinstance(part, ToolCallPart):
             body = json.dumps(part.input, ensure_ascii=False)
             pieces.append(f"{FALLBACK.open}{part.name}{FALLBACK.name_end}{body}{FALLBACK.close}")

@@ -42,7 +42,7 @@ from parley.engines.base import (
 )
 from parley.engines.jobs import END, Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
-from parley.engines.tool_format import ToolCallParser
+from parley.engines.tool_format import THINK_FORCED_CLOSE, ToolCallParser
 from parley.errors import EngineError, OverloadedError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
@@ -66,6 +66,7 @@ class Running:
     produced: int = 0
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     parser: ToolCallParser = field(default_factory=lambda: ToolCallParser(()))
+    think_left: int = 0  # thinking tokens left in the budget
 
     @property
     def reserved(self) -> int:
@@ -226,11 +227,14 @@ class BatchScheduler:
                 grammar=grammar,
             )
             run = Running(job, slot, sampler, budget, tokens[reuse:])
+            budget_thinking = job.prompt.conversation.thinking_budget
             run.parser = ToolCallParser(
                 job.prompt.conversation.tools,
                 params.stop_sequences,
                 grammar.syntax if grammar is not None else None,
+                thinking=budget_thinking is not None,
             )
+            run.think_left = budget_thinking or 0
             self._running.append(run)
             if budget == 0:
                 reason: FinishReason = (
@@ -299,11 +303,17 @@ class BatchScheduler:
     def _accept(self, run: Running, token: int) -> None:
         native = self._native
         parser = run.parser
-        if native.is_eog(token):
+        eog = native.is_eog(token)
+        if parser.state == "thinking" and (eog or run.think_left <= 0):
+            self._close_thinking(run)
+            return
+        if eog:
             self._emit(run, parser.feed(run.decoder.decode(b"", final=True)) + parser.flush())
             self._finish(run, "tool_use" if parser.calls else "end_turn")
             return
         run.produced += 1
+        if parser.state == "thinking":
+            run.think_left -= 1
         self._emit(run, parser.feed(run.decoder.decode(native.piece(token))))
         if parser.duplicate:
             self._finish(run, "tool_use")
@@ -317,6 +327,20 @@ class BatchScheduler:
             self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
             return
         run.pending = token
+
+    def _close_thinking(self, run: Running) -> None:
+        """The budget is spent (or the model stopped while thinking): parley writes
+        the closing marker itself, and the answer is sampled after it."""
+        self._emit(run, run.parser.feed(run.decoder.decode(b"", final=True)))
+        self._emit(run, run.parser.end_thinking())
+        # The sampled token (if any) is dropped unseen: it was never decoded.
+        forced = self._native.tokenize(THINK_FORCED_CLOSE, add_bos=False)
+        run.prompt_left = forced
+        run.pending = None
+        run.produced += len(forced)
+        if run.produced >= run.budget:
+            hit = run.produced >= run.job.params.max_tokens
+            self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
 
     def _emit(self, run: Running, events: list[EngineEvent]) -> None:
         self._outbox.extend((run.job, event) for event in events)

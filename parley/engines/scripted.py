@@ -14,7 +14,8 @@ CI. Rules come from a YAML or JSON file::
     slots: 4            # requests decoded at once; the rest wait
     max_queue: 64       # waiting requests beyond this get 529
 
-``reply: {text: ..., error: "..."}`` streams the text, then fails with a 500
+``reply: {thinking: ...}`` is the thinking block when the request enables
+thinking. ``reply: {text: ..., error: "..."}`` streams the text, then fails with a 500
 ``api_error`` (an ``event: error`` once a stream has begun), for testing
 clients' error paths.
 
@@ -50,6 +51,7 @@ from parley.engines.base import (
     Prompt,
     SamplingParams,
     TextChunk,
+    ThinkingChunk,
     ToolCallStart,
     ToolInputChunk,
 )
@@ -187,6 +189,11 @@ class _ScriptedGeneration(Generation):
         params = self._params
         produced = 0
         stops = StopMatcher(params.stop_sequences)
+        if self._prompt.conversation.thinking_budget is not None:
+            thought = str(reply.get("thinking", "The scripted engine does not think."))
+            for word in tokenize(thought)[: self._prompt.conversation.thinking_budget]:
+                produced += 1
+                yield ThinkingChunk(word)
         for word in tokenize(str(reply.get("text", ""))):
             if produced >= params.max_tokens:
                 yield TextChunk(stops.flush())

@@ -37,11 +37,18 @@ from parley.engines.base import (
     EngineEvent,
     Grammar,
     TextChunk,
+    ThinkingChunk,
     ToolCallStart,
     ToolInputChunk,
 )
 from parley.engines.stops import StopMatcher
 from parley.ids import tool_use_id
+
+# The reasoning section parley opens for models without a reasoning mode of
+# their own; the model closes it, or parley does at the budget.
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "</think>"
+THINK_FORCED_CLOSE = "\n</think>\n\n"
 
 FALLBACK = CallSyntax(
     open='<tool_call name="', name_end='">\n', close="\n</tool_call>", trigger="<tool_call"
@@ -136,6 +143,7 @@ class ToolCallParser:
     tools: tuple[ToolSpec, ...]
     stops: tuple[str, ...] = ()
     syntax: CallSyntax | None = None  # None: no tool calls to watch for
+    thinking: bool = False  # the output opens inside a reasoning section
     state: str = "text"
     calls: int = 0
     stop_hit: str | None = None
@@ -147,14 +155,49 @@ class ToolCallParser:
     _sent: int = 0
     _done: list[tuple[str, str]] = field(default_factory=list)
 
+    _strip_lead: bool = False
+
     def __post_init__(self) -> None:
         self._syntax = self.syntax or FALLBACK
+        if self.thinking:
+            self.state = "thinking"
+            self._matcher = StopMatcher((THINK_CLOSE,))
+        else:
+            self._matcher = self._text_matcher()
+
+    def _text_matcher(self) -> StopMatcher:
         markers = (self._syntax.open,) if self.syntax else ()
-        self._matcher = StopMatcher((*markers, *self.stops))
+        return StopMatcher((*markers, *self.stops))
+
+    def end_thinking(self) -> list[EngineEvent]:
+        """Leave the reasoning section (the model closed it, or parley did)."""
+        if self.state != "thinking":
+            return []
+        rest = self._matcher.flush()
+        self.state = "text"
+        self._matcher = self._text_matcher()
+        self._strip_lead = True
+        return [ThinkingChunk(rest)] if rest else []
 
     def feed(self, text: str) -> list[EngineEvent]:
         out: list[EngineEvent] = []
         while text and not self.duplicate:
+            if self.state == "thinking":
+                safe, hit = self._matcher.feed(text)
+                text = ""
+                if safe:
+                    out.append(ThinkingChunk(safe))
+                if hit is not None:
+                    text = self._matcher.flush()
+                    self.state = "text"
+                    self._matcher = self._text_matcher()
+                    self._strip_lead = True
+                continue
+            if self._strip_lead and self.state == "text":
+                text = text.lstrip()
+                if not text:
+                    return out
+                self._strip_lead = False
             if self.state == "text":
                 safe, hit = self._matcher.feed(text)
                 text = ""
@@ -234,6 +277,8 @@ class ToolCallParser:
 
     def flush(self) -> list[EngineEvent]:
         """At the end of a message: what was held back and is still owed."""
+        if self.state == "thinking":
+            return self.end_thinking()
         if self.state == "text":
             rest = self._matcher.flush()
             return [TextChunk(rest)] if rest else []

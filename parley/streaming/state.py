@@ -11,10 +11,18 @@ It knows nothing of HTTP and is tested on its own.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from parley.engines.base import EngineEvent, Finished, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.base import (
+    EngineEvent,
+    Finished,
+    TextChunk,
+    ThinkingChunk,
+    ToolCallStart,
+    ToolInputChunk,
+)
 from parley.errors import EngineError, ParleyError
 from parley.wire import events as ev
 from parley.wire import responses as wr
@@ -46,6 +54,7 @@ class MessageState:
     input_tokens: int
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    sign: Callable[[str], str] | None = None  # signs a finished thinking block
     phase: Phase = Phase.NEW
     content: list[wr.ContentBlock] = field(default_factory=list)
     stop_reason: wr.StopReason | None = None
@@ -74,6 +83,17 @@ class MessageState:
                 delta = ev.TextDelta.model_construct(text=text)
                 out.append(
                     ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta)
+                )
+                return out
+            case ThinkingChunk(text=text):
+                if not text:
+                    return []
+                out = self._ensure_open("thinking")
+                assert self._open is not None
+                self._open.text.append(text)
+                thought = ev.ThinkingDelta.model_construct(thinking=text)
+                out.append(
+                    ev.ContentBlockDelta.model_construct(index=self._open.index, delta=thought)
                 )
                 return out
             case ToolCallStart(id=tool_id, name=name):
@@ -130,9 +150,12 @@ class MessageState:
             return []
         out = self._close()
         self._open = _OpenBlock(len(self.content), kind)
-        out.append(
-            ev.ContentBlockStart(index=self._open.index, content_block=wr.TextBlock(text=""))
+        empty: wr.ContentBlock = (
+            wr.ThinkingBlock(thinking="", signature="")
+            if kind == "thinking"
+            else wr.TextBlock(text="")
         )
+        out.append(ev.ContentBlockStart(index=self._open.index, content_block=empty))
         return out
 
     def _close(self, *, truncated: bool = False) -> list[ev.StreamEvent]:
@@ -143,6 +166,16 @@ class MessageState:
         self._open = None
         if block.kind == "text":
             self.content.append(wr.TextBlock(text="".join(block.text)))
+        elif block.kind == "thinking":
+            thinking = "".join(block.text)
+            signature = self.sign(thinking) if self.sign is not None else ""
+            self.content.append(wr.ThinkingBlock(thinking=thinking, signature=signature))
+            # The signature goes out right before the block stops.
+            delta = ev.SignatureDelta(signature=signature)
+            return [
+                ev.ContentBlockDelta(index=block.index, delta=delta),
+                ev.ContentBlockStop(index=block.index),
+            ]
         else:
             raw = "".join(block.text)
             try:

@@ -1,0 +1,198 @@
+"""Extended thinking on the real embedded model: blocks, budgets, signatures, validation.
+
+Thinking requires temperature 1 (as in the public API), so these tests check
+structure and limits, never content.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from tests.conftest import MODEL, Server
+
+pytestmark = pytest.mark.model
+
+ASK = [{"role": "user", "content": "What is 17 times 23?"}]
+
+
+def thinking_tokens(client: anthropic.Anthropic, text: str) -> int:
+    """Tokens of ``text`` as the model counts them (prompt with it minus without)."""
+    base = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    full = client.messages.count_tokens(
+        model=MODEL, messages=[{"role": "user", "content": "x" + text}]
+    )
+    return full.input_tokens - base.input_tokens
+
+
+@pytest.fixture(scope="module")
+def thought(model_client: anthropic.Anthropic) -> anthropic.types.Message:
+    return model_client.messages.create(
+        model=MODEL,
+        max_tokens=1100,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=ASK,  # type: ignore[arg-type]
+    )
+
+
+def test_thinking_block_then_answer(
+    model_client: anthropic.Anthropic, thought: anthropic.types.Message
+) -> None:
+    kinds = [b.type for b in thought.content]
+    assert kinds[0] == "thinking"
+    block = thought.content[0]
+    assert block.type == "thinking" and block.thinking and block.signature
+    assert thinking_tokens(model_client, block.thinking) <= 1024 + 2
+    assert thought.usage.output_tokens <= 1100
+    if thought.stop_reason == "end_turn":
+        assert kinds == ["thinking", "text"]
+
+
+def test_adaptive_thinking_respects_its_budget(model_client: anthropic.Anthropic) -> None:
+    # Adaptive thinking gets at most half of max_tokens here: 100 tokens.
+    message = model_client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        thinking={"type": "adaptive"},
+        messages=ASK,  # type: ignore[arg-type]
+        output_config={"effort": "low"},
+    )
+    assert message.content[0].type == "thinking"
+    assert thinking_tokens(model_client, message.content[0].thinking) <= 100 + 2
+    assert [b.type for b in message.content][:2] == [
+        "thinking",
+        "text",
+    ] or message.stop_reason == "max_tokens"
+
+
+def test_streamed_thinking_events(model_client: anthropic.Anthropic) -> None:
+    with model_client.messages.stream(
+        model=MODEL,
+        max_tokens=200,
+        thinking={"type": "adaptive"},
+        messages=ASK,  # type: ignore[arg-type]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    raw = [
+        (e.type, getattr(getattr(e, "delta", None), "type", None))
+        for e in events
+        if e.type.startswith("content_block")
+    ]
+    assert raw[0] == ("content_block_start", None)
+    starts = [e for e in events if e.type == "content_block_start"]
+    assert starts[0].content_block.type == "thinking"
+    assert starts[0].content_block.thinking == "" and starts[0].content_block.signature == ""
+    kinds = [k for _, k in raw]
+    assert "thinking_delta" in kinds
+    at = kinds.index("signature_delta")
+    assert raw[at + 1] == ("content_block_stop", None)
+    assert final.content[0].type == "thinking" and final.content[0].signature
+
+
+def test_signatures_round_trip_and_tampering_is_refused(
+    model_client: anthropic.Anthropic, model_server: Server, thought: anthropic.types.Message
+) -> None:
+    history: list[Any] = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": [b.model_dump(exclude_none=True) for b in thought.content],
+        },
+        {"role": "user", "content": "And 2 + 2?"},
+    ]
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    ok = model_client.messages.count_tokens(model=MODEL, messages=history, thinking=thinking)  # type: ignore[arg-type]
+    assert ok.input_tokens > 0
+    tampered = [dict(b) for b in history[1]["content"]]
+    tampered[0]["thinking"] += " (edited)"
+    for path in ("/v1/messages/count_tokens", "/v1/messages"):
+        body: dict[str, Any] = {
+            "model": MODEL,
+            "thinking": thinking,
+            "messages": [history[0], {"role": "assistant", "content": tampered}, history[2]],
+        }
+        if path == "/v1/messages":
+            body["max_tokens"] = 1100
+        response = httpx.post(model_server.url + path, json=body, timeout=60)
+        assert response.status_code == 400
+        assert "Invalid `signature` in `thinking` block" in response.json()["error"]["message"]
+        assert "messages.1.content.0.signature" in response.json()["error"]["message"]
+
+
+def test_count_tokens_with_thinking_equals_usage(
+    model_client: anthropic.Anthropic, thought: anthropic.types.Message
+) -> None:
+    counted = model_client.messages.count_tokens(
+        model=MODEL,
+        messages=ASK,
+        thinking={"type": "enabled", "budget_tokens": 1024},  # type: ignore[arg-type]
+    )
+    assert counted.input_tokens == thought.usage.input_tokens
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (
+            {"max_tokens": 2000, "thinking": {"type": "enabled", "budget_tokens": 500}},
+            "greater than or equal to 1024",
+        ),
+        (
+            {"max_tokens": 1024, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            "must be greater than thinking.budget_tokens",
+        ),
+        (
+            {
+                "max_tokens": 2000,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+                "tool_choice": {"type": "any"},
+            },
+            "Thinking may not be enabled when tool_choice forces tool use.",
+        ),
+        (
+            {
+                "max_tokens": 2000,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "temperature": 0.5,
+            },
+            "`temperature` may only be set to 1 when thinking is enabled.",
+        ),
+        (
+            {
+                "max_tokens": 2000,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "top_k": 5,
+            },
+            "`top_k` may not be set when thinking is enabled.",
+        ),
+        (
+            {
+                "max_tokens": 2000,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "messages": [*ASK, {"role": "assistant", "content": "The answer is"}],
+            },
+            "must start with a thinking block",
+        ),
+    ],
+)
+def test_thinking_validation(model_server: Server, extra: dict[str, Any], needle: str) -> None:
+    body = {"model": MODEL, "messages": ASK, **extra}
+    response = httpx.post(model_server.url + "/v1/messages", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]["message"]
+
+
+def test_scripted_engine_thinks_from_its_rules(scripted_client: anthropic.Anthropic) -> None:
+    message = scripted_client.messages.create(
+        model="scripted",
+        max_tokens=2000,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[{"role": "user", "content": "echo this"}],
+    )
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].signature  # type: ignore[union-attr]
