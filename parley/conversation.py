@@ -13,6 +13,7 @@ The result is made of frozen dataclasses; no wire model travels further.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -235,12 +236,22 @@ class _Context:
     signer: Signer | None
 
 
+# Claude Code starts its system prompt with a per-request billing line whose
+# ``cch=`` value changes every request; left as is, no two prompts share a
+# prefix and no KV state can be reused. The value is dropped, the line kept.
+_BILLING_CCH = re.compile(r"^(x-anthropic-billing-header:[^\n]*?)\s*cch=[^;\n]*;?", re.MULTILINE)
+
+
+def normalize_billing_line(text: str) -> str:
+    return _BILLING_CCH.sub(r"\1", text)
+
+
 def _system_text(system: str | list[wc.TextBlock] | None) -> str | None:
     if system is None:
         return None
     if isinstance(system, str):
-        return system or None
-    return "\n\n".join(b.text for b in system) or None
+        return normalize_billing_line(system) or None
+    return "\n\n".join(normalize_billing_line(b.text) for b in system) or None
 
 
 def _parts(message: wr.Message, ctx: _Context, *, path: str) -> tuple[Part, ...]:

@@ -65,3 +65,15 @@ def test_strict_templates_get_inline_system_folded_into_the_next_user_turn() -> 
     )
     rendered = template.render(conv)
     assert rendered == "[system]Top.[user]Q1\n\n<system>Rule.</system>\n\nQ2[assistant]"
+
+
+def test_claude_code_billing_line_is_normalised() -> None:
+    from parley.conversation import normalize_billing_line
+
+    first = "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli; cch=1a2b3;\nYou are Claude Code."
+    second = "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli; cch=9z8y7;\nYou are Claude Code."
+    assert normalize_billing_line(first) == normalize_billing_line(second)
+    assert normalize_billing_line(first) == (
+        "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli;\nYou are Claude Code."
+    )
+    assert normalize_billing_line("cch=1 in ordinary text") == "cch=1 in ordinary text"

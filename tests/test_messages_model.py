@@ -371,3 +371,19 @@ def test_non_streamed_disconnect_cancels_generation(model_server: Server) -> Non
     after = model_server.wait_idle(MODEL)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["tokens"] - before["tokens"] < 1000
+
+
+def test_billing_line_does_not_change_the_prompt(model_client: anthropic.Anthropic) -> None:
+    def count(cch: str) -> int:
+        system = [
+            {
+                "type": "text",
+                "text": f"x-anthropic-billing-header: cc_version=2.0.14; cc_entrypoint=cli; cch={cch};",
+            },
+            {"type": "text", "text": "You are Claude Code."},
+        ]
+        return model_client.messages.count_tokens(
+            model=MODEL, system=system, messages=QUESTION
+        ).input_tokens  # type: ignore[arg-type]
+
+    assert count("1a2b3") == count("ffff0")
