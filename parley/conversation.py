@@ -108,6 +108,7 @@ def build_conversation(
 ) -> Conversation:
     """Validate what pydantic cannot and produce the engine's conversation."""
     _refuse_unsupported(req, caps, model=model)
+    _check_breakpoints(req)
     budget = _thinking_budget(req)
     context = _Context(caps, model, signer)
     system = _system_text(req.system)
@@ -210,6 +211,26 @@ def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model
         )
     if req.tools and not caps.tools:
         raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
+
+
+MAX_BREAKPOINTS = 4
+
+
+def _check_breakpoints(req: wr.CountTokensRequest) -> None:
+    """At most four ``cache_control`` breakpoints, the top-level one included."""
+    blocks: list[Any] = list(req.tools or [])
+    if isinstance(req.system, list):
+        blocks.extend(req.system)
+    for message in req.messages:
+        if isinstance(message.content, list):
+            blocks.extend(message.content)
+    found = sum(1 for b in blocks if getattr(b, "cache_control", None) is not None)
+    found += req.cache_control is not None
+    if found > MAX_BREAKPOINTS:
+        raise InvalidRequestError(
+            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
+            f"Found {found}."
+        )
 
 
 # Budgets parley gives adaptive thinking, by output_config.effort.

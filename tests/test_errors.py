@@ -201,6 +201,23 @@ def post(
             "unexpected `tool_use_id` found in `tool_result` blocks: toolu_2",
         ),
         (
+            {
+                "model": "scripted",
+                "max_tokens": 5,
+                "cache_control": {"type": "ephemeral"},
+                "system": [
+                    {
+                        "type": "text",
+                        "text": f"s{i}",
+                        "cache_control": {"type": "ephemeral", "ttl": "1h"},
+                    }
+                    for i in range(4)
+                ],
+                "messages": HI,
+            },
+            "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+        ),
+        (
             {"model": "scripted", "max_tokens": 10**9, "messages": HI},
             "max_tokens: 1000000000 > 64000, which is the maximum allowed number of output tokens",
         ),
