@@ -74,28 +74,10 @@ class MessageState:
             raise StreamProtocolError(f"engine event {type(event).__name__} outside a message")
         match event:
             case TextChunk(text=text):
-                if not text:
-                    return []
-                out = self._ensure_open("text")
-                assert self._open is not None
-                self._open.text.append(text)
-                # The per-token hot path: built without re-validating our own values.
-                delta = ev.TextDelta.model_construct(text=text)
-                out.append(
-                    ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta)
-                )
-                return out
+                return self._stream_into("text", text, ev.TextDelta.model_construct(text=text))
             case ThinkingChunk(text=text):
-                if not text:
-                    return []
-                out = self._ensure_open("thinking")
-                assert self._open is not None
-                self._open.text.append(text)
-                thought = ev.ThinkingDelta.model_construct(thinking=text)
-                out.append(
-                    ev.ContentBlockDelta.model_construct(index=self._open.index, delta=thought)
-                )
-                return out
+                delta = ev.ThinkingDelta.model_construct(thinking=text)
+                return self._stream_into("thinking", text, delta)
             case ToolCallStart(id=tool_id, name=name):
                 out = self._close()
                 self._open = _OpenBlock(
@@ -144,6 +126,19 @@ class MessageState:
             cache_creation_input_tokens=self.cache_creation_input_tokens,
             cache_read_input_tokens=self.cache_read_input_tokens,
         )
+
+    def _stream_into(self, kind: str, text: str, delta: ev.Delta) -> list[ev.StreamEvent]:
+        """Append ``text`` to the open block of ``kind`` (opening one if needed).
+
+        The per-token hot path: events are built without re-validating our own values.
+        """
+        if not text:
+            return []
+        out = self._ensure_open(kind)
+        assert self._open is not None
+        self._open.text.append(text)
+        out.append(ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta))
+        return out
 
     def _ensure_open(self, kind: str) -> list[ev.StreamEvent]:
         if self._open is not None and self._open.kind == kind:
