@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
+    serve.add_argument(
+        "--redact-thinking",
+        action="store_true",
+        help="return thinking as encrypted redacted_thinking blocks",
+    )
     serve.add_argument("--log-level")
     return parser
 
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,
+        "redact_thinking": True if args.redact_thinking else None,
     }
     try:
         if args.alias:

@@ -61,6 +61,7 @@ class Settings:
     threads: int | None = None
     max_queue: int = 64
     ping_interval: float = 5.0
+    redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"
 
@@ -80,7 +81,7 @@ def _coerce(name: str, raw: Any) -> Any:
             return tuple(str(k).strip() for k in items if str(k).strip())
         if name == "data_dir":
             return Path(str(raw)).expanduser()
-        if name == "claude_aliases":
+        if name in ("claude_aliases", "redact_thinking"):
             return raw if isinstance(raw, bool) else str(raw).lower() in {"1", "true", "yes", "on"}
         if kind in ("int", "int | None"):
             return int(raw)

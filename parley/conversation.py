@@ -305,10 +305,13 @@ def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
                     f"{path}.signature: Invalid `signature` in `thinking` block"
                 )
             return [ThinkingPart(thinking)]
-        case wc.RedactedThinkingBlock():
-            raise UnsupportedFeatureError(
-                f"{path}: redacted_thinking blocks are not supported by parley yet"
-            )
+        case wc.RedactedThinkingBlock(data=data):
+            opened = ctx.signer.unseal(data) if ctx.signer is not None else None
+            if opened is None:
+                raise InvalidRequestError(
+                    f"{path}.data: Invalid `data` in `redacted_thinking` block"
+                )
+            return [ThinkingPart(opened)]
         case wc.ToolUseBlock(id=tool_id, name=name, input=tool_input):
             if not caps.tools:
                 raise UnsupportedFeatureError(

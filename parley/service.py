@@ -37,10 +37,13 @@ class Prepared:
 
 
 class MessagesService:
-    def __init__(self, catalog: Catalog, *, ping_interval: float, signer: Signer) -> None:
+    def __init__(
+        self, catalog: Catalog, *, ping_interval: float, signer: Signer, redact_thinking: bool
+    ) -> None:
         self._catalog = catalog
         self._ping_interval = ping_interval
         self._signer = signer
+        self._redact = redact_thinking
 
     async def _render(self, engine: Engine, req: wr.CountTokensRequest) -> Prompt:
         conversation = build_conversation(
@@ -80,7 +83,11 @@ class MessagesService:
         """Admit the generation (or raise 529) and open its message state."""
         generation = prepared.engine.submit(prepared.prompt, prepared.params)
         state = MessageState(
-            message_id(), prepared.model, prepared.prompt.n_tokens, sign=self._signer.sign
+            message_id(),
+            prepared.model,
+            prepared.prompt.n_tokens,
+            sign=self._signer.sign,
+            seal=self._signer.seal if self._redact else None,
         )
         return generation, state
 

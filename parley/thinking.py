@@ -1,9 +1,11 @@
-"""Thinking-block signatures: an HMAC over the thinking text with a server secret.
+"""Thinking-block signatures and redaction, keyed by a server secret.
 
 The secret lives in the data dir (``thinking.key``, created once, mode 0600),
-so signatures stay valid across restarts. A thinking block that comes back
-in history with a missing or wrong signature is refused, as the public API
-refuses tampered thinking.
+so signatures and redacted data stay valid across restarts. A signature is an
+HMAC over the thinking text; redacted thinking is the text sealed with
+AES-256-GCM under a key derived from the same secret. A thinking block that
+comes back in history with a wrong signature, or redacted data that does not
+open, is refused, as the public API refuses tampered thinking.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_FILE = "thinking.key"
 
@@ -41,3 +46,29 @@ class Signer:
 
     def verify(self, thinking: str, signature: str) -> bool:
         return hmac.compare_digest(self.sign(thinking), signature)
+
+    def _sealing_key(self) -> bytes:
+        return hmac.new(self._key, b"parley redacted thinking", hashlib.sha256).digest()
+
+    def seal(self, thinking: str) -> str:
+        """Redacted-thinking ``data``: the text, encrypted and authenticated."""
+        nonce = secrets.token_bytes(12)
+        sealed = AESGCM(self._sealing_key()).encrypt(nonce, thinking.encode("utf-8"), _AAD)
+        return base64.b64encode(_AAD + nonce + sealed).decode("ascii")
+
+    def unseal(self, data: str) -> str | None:
+        """The thinking text inside ``data``, or None if it was not sealed here."""
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (ValueError, TypeError):
+            return None
+        if not raw.startswith(_AAD) or len(raw) < len(_AAD) + 12 + 16:
+            return None
+        nonce, sealed = raw[len(_AAD) : len(_AAD) + 12], raw[len(_AAD) + 12 :]
+        try:
+            return AESGCM(self._sealing_key()).decrypt(nonce, sealed, _AAD).decode("utf-8")
+        except (InvalidTag, UnicodeDecodeError):
+            return None
+
+
+_AAD = b"parley1"

@@ -53,8 +53,13 @@ def check_invariants(events: list[ev.StreamEvent]) -> None:
             assert open_index is None, "message_delta while a block is open"
 
 
-def run(events: list[EngineEvent]) -> tuple[list[ev.StreamEvent], MessageState]:
-    state = MessageState("msg_test", "m", input_tokens=7, sign=lambda text: f"sig{len(text)}")
+def run(
+    events: list[EngineEvent], *, redact: bool = False
+) -> tuple[list[ev.StreamEvent], MessageState]:
+    seal = (lambda text: f"sealed{len(text)}") if redact else None
+    state = MessageState(
+        "msg_test", "m", input_tokens=7, sign=lambda text: f"sig{len(text)}", seal=seal
+    )
     out = state.start()
     for item in events:
         out.extend(state.feed(item))
@@ -107,9 +112,11 @@ def engine_streams(draw: st.DrawFn) -> list[EngineEvent]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(engine_streams())
-def test_any_engine_stream_gives_a_valid_event_sequence(stream: list[EngineEvent]) -> None:
-    events, state = run(stream)
+@given(engine_streams(), st.booleans())
+def test_any_engine_stream_gives_a_valid_event_sequence(
+    stream: list[EngineEvent], redact: bool
+) -> None:
+    events, state = run(stream, redact=redact)
     check_invariants(events)
     final = state.message()
     # The SDK's accumulator rebuilds exactly the non-streamed message.
@@ -125,7 +132,9 @@ def test_any_engine_stream_gives_a_valid_event_sequence(stream: list[EngineEvent
             assert isinstance(events[i + 1], ev.ContentBlockStop)
     for block in final.content:
         if block.type == "thinking":
-            assert block.signature == f"sig{len(block.thinking)}"
+            assert not redact and block.signature == f"sig{len(block.thinking)}"
+        if block.type == "redacted_thinking":
+            assert redact and block.data.startswith("sealed")
 
 
 def test_sse_encoding() -> None:

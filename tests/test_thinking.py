@@ -196,3 +196,59 @@ def test_scripted_engine_thinks_from_its_rules(scripted_client: anthropic.Anthro
     )
     assert [b.type for b in message.content] == ["thinking", "text"]
     assert message.content[0].signature  # type: ignore[union-attr]
+
+
+def test_redacted_thinking_round_trip(server_factory: Any) -> None:
+    from tests.conftest import RULES
+
+    server: Server = server_factory(
+        "--engine", "scripted", "--script", str(RULES), "--redact-thinking"
+    )
+    client = server.client()
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    ask = [{"role": "user", "content": "echo this"}]
+    message = client.messages.create(
+        model="scripted", max_tokens=2000, thinking=thinking, messages=ask
+    )  # type: ignore[arg-type]
+    assert [b.type for b in message.content] == ["redacted_thinking", "text"]
+    sealed = message.content[0]
+    assert sealed.type == "redacted_thinking" and sealed.data
+    assert "scripted engine" not in sealed.data  # the reasoning text is not readable
+
+    with client.messages.stream(
+        model="scripted", max_tokens=2000, thinking=thinking, messages=ask
+    ) as stream:  # type: ignore[arg-type]
+        events = list(stream)
+        final = stream.get_final_message()
+    first = events[1]
+    assert first.type == "content_block_start" and first.content_block.type == "redacted_thinking"
+    assert events[2].type == "content_block_stop"
+    assert [b.type for b in final.content] == ["redacted_thinking", "text"]
+
+    history: list[Any] = [
+        *ask,
+        {"role": "assistant", "content": [b.model_dump() for b in message.content]},
+        {"role": "user", "content": "again"},
+    ]
+    assert (
+        client.messages.count_tokens(
+            model="scripted", messages=history, thinking=thinking
+        ).input_tokens
+        > 0
+    )  # type: ignore[arg-type]
+    bad = [dict(b) for b in history[1]["content"]]
+    bad[0]["data"] = bad[0]["data"][:-8] + "AAAAAAA="
+    response = httpx.post(
+        server.url + "/v1/messages/count_tokens",
+        timeout=30,
+        json={
+            "model": "scripted",
+            "thinking": thinking,
+            "messages": [ask[0], {"role": "assistant", "content": bad}, history[2]],
+        },
+    )
+    assert response.status_code == 400
+    assert (
+        "messages.1.content.0.data: Invalid `data` in `redacted_thinking` block"
+        in response.json()["error"]["message"]
+    )

@@ -47,6 +47,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 catalog,
                 ping_interval=settings.ping_interval,
                 signer=Signer.from_data_dir(settings.data_dir.expanduser()),
+                redact_thinking=settings.redact_thinking,
             ),
         )
         if not settings.api_keys:

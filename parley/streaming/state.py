@@ -55,6 +55,7 @@ class MessageState:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     sign: Callable[[str], str] | None = None  # signs a finished thinking block
+    seal: Callable[[str], str] | None = None  # when set, thinking goes out redacted
     phase: Phase = Phase.NEW
     content: list[wr.ContentBlock] = field(default_factory=list)
     stop_reason: wr.StopReason | None = None
@@ -75,6 +76,15 @@ class MessageState:
         match event:
             case TextChunk(text=text):
                 return self._stream_into("text", text, ev.TextDelta.model_construct(text=text))
+            case ThinkingChunk(text=text) if self.seal is not None:
+                # Redacted thinking is sent whole, sealed, when the block ends.
+                if self._open is None or self._open.kind != "redacted":
+                    out = self._close()
+                    self._open = _OpenBlock(len(self.content), "redacted")
+                else:
+                    out = []
+                self._open.text.append(text)
+                return out
             case ThinkingChunk(text=text):
                 delta = ev.ThinkingDelta.model_construct(thinking=text)
                 return self._stream_into("thinking", text, delta)
@@ -161,6 +171,14 @@ class MessageState:
         self._open = None
         if block.kind == "text":
             self.content.append(wr.TextBlock(text="".join(block.text)))
+        elif block.kind == "redacted":
+            assert self.seal is not None
+            sealed = wr.RedactedThinkingBlock(data=self.seal("".join(block.text)))
+            self.content.append(sealed)
+            return [
+                ev.ContentBlockStart(index=block.index, content_block=sealed),
+                ev.ContentBlockStop(index=block.index),
+            ]
         elif block.kind == "thinking":
             thinking = "".join(block.text)
             signature = self.sign(thinking) if self.sign is not None else ""
