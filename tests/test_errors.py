@@ -255,6 +255,13 @@ def test_sdk_raises_bad_request(scripted_client: anthropic.Anthropic) -> None:
             "max_tokens",
         ),
         (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (
+            b'{"model": "scripted", "max_tokens": 5, "metadata": {"user_id": '
+            + b"[" * 50000
+            + b"]" * 50000
+            + b"}}",
+            "not valid JSON: recursion limit exceeded",
+        ),
     ],
 )
 def test_malformed_bodies(scripted_server: Server, raw: bytes, needle: str) -> None:

@@ -52,9 +52,8 @@ def parse(model: type[M], body: bytes) -> M:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
-            raise InvalidRequestError(
-                f"the request body is not valid JSON: {first['msg']}"
-            ) from None
+            detail = str(first["msg"]).removeprefix("Invalid JSON: ")
+            raise InvalidRequestError(f"the request body is not valid JSON: {detail}") from None
         path = error_path(tuple(first["loc"]))
         if first["type"] == "model_type" and not path:
             raise InvalidRequestError("the request body must be a JSON object") from None
