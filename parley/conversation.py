@@ -12,7 +12,6 @@ The result is made of frozen dataclasses; no wire model travels further.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -383,7 +382,3 @@ def _tool_spec(tool: Any) -> ToolSpec:
         return ToolSpec(tool.name, tool.description or "", tool.input_schema)
     description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
     return ToolSpec(tool.name, description, schema)
-
-
-def tool_input_json(value: dict[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -190,8 +190,10 @@ class BatchScheduler:
                 self._flush()
 
     def _reap_cancelled(self) -> None:
-        self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
-        heapq.heapify(self._waiting)
+        # Runs before every step: rebuild the heap only when something left it.
+        if any(job.cancelled.is_set() for _, _, job in self._waiting):
+            self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
+            heapq.heapify(self._waiting)
         for run in [r for r in self._running if r.job.cancelled.is_set()]:
             self._release(run)
 
