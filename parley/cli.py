@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--parallel", type=int, help="sequences decoded together")
     serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
+    serve.add_argument(
+        "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
+    )
+    serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
         "--redact-thinking",
@@ -76,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": args.parallel,
         "prefill_chunk": args.prefill_chunk,
         "max_queue": args.max_queue,
+        "cache_budget_mb": args.cache_budget_mb,
+        "cache_min_tokens": args.cache_min_tokens,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,

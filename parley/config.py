@@ -60,6 +60,8 @@ class Settings:
     prefill_chunk: int = 128  # prompt tokens per step while other sequences decode
     threads: int | None = None
     max_queue: int = 64
+    cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
+    cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024
@@ -136,6 +138,8 @@ def load_settings(
         raise ConfigError("setting 'n_ctx' must be at least 256")
     if not 1 <= settings.parallel <= 64:
         raise ConfigError("setting 'parallel' must be between 1 and 64")
+    if settings.cache_budget_mb < 0 or settings.cache_min_tokens < 1:
+        raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
     return settings

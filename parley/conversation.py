@@ -13,7 +13,8 @@ The result is made of frozen dataclasses; no wire model travels further.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
@@ -35,6 +36,7 @@ class ToolCallPart:
     id: str
     name: str
     input: dict[str, Any]
+    mark: str = ""  # a cache breakpoint tag, when the block had cache_control
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,17 @@ class Capabilities:
 
     images: bool = False
     tools: bool = False
+    prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
+
+
+@dataclass(frozen=True)
+class CacheMark:
+    """A ``cache_control`` breakpoint: ``tag`` is written into the text right after
+    the marked block, and the engine turns its place in the rendered prompt into
+    a token position (then removes it)."""
+
+    tag: str
+    ttl: Literal["5m", "1h"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,7 @@ class Conversation:
     tool_name: str | None = None
     disable_parallel_tool_use: bool = False
     thinking_budget: int | None = None  # open a reasoning section of at most this many tokens
+    marks: tuple[CacheMark, ...] = ()  # cache breakpoints, in no particular order
 
     @property
     def last_user_text(self) -> str:
@@ -109,12 +123,16 @@ def build_conversation(
     _refuse_unsupported(req, caps, model=model)
     _check_breakpoints(req)
     budget = _thinking_budget(req)
-    context = _Context(caps, model, signer)
-    system = _system_text(req.system)
+    marks = _Marks(caps.prompt_cache)
+    context = _Context(caps, model, signer, marks)
+    tools = tuple(_tool_spec(t, marks) for t in req.tools or ())
+    system = _system_text(req.system, marks)
     turns: list[Turn] = []
     for i, message in enumerate(req.messages):
-        parts = _parts(message, context, path=f"messages.{i}")
         last = i == len(req.messages) - 1
+        # Top-level cache_control marks the last block of the request.
+        auto = req.cache_control if last else None
+        parts = _parts(message, context, path=f"messages.{i}", auto=auto)
         if not parts and not (last and message.role == "assistant"):
             raise InvalidRequestError(
                 f"messages.{i}: all messages must have non-empty content except for "
@@ -141,7 +159,7 @@ def build_conversation(
                 "messages: the final assistant message may only contain text to continue "
                 "(a prefill); tool_use blocks need a following user turn with their results"
             )
-        prefill = "".join(p.text for p in final.parts if isinstance(p, TextPart))
+        prefill = marks.untag("".join(p.text for p in final.parts if isinstance(p, TextPart)))
         if prefill != prefill.rstrip():
             raise InvalidRequestError(
                 "messages: final assistant content cannot end with trailing whitespace"
@@ -149,7 +167,6 @@ def build_conversation(
     if not any(t.role == "user" for t in turns):
         raise InvalidRequestError("messages: at least one user message is required")
 
-    tools = tuple(_tool_spec(t) for t in req.tools or ())
     names = [t.name for t in tools]
     if len(set(names)) != len(names):
         raise InvalidRequestError("tools: Tool names must be unique.")
@@ -166,6 +183,7 @@ def build_conversation(
         tool_name=tool_name,
         disable_parallel_tool_use=bool(getattr(choice, "disable_parallel_tool_use", False)),
         thinking_budget=budget,
+        marks=tuple(marks.found),
     )
 
 
@@ -249,11 +267,36 @@ def _thinking_budget(req: wr.CountTokensRequest) -> int | None:
     return None
 
 
+@dataclass
+class _Marks:
+    """Hands out the tags of ``cache_control`` breakpoints (when the engine caches)."""
+
+    enabled: bool
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
+    found: list[CacheMark] = field(default_factory=list)
+
+    def tag(self, control: Any) -> str:
+        if control is None or not self.enabled:
+            return ""
+        # Private-use characters and a per-request nonce: no user text can forge one.
+        mark = CacheMark(f"\ue000{self.nonce}:{len(self.found)}\ue001", control.ttl or "5m")
+        self.found.append(mark)
+        return mark.tag
+
+    def untag(self, text: str) -> str:
+        """``text`` without any tag; its marks are dropped (a prefill is never cached)."""
+        for mark in [m for m in self.found if m.tag in text]:
+            text = text.replace(mark.tag, "")
+            self.found.remove(mark)
+        return text
+
+
 @dataclass(frozen=True)
 class _Context:
     caps: Capabilities
     model: str
     signer: Signer | None
+    marks: _Marks
 
 
 # Claude Code starts its system prompt with a per-request billing line whose
@@ -266,22 +309,42 @@ def normalize_billing_line(text: str) -> str:
     return _BILLING_CCH.sub(r"\1", text)
 
 
-def _system_text(system: str | list[wc.TextBlock] | None) -> str | None:
+def _system_text(system: str | list[wc.TextBlock] | None, marks: _Marks) -> str | None:
     if system is None:
         return None
     if isinstance(system, str):
         return normalize_billing_line(system) or None
-    return "\n\n".join(normalize_billing_line(b.text) for b in system) or None
+    texts = [normalize_billing_line(b.text) + marks.tag(b.cache_control) for b in system]
+    return "\n\n".join(texts) or None
 
 
-def _parts(message: wr.Message, ctx: _Context, *, path: str) -> tuple[Part, ...]:
+def _parts(message: wr.Message, ctx: _Context, *, path: str, auto: Any = None) -> tuple[Part, ...]:
     content = message.content
     if isinstance(content, str):
-        return (TextPart(content),) if content else ()
+        return (TextPart(content + ctx.marks.tag(auto)),) if content else ()
     parts: list[Part] = []
     for j, block in enumerate(content):
-        parts.extend(_block_parts(block, ctx, path=f"{path}.content.{j}"))
+        produced = _block_parts(block, ctx, path=f"{path}.content.{j}")
+        control = getattr(block, "cache_control", None)
+        if control is None and j == len(content) - 1:
+            control = auto
+        tag = ctx.marks.tag(control) if produced else ""
+        if tag:
+            produced[-1] = _tagged(produced[-1], tag)
+        parts.extend(produced)
     return tuple(parts)
+
+
+def _tagged(part: Part, tag: str) -> Part:
+    """``part`` with a breakpoint tag right after its text."""
+    match part:
+        case TextPart(text=text):
+            return TextPart(text + tag)
+        case ToolResultPart():
+            return ToolResultPart(part.tool_use_id, part.text + tag, part.is_error)
+        case ToolCallPart():
+            return ToolCallPart(part.id, part.name, part.input, mark=tag)
+    return part
 
 
 def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
@@ -377,8 +440,9 @@ def _check_tool_results(turns: list[Turn]) -> None:
                 )
 
 
-def _tool_spec(tool: Any) -> ToolSpec:
+def _tool_spec(tool: Any, marks: _Marks) -> ToolSpec:
+    tag = marks.tag(getattr(tool, "cache_control", None))
     if isinstance(tool, wr.CustomTool):
-        return ToolSpec(tool.name, tool.description or "", tool.input_schema)
+        return ToolSpec(tool.name, (tool.description or "") + tag, tool.input_schema)
     description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
-    return ToolSpec(tool.name, description, schema)
+    return ToolSpec(tool.name, description + tag, schema)

@@ -82,10 +82,12 @@ class MessagesService:
     def submit(self, prepared: Prepared) -> tuple[Generation, MessageState]:
         """Admit the generation (or raise 529) and open its message state."""
         generation = prepared.engine.submit(prepared.prompt, prepared.params)
+        cache = generation.cache_usage
         state = MessageState(
             message_id(),
             prepared.model,
-            prepared.prompt.n_tokens,
+            prepared.prompt.n_tokens - cache.read - cache.created,
+            cache=cache,
             sign=self._signer.sign,
             seal=self._signer.seal if self._redact else None,
         )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from parley.conversation import Capabilities, Conversation
+from parley.engines.prefix_cache import Breakpoint, CacheUsage
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Prompt:
     text: str
     tokens: Sequence[int]
     grammar: Grammar | None = None
+    breakpoints: tuple[Breakpoint, ...] = ()  # cache_control breakpoints as token positions
 
     @property
     def n_tokens(self) -> int:
@@ -134,6 +136,11 @@ class Generation(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self) -> None: ...
+
+    @property
+    def cache_usage(self) -> CacheUsage:
+        """Prompt tokens read from and written to the prompt cache (known at admission)."""
+        return CacheUsage()
 
     async def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
         """The events, with ``None`` whenever ``interval`` seconds pass without one.

@@ -204,7 +204,8 @@ def _turn_text(turn: Turn) -> str:
             pieces.append(f"{THINK_OPEN}{part.text}{THINK_CLOSE}")
         elif isinstance(part, ToolCallPart):
             body = json.dumps(part.input, ensure_ascii=False)
-            pieces.append(f"{FALLBACK.open}{part.name}{FALLBACK.name_end}{body}{FALLBACK.close}")
+            call = f"{FALLBACK.open}{part.name}{FALLBACK.name_end}{body}{FALLBACK.close}"
+            pieces.append(call + part.mark)
         elif isinstance(part, ToolResultPart):
             status = ' is_error="true"' if part.is_error else ""
             head = f'<tool_result tool_use_id="{part.tool_use_id}"{status}>'

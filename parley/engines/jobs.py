@@ -23,6 +23,7 @@ from parley.engines.base import (
     SamplingParams,
     next_or_tick,
 )
+from parley.engines.prefix_cache import CachePlan, CacheUsage
 
 
 class _EndOfStream:
@@ -39,6 +40,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[EngineEvent | BaseException | _EndOfStream]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cache: CachePlan = field(default_factory=CachePlan)
 
 
 class QueueGeneration(Generation):
@@ -81,6 +83,10 @@ class QueueGeneration(Generation):
 
     def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
         return self._stream(interval)
+
+    @property
+    def cache_usage(self) -> CacheUsage:
+        return self._job.cache.usage
 
     def cancel(self) -> None:
         if not self._done and not self._job.cancelled.is_set():

@@ -175,6 +175,24 @@ class LlamaNative:
         """Drop a sequence's KV cells from ``from_pos`` on."""
         L.llama_memory_seq_rm(self._memory, seq_id, from_pos, -1)
 
+    def save_seq(self, seq_id: int) -> tuple[Any, int]:
+        """A copy of one sequence's KV cells (and their positions), and its size in bytes."""
+        size = int(L.llama_state_seq_get_size(self._ctx, seq_id))
+        buf = (ctypes.c_uint8 * size)()
+        written = int(L.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
+        if written != size:
+            raise EngineError("llama.cpp could not copy a sequence's KV state")
+        return buf, size
+
+    def restore_seq(self, seq_id: int, state: Any, size: int) -> bool:
+        """Replace a sequence's cells with a saved state; False when llama.cpp finds
+        no room for it (the sequence is left empty)."""
+        read = int(L.llama_state_seq_set_data(self._ctx, state, size, seq_id))
+        if read != size:
+            self.forget(seq_id)
+            return False
+        return True
+
     def seq_pos_max(self, seq_id: int) -> int:
         return int(L.llama_memory_seq_pos_max(self._memory, seq_id))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,8 @@ from parley.conversation import Capabilities, Conversation
 from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingParams
 from parley.engines.chat_template import ChatTemplate
 from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfig
-from parley.engines.scheduler import BatchScheduler
+from parley.engines.prefix_cache import Breakpoint, PrefixCache
+from parley.engines.scheduler import BatchScheduler, common_prefix
 from parley.engines.tool_format import grammar_for
 
 if TYPE_CHECKING:
@@ -63,8 +65,10 @@ class LlamaCppEngine(Engine):
         max_queue: int = 64,
         prefill_chunk: int = 128,
         chat_template: str | None = None,
+        cache: PrefixCache | None = None,
     ) -> None:
         self.model_path = model_path
+        self._cache = cache
         self._template_override = chat_template
         self._config = config
         self._max_queue = max_queue
@@ -81,7 +85,7 @@ class LlamaCppEngine(Engine):
             created_at=_mtime(model_path),
             context_length=config.n_ctx,
             max_output_tokens=config.n_ctx,
-            capabilities=Capabilities(images=False, tools=True),
+            capabilities=Capabilities(images=False, tools=True, prompt_cache=cache is not None),
         )
 
     async def start(self) -> None:
@@ -115,6 +119,7 @@ class LlamaCppEngine(Engine):
             n_parallel=self._config.n_seq_max,
             max_queue=self._max_queue,
             prefill_chunk=self._prefill_chunk,
+            cache=self._cache,
         )
         self._scheduler.start()
         log.info(
@@ -139,17 +144,47 @@ class LlamaCppEngine(Engine):
 
     def prepare(self, conversation: Conversation) -> Prompt:
         assert self._template is not None and self._native is not None, "engine not started"
-        text = self._template.render(conversation)
+        text, offsets = _strip_marks(self._template.render(conversation), conversation)
         add_bos = self._add_bos and not text.startswith(self._bos_text)
         tokens = self._native.tokenize(text, add_bos=add_bos)
-        return Prompt(conversation, text, tokens, grammar_for(conversation, self._template.syntax))
+        # A breakpoint's position: the tokens the prompt shares with its text up to the tag.
+        tokenize = self._native.tokenize
+        breakpoints = tuple(
+            Breakpoint(common_prefix(tokenize(text[:at], add_bos=add_bos), tokens), ttl)
+            for at, ttl in offsets
+        )
+        grammar = grammar_for(conversation, self._template.syntax)
+        return Prompt(conversation, text, tokens, grammar, breakpoints)
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
         return self._scheduler.submit(prompt, params)
 
     def stats(self) -> dict[str, Any]:
-        return self._scheduler.stats() if self._scheduler else {}
+        stats = self._scheduler.stats() if self._scheduler else {}
+        if self._cache is not None:
+            stats["prompt_cache"] = self._cache.stats()
+        return stats
+
+
+def _strip_marks(text: str, conversation: Conversation) -> tuple[str, list[tuple[int, Any]]]:
+    """The rendered prompt without breakpoint tags, and where each tag first stood
+    (a character offset in the stripped text) with its TTL. A tag the template
+    dropped is no breakpoint."""
+    if not conversation.marks:
+        return text, []
+    ttl = {m.tag: m.ttl for m in conversation.marks}
+    pattern = re.compile("|".join(re.escape(tag) for tag in ttl))
+    pieces: list[str] = []
+    offsets: dict[str, int] = {}
+    done = removed = 0
+    for match in pattern.finditer(text):
+        pieces.append(text[done : match.start()])
+        offsets.setdefault(match.group(), match.start() - removed)
+        removed += len(match.group())
+        done = match.end()
+    pieces.append(text[done:])
+    return "".join(pieces), sorted((at, ttl[tag]) for tag, at in offsets.items())
 
 
 def _mtime(path: Path) -> str:
@@ -176,6 +211,11 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         max_queue=settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
         chat_template=_read_template(settings.chat_template),
+        cache=PrefixCache(
+            budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
+        )
+        if settings.cache_budget_mb > 0
+        else None,
     )
 
 

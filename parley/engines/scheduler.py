@@ -16,6 +16,13 @@ request takes the idle slot sharing the longest prefix with its prompt and
 prefills only the rest (llama-server's slot reuse); idle cells are evicted
 when admission needs the room.
 
+Prompt caching: a request with ``cache_control`` breakpoints is planned
+against the ``PrefixCache`` when it is submitted (so its usage is known for
+``message_start``). At admission, a cache entry longer than any idle slot's
+shared prefix is copied into the slot's sequence; during prefill, chunks end
+exactly at each breakpoint still to be written, and the sequence's KV state
+is copied out right after that step.
+
 Cancellation (client gone, batch cancelled) is seen at the next step: the
 sequence leaves the batch and its sampler is freed; its cells stay cached
 and accounted like any idle slot's.
@@ -42,6 +49,7 @@ from parley.engines.base import (
 )
 from parley.engines.jobs import END, Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
+from parley.engines.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.tool_format import THINK_FORCED_CLOSE, ToolCallParser
 from parley.errors import EngineError, OverloadedError, ParleyError
 
@@ -67,6 +75,7 @@ class Running:
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     parser: ToolCallParser = field(default_factory=lambda: ToolCallParser(()))
     think_left: int = 0  # thinking tokens left in the budget
+    writes: list[Breakpoint] = field(default_factory=list)  # cache snapshots still to take
 
     @property
     def reserved(self) -> int:
@@ -90,8 +99,10 @@ class BatchScheduler:
         n_parallel: int,
         max_queue: int,
         prefill_chunk: int,
+        cache: PrefixCache | None = None,
     ) -> None:
         self._native = native
+        self._cache = cache
         self._n_parallel = n_parallel
         self._max_queue = max_queue
         self._n_batch = native.config.n_batch
@@ -103,7 +114,15 @@ class BatchScheduler:
         self._order = itertools.count()
         self._cond = threading.Condition()
         self._stopping = False
-        self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0, "tokens": 0}
+        self._counters = {
+            "completed": 0,
+            "cancelled": 0,
+            "failed": 0,
+            "rejected": 0,
+            "tokens": 0,
+            "cache_restores": 0,  # prompt-cache entries copied into a sequence
+            "cache_snapshots": 0,  # sequences copied into the prompt cache
+        }
         # Events of one step go to the event loop in one wake-up, not one per event.
         self._outbox: list[tuple[Job, Any]] = []
         self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
@@ -121,10 +140,13 @@ class BatchScheduler:
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         job = Job(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
+        if self._cache is not None and prompt.breakpoints:
+            job.cache = self._cache.plan(prompt.tokens, prompt.breakpoints)
         with self._cond:
             # Jobs submitted since the last step may still find a free slot.
             if len(self._waiting) + len(self._running) >= self._n_parallel + self._max_queue:
                 self._counters["rejected"] += 1
+                self._release_plan(job)
                 raise OverloadedError(
                     "Overloaded: the request queue is full; retry shortly",
                     headers={"retry-after": "1"},
@@ -132,6 +154,10 @@ class BatchScheduler:
             heapq.heappush(self._waiting, (params.priority, next(self._order), job))
             self._cond.notify_all()
         return QueueGeneration(job, self._on_cancel)
+
+    def _release_plan(self, job: Job) -> None:
+        if self._cache is not None:
+            self._cache.release(job.cache)
 
     def _on_cancel(self, job: Job) -> None:
         with self._cond:
@@ -192,6 +218,9 @@ class BatchScheduler:
     def _reap_cancelled(self) -> None:
         # Runs before every step: rebuild the heap only when something left it.
         if any(job.cancelled.is_set() for _, _, job in self._waiting):
+            for _, _, job in self._waiting:
+                if job.cancelled.is_set():
+                    self._release_plan(job)
             self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
             heapq.heapify(self._waiting)
         for run in [r for r in self._running if r.job.cancelled.is_set()]:
@@ -203,6 +232,13 @@ class BatchScheduler:
             tokens = list(job.prompt.tokens)
             budget = max(0, min(job.params.max_tokens, self._capacity - len(tokens)))
             slot, reuse = self._pick_slot(tokens)
+            plan = job.cache
+            # A cache entry longer than what the slot holds is copied in instead.
+            restore = plan.read if plan.read is not None and plan.read.length > reuse else None
+            if restore is not None:
+                reuse = min(restore.length, len(tokens) - 1)
+            if plan.writes:  # cells past a snapshot point would end up in the snapshot
+                reuse = min(reuse, plan.writes[0].pos)
             need = len(tokens) + budget
             in_use = sum(r.reserved for r in self._running)
             idle = [s for s in self._slots if not s.busy and s is not slot]
@@ -216,6 +252,14 @@ class BatchScheduler:
             if room < need - reuse and self._running:
                 return  # wait for running sequences to free their cells
             heapq.heappop(self._waiting)
+            if restore is not None:
+                self._native.forget(slot.seq_id)
+                if self._native.restore_seq(slot.seq_id, restore.state, restore.nbytes):
+                    self._counters["cache_restores"] += 1
+                else:
+                    log.warning("prompt cache entry could not be restored; prefilling instead")
+                    reuse = 0
+            self._release_plan(job)
             self._native.forget(slot.seq_id, reuse)
             slot.cached = tokens[:reuse]
             slot.busy = True
@@ -228,7 +272,8 @@ class BatchScheduler:
                 seed=params.seed,
                 grammar=grammar,
             )
-            run = Running(job, slot, sampler, budget, tokens[reuse:])
+            run = Running(job, slot, sampler, budget, tokens[reuse:], writes=list(plan.writes))
+            self._snapshot(run)
             budget_thinking = job.prompt.conversation.thinking_budget
             run.parser = ToolCallParser(
                 job.prompt.conversation.tools,
@@ -278,8 +323,10 @@ class BatchScheduler:
                 break
             if run.pending is not None or not run.prompt_left:
                 continue
-            chunk = run.prompt_left[:room]
             base = len(run.slot.cached)
+            # A chunk ends at the next cache breakpoint, so the snapshot holds just the prefix.
+            stop = run.writes[0].pos - base if run.writes else room
+            chunk = run.prompt_left[: min(room, stop)]
             last = len(chunk) == len(run.prompt_left)
             for i, token in enumerate(chunk):
                 want = last and i == len(chunk) - 1
@@ -297,10 +344,27 @@ class BatchScheduler:
                 run.pending = None
             else:
                 del run.prompt_left[: len(tokens)]
+                self._snapshot(run)
         for index, run in samplers:
             if run.job.cancelled.is_set():
                 continue
             self._accept(run, self._native.sample(run.sampler, index))
+
+    def _snapshot(self, run: Running) -> None:
+        """Copy the sequence's KV state into the prompt cache at a breakpoint it reached."""
+        cache, done = self._cache, len(run.slot.cached)
+        while run.writes and run.writes[0].pos <= done:
+            point = run.writes.pop(0)
+            if cache is None or point.pos != done:
+                continue
+            prefix = run.slot.cached
+            if cache.wants(prefix):
+                state, nbytes = self._native.save_seq(run.slot.seq_id)
+                cache.put(prefix, state, nbytes, point.ttl)
+                with self._cond:
+                    self._counters["cache_snapshots"] += 1
+            else:
+                cache.put(prefix, None, 0, point.ttl)  # refreshes the entry already there
 
     def _accept(self, run: Running, token: int) -> None:
         native = self._native
@@ -372,6 +436,7 @@ class BatchScheduler:
             self._release(run)
         if self._stopping:
             for _, _, job in self._waiting:
+                self._release_plan(job)
                 self._outbox.extend([(job, error), (job, END)])
             self._waiting.clear()
 

@@ -23,6 +23,7 @@ from parley.engines.base import (
     ToolCallStart,
     ToolInputChunk,
 )
+from parley.engines.prefix_cache import CacheUsage
 from parley.errors import EngineError, ParleyError
 from parley.wire import events as ev
 from parley.wire import responses as wr
@@ -51,9 +52,8 @@ class _OpenBlock:
 class MessageState:
     message_id: str
     model: str
-    input_tokens: int
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
+    input_tokens: int  # prompt tokens neither read from nor written to the cache
+    cache: CacheUsage = field(default_factory=CacheUsage)
     sign: Callable[[str], str] | None = None  # signs a finished thinking block
     seal: Callable[[str], str] | None = None  # when set, thinking goes out redacted
     phase: Phase = Phase.NEW
@@ -130,11 +130,16 @@ class MessageState:
     # --- internals ------------------------------------------------------------
 
     def _usage(self) -> wr.Usage:
+        cache = self.cache
         return wr.Usage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            cache_creation_input_tokens=self.cache_creation_input_tokens,
-            cache_read_input_tokens=self.cache_read_input_tokens,
+            cache_creation_input_tokens=cache.created,
+            cache_read_input_tokens=cache.read,
+            cache_creation=wr.CacheCreation(
+                ephemeral_5m_input_tokens=cache.created_5m,
+                ephemeral_1h_input_tokens=cache.created_1h,
+            ),
         )
 
     def _stream_into(self, kind: str, text: str, delta: ev.Delta) -> list[ev.StreamEvent]:
@@ -215,8 +220,8 @@ class MessageState:
         usage = ev.MessageDeltaUsage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
-            cache_creation_input_tokens=self.cache_creation_input_tokens,
-            cache_read_input_tokens=self.cache_read_input_tokens,
+            cache_creation_input_tokens=self.cache.created,
+            cache_read_input_tokens=self.cache.read,
         )
         body = ev.MessageDeltaBody(stop_reason=done.stop_reason, stop_sequence=done.stop_sequence)
         out.append(ev.MessageDelta(delta=body, usage=usage))
