@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import llama_cpp
 import pytest
 
-from parley.conversation import Conversation, TextPart, Turn
+from parley.conversation import (
+    Conversation,
+    TextPart,
+    ThinkingPart,
+    ToolCallPart,
+    ToolResultPart,
+    Turn,
+)
 from parley.engines.chat_template import ChatTemplate
 from parley.engines.llamacpp import embedded_model_path
 
@@ -77,3 +86,34 @@ def test_claude_code_billing_line_is_normalised() -> None:
         "x-anthropic-billing-header: cc_version=2.0.14.abc; cc_entrypoint=cli;\nYou are Claude Code."
     )
     assert normalize_billing_line("cch=1 in ordinary text") == "cch=1 in ordinary text"
+
+
+REASONING = (Path(__file__).parent / "data" / "reasoning.jinja").read_text()
+
+
+def test_reasoning_templates_are_told_whether_to_think() -> None:
+    template = ChatTemplate(REASONING, bos_token="", eos_token="<|im_end|>")
+    assert template.reasoning
+    plain = Conversation(system=None, turns=(turn("user", "Hi"),))
+    # Thinking off: the template writes its own empty reasoning section.
+    assert template.render(plain).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    thinking = Conversation(system=None, turns=(turn("user", "Hi"),), thinking_budget=1024)
+    # Thinking on: the section is open when generation starts, opened once.
+    assert template.render(thinking).endswith("<|im_start|>assistant\n<think>\n")
+    assert template.render(thinking).count("<think>") == 1
+
+
+def test_reasoning_templates_get_the_tool_loops_thinking_as_reasoning_content() -> None:
+    template = ChatTemplate(REASONING, bos_token="", eos_token="<|im_end|>")
+    call = ToolCallPart("toolu_1", "lookup", {"q": "x"})
+    turns = (
+        turn("user", "Look it up."),
+        Turn("assistant", (ThinkingPart("I should look it up."), TextPart("Looking."), call)),
+        Turn("user", (ToolResultPart("toolu_1", "found"),)),
+    )
+    conv = Conversation(system=None, turns=turns, thinking_budget=1024)
+    text = template.render(conv)
+    assert "<think>\nI should look it up.\n</think>\n\nLooking." in text
+    # An earlier turn's thinking is dropped, as for every template.
+    later = (*turns, turn("assistant", "Done."), turn("user", "Thanks."))
+    assert "I should look it up." not in template.render(Conversation(system=None, turns=later))

@@ -6,6 +6,7 @@ structure and limits, never content.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -252,3 +253,24 @@ def test_redacted_thinking_round_trip(server_factory: Any) -> None:
         "messages.1.content.0.data: Invalid `data` in `redacted_thinking` block"
         in response.json()["error"]["message"]
     )
+
+
+def test_a_template_with_a_reasoning_mode_thinks_through_it(server_factory: Any) -> None:
+    template = Path(__file__).parent / "data" / "reasoning.jinja"
+    server: Server = server_factory("--chat-template", str(template))
+    client = server.client()
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=1100,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=ASK,  # type: ignore[arg-type]
+    )
+    assert message.content[0].type == "thinking" and message.content[0].signature
+    off = client.messages.count_tokens(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    on = client.messages.count_tokens(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        thinking={"type": "enabled", "budget_tokens": 1024},
+    )
+    # Off: the template's empty "<think>\n\n</think>\n\n"; on: parley's open "<think>\n".
+    assert off.input_tokens > on.input_tokens

@@ -61,25 +61,35 @@ class ChatTemplate:
         # <tool_call> blocks; every other template gets parley's fallback.
         self.native_tools = "<tool_call>" in self.source and "tools" in self.source
         self.syntax: CallSyntax = HERMES if self.native_tools else FALLBACK
+        # Templates with a reasoning mode (Qwen3-style ``enable_thinking``) are told
+        # whether to think and get earlier reasoning as ``reasoning_content``.
+        self.reasoning = "enable_thinking" in self.source
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text: history, generation prompt, then the prefill (or, when
         thinking, the opening of a reasoning section)."""
-        native = self.native_tools
+        native, reasoning = self.native_tools, self.reasoning
         tools = _function_specs(conversation) if native and conversation.tools else None
-        messages = _messages(conversation, inline_system=True, native=native)
+        thinking = conversation.thinking_budget is not None
+        extra: dict[str, Any] = {"tools": tools} if tools else {}
+        if reasoning:
+            extra["enable_thinking"] = thinking
+        messages = _messages(conversation, inline_system=True, native=native, reasoning=reasoning)
         try:
-            text = self._apply(messages, tools)
+            text = self._apply(messages, extra)
         except TemplateRefusal:
             # Templates that allow a system message only in first place get the
             # inline ones folded into the user turn that follows them.
-            text = self._apply(_messages(conversation, inline_system=False, native=native), tools)
-        if conversation.thinking_budget is not None:
-            return text + THINK_OPEN
+            folded = _messages(
+                conversation, inline_system=False, native=native, reasoning=reasoning
+            )
+            text = self._apply(folded, extra)
+        if thinking:
+            # The reasoning section is open when generation starts (some templates open it).
+            return text if text.endswith(THINK_OPEN) else text + THINK_OPEN
         return text + conversation.prefill
 
-    def _apply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        extra: dict[str, Any] = {"tools": tools} if tools else {}
+    def _apply(self, messages: list[dict[str, Any]], extra: dict[str, Any]) -> str:
         try:
             return self._template.render(
                 messages=messages,
@@ -110,7 +120,11 @@ def _function_specs(conversation: Conversation) -> list[dict[str, Any]]:
 
 
 def _messages(
-    conversation: Conversation, *, inline_system: bool, native: bool = False
+    conversation: Conversation,
+    *,
+    inline_system: bool,
+    native: bool = False,
+    reasoning: bool = False,
 ) -> list[dict[str, Any]]:
     turns = _without_stale_thinking(conversation.turns)
     out: list[dict[str, Any]] = []
@@ -129,10 +143,15 @@ def _messages(
             else:
                 pending_system.append(turn.text)
             continue
+        thought = "\n\n".join(p.text for p in turn.parts if isinstance(p, ThinkingPart))
+        if reasoning and thought:  # the template renders it
+            turn = Turn(turn.role, tuple(p for p in turn.parts if not isinstance(p, ThinkingPart)))
         if native:
             produced = _native_turn(turn)
         else:
             produced = [{"role": turn.role, "content": _turn_text(turn)}]
+        if reasoning and thought:
+            produced[-1]["reasoning_content"] = thought
         if pending_system and produced and produced[-1]["role"] == "user":
             notes = [f"<system>{s}</system>" for s in pending_system]
             produced[-1]["content"] = "\n\n".join([*notes, produced[-1]["content"]])
