@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from parley import __version__
+from parley import __version__, batch_cli
 from parley.config import ConfigError, load_settings, parse_aliases
 from parley.errors import ParleyError
 from parley.logs import configure
@@ -61,11 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         help="return thinking as encrypted redacted_thinking blocks",
     )
     serve.add_argument("--log-level")
+    batch_cli.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "batch":
+        return batch_cli.run(args)
     overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,

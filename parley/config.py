@@ -65,6 +65,10 @@ class Settings:
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024
+    max_batch_bytes: int = 256 * 1024 * 1024
+    batch_workers: int | None = None  # batch requests in flight; None: as many as --parallel
+    batch_expiry: float = 24 * 3600.0  # seconds from creation until unfinished requests expire
+    batch_retention: float = 29 * 24 * 3600.0  # seconds from creation until a batch is deleted
     log_level: str = "info"
 
 

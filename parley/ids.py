@@ -21,3 +21,7 @@ def tool_use_id() -> str:
 
 def request_id() -> str:
     return "req_01" + _token()
+
+
+def batch_id() -> str:
+    return "msgbatch_01" + _token()

@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from parley import __version__
-from parley.api import errors, health, messages, models
+from parley.api import batches, errors, health, messages, models
 from parley.api.deps import AppState
 from parley.api.middleware import RequestIdMiddleware
+from parley.batches.store import BatchStore
+from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
 from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
@@ -40,16 +42,25 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         for engine in chosen:
             await engine.start()
         catalog = Catalog(chosen, aliases_for(settings, chosen[0].card.id))
-        app.state.parley = AppState(
-            settings=settings,
-            catalog=catalog,
-            messages=MessagesService(
-                catalog,
-                ping_interval=settings.ping_interval,
-                signer=Signer.from_data_dir(settings.data_dir.expanduser()),
-                redact_thinking=settings.redact_thinking,
-            ),
+        data_dir = settings.data_dir.expanduser()
+        service = MessagesService(
+            catalog,
+            ping_interval=settings.ping_interval,
+            signer=Signer.from_data_dir(data_dir),
+            redact_thinking=settings.redact_thinking,
         )
+        store = BatchStore.in_data_dir(data_dir)
+        worker = BatchWorker(
+            store,
+            service,
+            concurrency=settings.batch_workers or settings.parallel,
+            retention=settings.batch_retention,
+            tick=min(1.0, settings.batch_expiry / 4),
+        )
+        app.state.parley = AppState(
+            settings=settings, catalog=catalog, messages=service, batches=store, worker=worker
+        )
+        worker.start()
         if not settings.api_keys:
             log.warning("no API keys configured: parley accepts every request")
         log.info("serving", extra={"models": catalog.ids()[: len(chosen)]})
@@ -57,6 +68,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             yield
         finally:
             log.info("shutting down")
+            await worker.stop()
+            store.close()
             for engine in chosen:
                 await engine.close()
 
@@ -67,5 +80,6 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(models.router)
+    app.include_router(batches.router)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -32,3 +32,13 @@ def check(request: Request, allowed: tuple[str, ...]) -> None:
         if any([hmac.compare_digest(key.encode(), a.encode()) for a in allowed]):
             return
     raise AuthenticationError("invalid x-api-key")
+
+
+def matched_key(request: Request, allowed: tuple[str, ...]) -> str | None:
+    """The configured key this (already checked) request presented; None on an open server."""
+    if not allowed:
+        return None
+    for key in presented_keys(request):
+        if any([hmac.compare_digest(key.encode(), a.encode()) for a in allowed]):
+            return key
+    return None

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
 from parley.api import auth
 from parley.catalog import Catalog
 from parley.config import Settings
+from parley.errors import APIError
 from parley.service import MessagesService
+
+if TYPE_CHECKING:
+    from parley.batches.store import BatchStore
+    from parley.batches.worker import BatchWorker
 
 
 @dataclass
@@ -17,6 +23,18 @@ class AppState:
     settings: Settings
     catalog: Catalog
     messages: MessagesService
+    batches: BatchStore | None = None
+    worker: BatchWorker | None = None
+
+    def batch_store(self) -> BatchStore:
+        if self.batches is None:
+            raise APIError("message batches are not available on this server")
+        return self.batches
+
+    def batch_worker(self) -> BatchWorker:
+        if self.worker is None:
+            raise APIError("message batches are not available on this server")
+        return self.worker
 
 
 def app_state(request: Request) -> AppState:

@@ -1,0 +1,1 @@
+"""Message Batches: storage, the worker pool, and the wire shapes."""

@@ -1,0 +1,40 @@
+"""Wire shapes of the Message Batches API (as the SDK's ``types/messages`` define them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from parley.wire.common import ResponseModel
+
+
+class RequestCounts(ResponseModel):
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class MessageBatch(ResponseModel):
+    id: str
+    type: Literal["message_batch"] = "message_batch"
+    processing_status: Literal["in_progress", "canceling", "ended"]
+    request_counts: RequestCounts
+    created_at: str
+    expires_at: str
+    ended_at: str | None = None
+    cancel_initiated_at: str | None = None
+    archived_at: str | None = None
+    results_url: str | None = None
+
+
+class MessageBatchPage(ResponseModel):
+    data: list[MessageBatch]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class DeletedMessageBatch(ResponseModel):
+    id: str
+    type: Literal["message_batch_deleted"] = "message_batch_deleted"

@@ -1,0 +1,325 @@
+"""Message Batches through the official SDK over a real socket, stored in SQLite.
+
+The scripted engine gives exact, fast (or deliberately slow) answers; one
+test runs a small batch on the embedded model. Crash recovery kills a real
+server process with SIGKILL mid-batch and restarts it on the same data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from tests.conftest import MODEL, RULES, Server, start_server, stop_server
+
+SLOW = Path(__file__).parent / "data" / "slow.yaml"
+
+
+def request(custom_id: str, text: str, model: str = "scripted", **extra: Any) -> dict[str, Any]:
+    params = {"model": model, "max_tokens": 32, "messages": [{"role": "user", "content": text}]}
+    return {"custom_id": custom_id, "params": {**params, **extra}}
+
+
+def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.1)
+
+
+def results(client: anthropic.Anthropic, batch_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in client.messages.batches.results(batch_id):
+        assert item.custom_id not in out, f"duplicate result for {item.custom_id}"
+        out[item.custom_id] = item.result
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch_server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory("--engine", "scripted", "--script", str(RULES))
+
+
+def test_lifecycle_create_poll_results(batch_server: Server) -> None:
+    client = batch_server.client()
+    bad_content = [{"type": "text", "text": "x", "bogus": 1}]
+    batch = client.messages.batches.create(
+        requests=[
+            request("first", "count to ten"),
+            request("second", "hello there"),
+            request("bad", "ignored", messages=[{"role": "user", "content": bad_content}]),
+            request("no-model", "hi", model="no-such-model"),
+        ]  # type: ignore[list-item]
+    )
+    assert batch.id.startswith("msgbatch_") and batch.type == "message_batch"
+    assert batch.processing_status == "in_progress" and batch.results_url is None
+    assert batch.request_counts.processing + batch.request_counts.succeeded <= 4
+    assert (batch.expires_at - batch.created_at).total_seconds() == pytest.approx(86400, abs=1)
+
+    ended = wait_ended(client, batch.id)
+    counts = ended.request_counts
+    assert (counts.succeeded, counts.errored, counts.processing) == (2, 2, 0)
+    assert ended.ended_at is not None and ended.results_url.endswith(f"/{batch.id}/results")
+
+    got = results(client, batch.id)
+    assert set(got) == {"first", "second", "bad", "no-model"}
+    first = got["first"]
+    assert first.type == "succeeded"
+    assert first.message.content[0].text == "one two three four five six seven eight nine ten"
+    assert first.message.usage.service_tier == "batch"
+    # An invalid request errors exactly as /v1/messages would, and alone.
+    with pytest.raises(anthropic.BadRequestError) as direct:
+        client.messages.create(
+            model="scripted",
+            max_tokens=32,
+            messages=[{"role": "user", "content": bad_content}],  # type: ignore[list-item]
+        )
+    assert got["bad"].type == "errored"
+    assert got["bad"].error.error.type == "invalid_request_error"
+    assert got["bad"].error.error.message == direct.value.body["error"]["message"]  # type: ignore[index]
+    assert got["no-model"].error.error.type == "not_found_error"
+
+
+@pytest.mark.parametrize(
+    ("requests", "needle"),
+    [
+        ([], "requests: List should have at least 1 item"),
+        ([request("a", "x"), request("a", "y")], "requests.1.custom_id: duplicate custom_id 'a'"),
+        ([request("bad id!", "x")], "requests.0.custom_id: must be 1 to 64 characters"),
+        ([request("x" * 65, "x")], "requests.0.custom_id"),
+        ([request("s", "x", stream=True)], "requests.0.params.stream: streaming is not supported"),
+        ([{"custom_id": "p"}], "requests.0.params: Field required"),
+        ([{**request("e", "x"), "extra": 1}], "requests.0.extra: Extra inputs are not permitted"),
+    ],
+)
+def test_the_envelope_is_checked_at_once(
+    batch_server: Server, requests: list[dict[str, Any]], needle: str
+) -> None:
+    response = httpx.post(
+        f"{batch_server.url}/v1/messages/batches",
+        json={"requests": requests},
+        headers={"x-api-key": "k"},
+    )
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]["message"]
+
+
+def test_at_most_100000_requests(batch_server: Server) -> None:
+    client = batch_server.client(timeout=300)
+    line = {"model": "scripted", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+    too_many = [{"custom_id": f"r{i}", "params": line} for i in range(100_001)]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.batches.create(requests=too_many)  # type: ignore[arg-type]
+    assert "at most 100000 requests, got 100001" in str(refused.value)
+    # Exactly 100,000 is accepted, stored at once, and cancelled just as fast.
+    batch = client.messages.batches.create(requests=too_many[:100_000])  # type: ignore[arg-type]
+    assert sum(batch.request_counts.model_dump().values()) == 100_000
+    canceled = client.messages.batches.cancel(batch.id)
+    assert canceled.cancel_initiated_at is not None
+    ended = wait_ended(client, batch.id)
+    counts = ended.request_counts
+    assert counts.canceled + counts.succeeded == 100_000 and counts.canceled > 90_000
+    client.messages.batches.delete(batch.id)
+
+
+def test_cancel_mid_run_and_delete_rules(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--engine", "scripted", "--script", str(SLOW))
+    client = server.client()
+    words = " ".join(f"w{i}" for i in range(10))  # ten chunks at 0.2 s: 2 s a request
+    batch = client.messages.batches.create(
+        requests=[request(f"r{i}", words) for i in range(12)]  # type: ignore[misc]
+    )
+    with pytest.raises(anthropic.BadRequestError, match="cannot be deleted while it is processing"):
+        client.messages.batches.delete(batch.id)
+    time.sleep(0.5)  # some requests are in flight now
+    canceled = client.messages.batches.cancel(batch.id)
+    assert canceled.processing_status in ("canceling", "ended")
+    ended = wait_ended(client, batch.id)
+    counts = ended.request_counts
+    assert counts.canceled >= 8 and counts.canceled + counts.succeeded == 12
+    assert counts.processing == counts.errored == counts.expired == 0
+    got = results(client, batch.id)
+    assert len(got) == 12 and {r.type for r in got.values()} <= {"canceled", "succeeded"}
+    deleted = client.messages.batches.delete(batch.id)
+    assert deleted.id == batch.id and deleted.type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve(batch.id)
+
+
+def test_pagination_both_ways(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--engine", "scripted", "--script", str(RULES))
+    client = server.client()
+    made = [
+        client.messages.batches.create(requests=[request("only", f"n{i}")]).id  # type: ignore[list-item]
+        for i in range(5)
+    ]
+    newest_first = list(reversed(made))
+    first = client.messages.batches.list(limit=2)
+    assert [b.id for b in first.data] == newest_first[:2] and first.has_more
+    assert first.first_id == newest_first[0] and first.last_id == newest_first[1]
+    after = client.messages.batches.list(limit=2, after_id=newest_first[1])
+    assert [b.id for b in after.data] == newest_first[2:4] and after.has_more
+    last = client.messages.batches.list(limit=2, after_id=newest_first[3])
+    assert [b.id for b in last.data] == newest_first[4:] and not last.has_more
+    before = client.messages.batches.list(limit=2, before_id=newest_first[4])
+    assert [b.id for b in before.data] == newest_first[2:4] and before.has_more
+    assert [b.id for b in client.messages.batches.list(limit=2)] == newest_first  # auto-paging
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.list(limit=1001)
+
+
+def test_expiry_and_retention(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(
+        "--engine",
+        "scripted",
+        "--script",
+        str(SLOW),
+        env={
+            "PARLEY_BATCH_EXPIRY": "1.5",
+            "PARLEY_BATCH_RETENTION": "4",
+            "PARLEY_BATCH_WORKERS": "1",
+        },
+    )
+    client = server.client()
+    words = " ".join(f"w{i}" for i in range(20))  # 4 s a request: none finishes in time
+    batch = client.messages.batches.create(
+        requests=[request(f"r{i}", words) for i in range(3)]  # type: ignore[misc]
+    )
+    ended = wait_ended(client, batch.id, timeout=10)
+    assert ended.request_counts.expired == 3
+    assert {r.type for r in results(client, batch.id).values()} == {"expired"}
+    # Past retention the batch and its results are gone.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.messages.batches.retrieve(batch.id)
+        except anthropic.NotFoundError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with pytest.raises(anthropic.NotFoundError):
+        list(client.messages.batches.results(batch.id))
+
+
+def test_batches_are_scoped_to_their_key(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(
+        "--engine", "scripted", "--script", str(RULES), "--api-key", "key-a", "--api-key", "key-b"
+    )
+    alice = server.client(api_key="key-a")
+    bob = server.client(api_key="key-b")
+    batch = alice.messages.batches.create(requests=[request("x", "hello")])  # type: ignore[list-item]
+    wait_ended(alice, batch.id)
+    for call in (
+        lambda: bob.messages.batches.retrieve(batch.id),
+        lambda: list(bob.messages.batches.results(batch.id)),
+        lambda: bob.messages.batches.cancel(batch.id),
+        lambda: bob.messages.batches.delete(batch.id),
+    ):
+        with pytest.raises(anthropic.NotFoundError):
+            call()
+    assert [b.id for b in bob.messages.batches.list()] == []
+    assert [b.id for b in alice.messages.batches.list()] == [batch.id]
+    assert alice.messages.batches.retrieve(batch.id).request_counts.succeeded == 1
+
+
+def test_beta_surface(batch_server: Server) -> None:
+    client = batch_server.client()
+    batch = client.beta.messages.batches.create(
+        requests=[request("b", "hello beta")],  # type: ignore[list-item]
+        betas=["message-batches-2024-09-24"],
+    )
+    deadline = time.monotonic() + 30
+    while client.beta.messages.batches.retrieve(batch.id).processing_status != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (item,) = list(client.beta.messages.batches.results(batch.id))
+    assert item.custom_id == "b" and item.result.type == "succeeded"
+    assert batch.id in [b.id for b in client.beta.messages.batches.list()]
+
+
+def test_crash_recovery_gives_exactly_one_result_each(tmp_path: Path) -> None:
+    """SIGKILL mid-batch, restart on the same data dir: none lost, none duplicated."""
+    data = tmp_path / "data"
+    env = {"PARLEY_DATA_DIR": str(data)}
+    args = ["--engine", "scripted", "--script", str(SLOW)]
+    server = start_server(args, tmp_path, env)
+    n = 24
+    try:
+        client = server.client()
+        batch = client.messages.batches.create(
+            requests=[request(f"r{i}", f"a b c {i}") for i in range(n)]  # type: ignore[misc]
+        )
+        deadline = time.monotonic() + 30
+        while client.messages.batches.retrieve(batch.id).request_counts.succeeded < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+    restarted = start_server(args, tmp_path, env)
+    try:
+        client = restarted.client()
+        ended = wait_ended(client, batch.id)
+        assert ended.request_counts.succeeded == n
+        got = results(client, batch.id)  # asserts no duplicates
+        assert sorted(got) == sorted(f"r{i}" for i in range(n))
+        for i in range(n):
+            assert got[f"r{i}"].message.content[0].text == f"a b c {i}"
+    finally:
+        stop_server(restarted)
+
+
+def test_cli_submit_wait_status_results_list(batch_server: Server, tmp_path: Path) -> None:
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("\n".join(json.dumps(request(f"c{i}", f"cli {i}")) for i in range(3)) + "\n")
+    env = {**os.environ, "ANTHROPIC_BASE_URL": batch_server.url, "ANTHROPIC_API_KEY": "k"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "parley", "batch", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    submitted = cli("submit", str(jsonl), "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    batch = json.loads(submitted.stdout[submitted.stdout.index("{") :])
+    assert batch["processing_status"] == "ended" and batch["request_counts"]["succeeded"] == 3
+    status = cli("status", batch["id"])
+    assert json.loads(status.stdout)["id"] == batch["id"]
+    out = tmp_path / "out.jsonl"
+    assert cli("results", batch["id"], "-o", str(out)).returncode == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == ["c0", "c1", "c2"]
+    assert batch["id"] in cli("list").stdout
+    missing = cli("status", "msgbatch_nope")
+    assert missing.returncode == 1 and "404" in missing.stderr
+
+
+@pytest.mark.model
+def test_a_batch_on_the_embedded_model(model_server: Server) -> None:
+    client = model_server.client()
+    batch = client.messages.batches.create(
+        requests=[
+            request(f"m{i}", f"Name a colour. ({i})", model=MODEL, temperature=0.0)
+            for i in range(3)
+        ]  # type: ignore[misc]
+    )
+    wait_ended(client, batch.id, timeout=120)
+    got = results(client, batch.id)
+    assert len(got) == 3
+    for result in got.values():
+        assert result.type == "succeeded"
+        usage = result.message.usage
+        assert usage.output_tokens > 0 and usage.service_tier == "batch"
