@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
     )
     serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
+    serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
         "--redact-thinking",
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_queue": args.max_queue,
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
+        "batch_workers": args.batch_workers,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,

@@ -272,13 +272,14 @@ class _Marks:
     """Hands out the tags of ``cache_control`` breakpoints (when the engine caches)."""
 
     enabled: bool
-    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
+    nonce: str = ""  # drawn with the first tag
     found: list[CacheMark] = field(default_factory=list)
 
     def tag(self, control: Any) -> str:
         if control is None or not self.enabled:
             return ""
         # Private-use characters and a per-request nonce: no user text can forge one.
+        self.nonce = self.nonce or secrets.token_hex(4)
         mark = CacheMark(f"\ue000{self.nonce}:{len(self.found)}\ue001", control.ttl or "5m")
         self.found.append(mark)
         return mark.tag

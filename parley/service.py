@@ -49,6 +49,8 @@ class MessagesService:
         conversation = build_conversation(
             req, engine.card.capabilities, model=req.model, signer=self._signer
         )
+        if not engine.prepare_off_loop:
+            return engine.prepare(conversation)
         return await anyio.to_thread.run_sync(engine.prepare, conversation)
 
     async def count_tokens(self, req: wr.CountTokensRequest) -> wresp.TokenCount:

@@ -37,7 +37,7 @@ def run_checks(node: str, server: Server, key: str, model: str, kind: str) -> No
         timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("ok - ") == 6, done.stdout
+    assert done.stdout.count("ok - ") == 7, done.stdout
 
 
 def test_typescript_sdk_on_the_scripted_engine(

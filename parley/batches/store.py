@@ -16,8 +16,10 @@ Methods are synchronous; the API and the worker call them off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -124,11 +126,26 @@ class BatchStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
+        self._write_lock = threading.Lock()
         self._engine: Engine = sa.create_engine(url, connect_args=_connect_args(url))
         if url.startswith("sqlite"):
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
             sa.event.listen(self._engine, "begin", _sqlite_begin)
         self._migrate()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One write transaction; writers of this process take turns (SQLite's own
+        busy waiting sleeps in coarse steps and would throttle every writer)."""
+        with (
+            self._write_lock,
+            self._engine.connect().execution_options(immediate=True) as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    def _reading(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._engine.connect()
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, **kwargs: Any) -> BatchStore:
@@ -139,7 +156,7 @@ class BatchStore:
         self._engine.dispose()
 
     def _migrate(self) -> None:
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
             done = int(current or 0)
@@ -160,7 +177,7 @@ class BatchStore:
     ) -> BatchRow:
         """A new batch of ``(custom_id, params JSON)`` requests, in one transaction."""
         now = self.clock()
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             inserted = conn.execute(
                 batches.insert().values(
                     id=batch_id,
@@ -188,7 +205,7 @@ class BatchStore:
         return self.get(batch_id, owner)
 
     def get(self, batch_id: str, owner: str) -> BatchRow:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 sa.select(batches).where(batches.c.id == batch_id, batches.c.owner == owner)
             ).first()
@@ -205,7 +222,7 @@ class BatchStore:
         if before_id is not None and after_id is not None:
             raise InvalidRequestError("before_id and after_id cannot be given together")
         mine = batches.c.owner == owner
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             query = sa.select(batches).where(mine)
             if after_id is not None:
                 cursor = self._seq_of(conn, after_id, owner, "after_id")
@@ -225,7 +242,7 @@ class BatchStore:
     def cancel(self, batch_id: str, owner: str) -> BatchRow:
         """Pending requests become canceled at once; running ones are the worker's."""
         now = self.clock()
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             row = self._locked(conn, batch_id, owner)
             if row.ended_at is None and row.cancel_initiated_at is None:
                 conn.execute(
@@ -243,7 +260,7 @@ class BatchStore:
         return self.get(batch_id, owner)
 
     def delete(self, batch_id: str, owner: str) -> None:
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             row = self._locked(conn, batch_id, owner)
             if row.ended_at is None:
                 raise InvalidRequestError(
@@ -265,7 +282,7 @@ class BatchStore:
     def _result_pages(self, seq: int, page: int) -> Iterator[list[bytes]]:
         last = -1
         while True:
-            with self._engine.connect() as conn:
+            with self._reading() as conn:
                 rows = list(
                     conn.execute(
                         sa.select(
@@ -291,7 +308,7 @@ class BatchStore:
 
     def recover(self) -> int:
         """Requests left ``running`` by a previous process run again."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             return int(
                 conn.execute(
                     batch_requests.update()
@@ -302,7 +319,7 @@ class BatchStore:
 
     def claim(self, limit: int) -> list[Claimed]:
         """Up to ``limit`` pending requests, oldest batch first, moved to ``running``."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             picked = (
                 sa.select(batch_requests.c.id)
                 .where(batch_requests.c.status == "pending")
@@ -340,22 +357,30 @@ class BatchStore:
             out.append(Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner))
         return out
 
-    def finish(self, claimed: Claimed, status: RequestStatus, result: str) -> bool:
-        """Record a running request's result; False if it was no longer running."""
+    def finish(self, outcomes: Sequence[tuple[Claimed, RequestStatus, str]]) -> int:
+        """Record running requests' results (each moves out of ``running`` together
+        with its result, all in one transaction); how many were still running."""
         now = self.clock()
-        with self._engine.begin() as conn:
-            changed = conn.execute(
-                batch_requests.update()
-                .where(batch_requests.c.id == claimed.row_id, batch_requests.c.status == "running")
-                .values(status=status, result=result)
-            ).rowcount
-            if changed:
-                self._end_if_done(conn, claimed.batch_seq, now)
-            return bool(changed)
+        recorded = 0
+        with self._writing() as conn:
+            touched: set[int] = set()
+            for claimed, status, result in outcomes:
+                recorded += conn.execute(
+                    batch_requests.update()
+                    .where(
+                        batch_requests.c.id == claimed.row_id,
+                        batch_requests.c.status == "running",
+                    )
+                    .values(status=status, result=result)
+                ).rowcount
+                touched.add(claimed.batch_seq)
+            for seq in touched:
+                self._end_if_done(conn, seq, now)
+        return recorded
 
     def release(self, claimed: Claimed) -> None:
         """Give a running request back (the engine was too busy to take it)."""
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 batch_requests.update()
                 .where(batch_requests.c.id == claimed.row_id, batch_requests.c.status == "running")
@@ -366,7 +391,7 @@ class BatchStore:
         """Pending requests of batches past ``expires_at`` become expired; the
         batches whose running requests the worker must stop are returned."""
         now = self.clock()
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             due = [
                 r.seq
                 for r in conn.execute(
@@ -389,7 +414,7 @@ class BatchStore:
     def purge(self, retention: float) -> int:
         """Batches (and their results) created more than ``retention`` seconds ago go."""
         cutoff = self.clock() - retention
-        with self._engine.begin() as conn:
+        with self._writing() as conn:
             old = [
                 r.seq
                 for r in conn.execute(
@@ -402,7 +427,7 @@ class BatchStore:
             return len(old)
 
     def has_pending(self) -> bool:
-        with self._engine.connect() as conn:
+        with self._reading() as conn:
             query = sa.select(batch_requests.c.id).where(batch_requests.c.status == "pending")
             return conn.execute(query.limit(1)).first() is not None
 
@@ -482,6 +507,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Connection) -> None:
-    """Take the write lock up front: two deferred transactions upgrading at once
-    would fail with SQLITE_BUSY instead of waiting their turn."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    """Writers take the database lock up front: two deferred transactions upgrading
+    at once would fail with SQLITE_BUSY instead of waiting their turn. Readers
+    begin deferred and, in WAL mode, never wait."""
+    immediate = conn.get_execution_options().get("immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -4,7 +4,10 @@ One dispatcher task, owned by the app lifespan, claims pending requests (up to
 ``concurrency`` in flight) and runs each as its own task through the same path
 as ``/v1/messages``, at batch priority (interactive requests are admitted
 first). Each outcome is written with the request's state change in one
-transaction. Cancel and expiry stop in-flight requests, which then record
+transaction. Outcomes are written by one writer task, all those
+ready in one transaction (each request's result together with its move out
+of ``running``); until then the request stays ``running`` in the database.
+Cancel and expiry stop in-flight requests, which then record
 ``canceled`` / ``expired``; a request stopped by shutdown goes back to
 ``pending`` (and one interrupted by a crash is found ``running`` at the next
 start and retried), so every request ends with exactly one result.
@@ -53,13 +56,19 @@ class BatchWorker:
         self._tasks: dict[int, tuple[asyncio.Task[None], int]] = {}  # row id -> (task, batch)
         self._stops: dict[int, Stop] = {}  # row id -> why it was stopped
         self._main: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._outcomes: list[tuple[Claimed, RequestStatus, str]] = []
+        self._written = asyncio.Event()
+        self._closing = False
         self._backoff = 0.0
 
     def start(self) -> None:
         self._main = asyncio.create_task(self._run(), name="parley-batch-worker")
+        self._writer = asyncio.create_task(self._write_outcomes(), name="parley-batch-writer")
 
     async def stop(self) -> None:
-        """Stop claiming; in-flight requests go back to pending for the next start."""
+        """Stop claiming; in-flight requests go back to pending for the next start,
+        finished ones are written before this returns."""
         if self._main is not None:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -69,6 +78,11 @@ class BatchWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        self._written.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -98,7 +112,9 @@ class BatchWorker:
                 next_housekeeping = loop.time() + self._tick
             free = self._concurrency - len(self._tasks)
             claimed: list[Claimed] = []
-            if free > 0 and self._backoff == 0.0:
+            # Claim in groups (half the pool at least): one transaction, many requests.
+            enough = free >= max(1, self._concurrency // 2) or not self._tasks
+            if free > 0 and enough and self._backoff == 0.0:
                 claimed = await anyio.to_thread.run_sync(self._store.claim, free)
             for item in claimed:
                 self._spawn(item)
@@ -155,11 +171,23 @@ class BatchWorker:
         await self._record(item, status, result)
 
     async def _record(self, item: Claimed, status: RequestStatus, result: str) -> None:
-        try:
-            await anyio.to_thread.run_sync(self._store.finish, item, status, result)
-        except Exception:
-            # The request stays running and is retried at the next start.
-            log.exception("could not record a batch result", extra={"batch": item.batch_id})
+        self._outcomes.append((item, status, result))
+        self._written.set()
+
+    async def _write_outcomes(self) -> None:
+        while True:
+            if not self._outcomes:
+                if self._closing:
+                    return
+                await self._written.wait()
+                self._written.clear()
+                continue
+            outcomes, self._outcomes = self._outcomes, []
+            try:
+                await anyio.to_thread.run_sync(self._store.finish, outcomes)
+            except Exception:
+                # They stay running in the database and are retried at the next start.
+                log.exception("could not record batch results", extra={"n": len(outcomes)})
 
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
         service = self._service

@@ -199,6 +199,7 @@ class Engine(abc.ABC):
     """A backend serving one model."""
 
     card: ModelCard
+    prepare_off_loop: bool = True  # False when prepare is cheap enough for the event loop
 
     async def start(self) -> None:
         """Load the model; called once from the app's lifespan. Default: nothing to load."""

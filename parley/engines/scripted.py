@@ -234,6 +234,8 @@ def _chunks(text: str, size: int) -> list[str]:
 
 
 class ScriptedEngine(Engine):
+    prepare_off_loop = False  # a regex or two: no model, no tokenizer
+
     def __init__(
         self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000
     ):

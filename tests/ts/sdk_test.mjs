@@ -87,3 +87,32 @@ await check("errors: NotFoundError, BadRequestError, AuthenticationError", async
     (err) => err instanceof Anthropic.AuthenticationError && err.status === 401,
   );
 });
+
+await check("messages.batches: create, retrieve, results, list", async () => {
+  const requests = [0, 1].map((i) => ({
+    custom_id: `ts-${i}`,
+    params: { model, max_tokens: 8, messages: [{ role: "user", content: `batch ${i}` }] },
+  }));
+  const batch = await client.messages.batches.create({ requests });
+  assert.match(batch.id, /^msgbatch_/);
+  let current = batch;
+  for (let i = 0; i < 600 && current.processing_status !== "ended"; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    current = await client.messages.batches.retrieve(batch.id);
+  }
+  assert.equal(current.processing_status, "ended");
+  const seen = [];
+  for await (const item of await client.messages.batches.results(batch.id)) {
+    assert.equal(item.result.type, "succeeded");
+    seen.push(item.custom_id);
+  }
+  assert.deepEqual(seen.sort(), ["ts-0", "ts-1"]);
+  const listed = [];
+  for await (const b of client.messages.batches.list({ limit: 1 })) listed.push(b.id);
+  assert.ok(listed.includes(batch.id));
+  await client.messages.batches.delete(batch.id);
+  await assert.rejects(
+    client.messages.batches.retrieve(batch.id),
+    (err) => err instanceof Anthropic.NotFoundError,
+  );
+});
