@@ -217,7 +217,15 @@ def test_expiry_and_retention(server_factory: Callable[..., Server]) -> None:
 
 def test_batches_are_scoped_to_their_key(server_factory: Callable[..., Server]) -> None:
     server = server_factory(
-        "--engine", "scripted", "--script", str(RULES), "--api-key", "key-a", "--api-key", "key-b"
+        "--engine",
+        "scripted",
+        "--script",
+        str(RULES),
+        "--api-key",
+        "key-a",
+        "--api-key",
+        "key-b",
+        env={"PARLEY_MAX_BATCH_BYTES": "4000"},
     )
     alice = server.client(api_key="key-a")
     bob = server.client(api_key="key-b")
@@ -234,6 +242,13 @@ def test_batches_are_scoped_to_their_key(server_factory: Callable[..., Server]) 
     assert [b.id for b in bob.messages.batches.list()] == []
     assert [b.id for b in alice.messages.batches.list()] == [batch.id]
     assert alice.messages.batches.retrieve(batch.id).request_counts.succeeded == 1
+    # The batch body limit (256 MB by default, 4,000 bytes here) gives 413.
+    with pytest.raises(anthropic.APIStatusError) as too_big:
+        alice.messages.batches.create(
+            requests=[request(f"r{i}", "x" * 100) for i in range(40)]  # type: ignore[misc]
+        )
+    assert too_big.value.status_code == 413
+    assert too_big.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
 
 def test_beta_surface(batch_server: Server) -> None:
