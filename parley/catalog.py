@@ -12,8 +12,16 @@ from parley.wire.responses import ModelInfo, ModelPage
 class Catalog:
     """Maps every model id a client may send (served ids and aliases) to an engine."""
 
-    def __init__(self, engines: Iterable[Engine], aliases: dict[str, str]) -> None:
+    def __init__(
+        self,
+        engines: Iterable[Engine],
+        aliases: dict[str, str],
+        *,
+        claude_default: str | None = None,
+    ) -> None:
         self._engines = {e.card.id: e for e in engines}
+        # Any other ``claude-*`` id (a newer model than the alias list knows) goes here.
+        self._claude_default = claude_default
         for alias, target in aliases.items():
             if target not in self._engines:
                 raise ValueError(f"alias '{alias}' points at unknown model '{target}'")
@@ -25,10 +33,17 @@ class Catalog:
 
     def resolve(self, model: str) -> Engine:
         target = self._aliases.get(model, model)
+        if target not in self._engines and self._claude_default and model.startswith("claude-"):
+            target = self._claude_default
         engine = self._engines.get(target)
         if engine is None:
             raise NotFoundError(f"model: {model}")
         return engine
+
+    def is_alias(self, model: str) -> bool:
+        if model in self._engines:
+            return False
+        return model in self._aliases or bool(self._claude_default and model.startswith("claude-"))
 
     def info(self, model_id: str) -> ModelInfo:
         card = self.resolve(model_id).card

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path)
     serve.add_argument("--config", type=Path, help="a TOML file of settings")
     serve.add_argument("--n-ctx", type=int, help="context window in tokens")
+    serve.add_argument(
+        "--rope-scaling",
+        choices=["auto", "none", "linear", "yarn"],
+        help="context extension past the trained context (auto: YaRN when --n-ctx exceeds it)",
+    )
+    serve.add_argument("--rope-scale", type=float, help="context multiplier for --rope-scaling")
     serve.add_argument("--threads", type=int)
     serve.add_argument("--parallel", type=int, help="sequences decoded together")
     serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
@@ -81,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,
         "threads": args.threads,
+        "rope_scaling": args.rope_scaling,
+        "rope_scale": args.rope_scale,
         "parallel": args.parallel,
         "prefill_chunk": args.prefill_chunk,
         "max_queue": args.max_queue,

@@ -56,6 +56,8 @@ class Settings:
     script: str | None = None  # rules file of the scripted engine
     n_ctx: int = 8192
     n_batch: int = 512
+    rope_scaling: str = "auto"  # auto (YaRN past the trained context), none, linear, yarn
+    rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
     parallel: int = 8  # sequences decoded together (continuous batching)
     prefill_chunk: int = 128  # prompt tokens per step while other sequences decode
     threads: int | None = None
@@ -91,7 +93,7 @@ def _coerce(name: str, raw: Any) -> Any:
             return raw if isinstance(raw, bool) else str(raw).lower() in {"1", "true", "yes", "on"}
         if kind in ("int", "int | None"):
             return int(raw)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
@@ -142,6 +144,10 @@ def load_settings(
         raise ConfigError("setting 'n_ctx' must be at least 256")
     if not 1 <= settings.parallel <= 64:
         raise ConfigError("setting 'parallel' must be between 1 and 64")
+    if settings.rope_scaling not in ("auto", "none", "linear", "yarn"):
+        raise ConfigError("setting 'rope_scaling' must be auto, none, linear or yarn")
+    if settings.rope_scale is not None and settings.rope_scale < 1.0:
+        raise ConfigError("setting 'rope_scale' must be at least 1")
     if settings.cache_budget_mb < 0 or settings.cache_min_tokens < 1:
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:

@@ -191,9 +191,8 @@ def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model
     if isinstance(req, wr.CreateMessageRequest):
         for name in req.unsupported_fields():
             raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
-    elif req.context_management is not None or req.mcp_servers is not None:
-        name = "context_management" if req.context_management is not None else "mcp_servers"
-        raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
+    elif req.mcp_servers is not None:
+        raise UnsupportedFeatureError("mcp_servers: this parameter is not supported by parley yet")
     thinking = req.thinking
     if isinstance(thinking, wr.ThinkingEnabled):
         max_tokens = getattr(req, "max_tokens", None)

@@ -60,7 +60,10 @@ class MessagesService:
     async def prepare(self, req: wr.CreateMessageRequest) -> Prepared:
         engine = self._catalog.resolve(req.model)
         card = engine.card
-        if req.max_tokens > card.max_output_tokens:
+        # A Claude model id (an alias here) allows more output than the local model
+        # can hold: the answer then ends at the context window, as the API's
+        # ``model_context_window_exceeded`` says. The local id has its own limit.
+        if req.max_tokens > card.max_output_tokens and not self._catalog.is_alias(req.model):
             raise InvalidRequestError(
                 f"max_tokens: {req.max_tokens} > {card.max_output_tokens}, which is the maximum "
                 f"allowed number of output tokens for {req.model}"

@@ -148,3 +148,37 @@ def test_grammar_follows_the_syntax() -> None:
     grammar = grammar_for(conv, HERMES)
     assert grammar is not None and grammar.syntax is HERMES
     assert json.dumps(HERMES.open) in grammar.text and json.dumps(HERMES.close) in grammar.text
+
+
+# JSON-Schema features Claude Code's tools use (draft 2020-12).
+CLAUDE_CODE_LIKE = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "url": {"type": "string", "format": "uri", "description": "The URL"},
+        "limit": {"type": "number", "exclusiveMinimum": 0, "maximum": 2000},
+        "mode": {"anyOf": [{"const": "fast"}, {"const": "slow"}], "default": "fast"},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 32},
+        "metadata": {
+            "type": "object",
+            "propertyNames": {"type": "string"},
+            "additionalProperties": {"type": "string"},
+        },
+        "args": {"description": "any JSON value, passed verbatim"},
+        "description": {"type": "string", "description": "a property named like a keyword"},
+    },
+    "required": ["url", "description"],
+    "additionalProperties": False,
+}
+
+
+def test_claude_code_schemas_become_a_grammar() -> None:
+    tools = (
+        ToolSpec("Fetch", "Fetch a URL", CLAUDE_CODE_LIKE),
+        ToolSpec("Odd", "", {"title": "x"}),
+    )
+    conv = Conversation(system=None, turns=(Turn("user", (TextPart("x"),)),), tools=tools)
+    grammar = grammar_for(conv)
+    assert grammar is not None
+    # The property called "description" survives the clean-up of annotations.
+    assert json.dumps('"description"')[1:-1] in grammar.text or '\\"description\\"' in grammar.text

@@ -41,7 +41,12 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for engine in chosen:
             await engine.start()
-        catalog = Catalog(chosen, aliases_for(settings, chosen[0].card.id))
+        default = chosen[0].card.id
+        catalog = Catalog(
+            chosen,
+            aliases_for(settings, default),
+            claude_default=default if settings.claude_aliases else None,
+        )
         data_dir = settings.data_dir.expanduser()
         service = MessagesService(
             catalog,

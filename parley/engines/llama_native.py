@@ -39,12 +39,19 @@ def _quiet(level: int, text: bytes, user_data: Any) -> None:
     """llama.cpp logs to stderr by default; parley keeps its own logs structured."""
 
 
+RopeScaling = str  # "auto", "none", "linear" or "yarn"
+_ROPE_TYPES = {"none": 0, "linear": 1, "yarn": 2}
+
+
 @dataclass(frozen=True)
 class NativeConfig:
     n_ctx: int  # KV cells shared by all sequences (and the longest one sequence may use)
     n_seq_max: int
     n_batch: int
     n_threads: int
+    # Context extension: "auto" is YaRN by n_ctx / trained context when n_ctx exceeds it.
+    rope_scaling: RopeScaling = "auto"
+    rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class LlamaNative:
         params.type_v = GGML_TYPE_Q8_0
         params.kv_unified = True
         params.no_perf = True
+        self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
+        self.rope = self._rope(params, config)
         self._ctx = L.llama_init_from_model(self._model, params)
         if not self._ctx:
             L.llama_model_free(self._model)
@@ -87,7 +96,24 @@ class LlamaNative:
         self._batch = L.llama_batch_init(config.n_batch, 0, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
-        self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
+
+    def _rope(self, params: Any, config: NativeConfig) -> str:
+        """Set RoPE scaling for a context longer than the model was trained on;
+        returns what was chosen (for the start-up log)."""
+        mode = config.rope_scaling
+        trained = self.n_ctx_train or config.n_ctx
+        factor = config.rope_scale or max(1.0, config.n_ctx / trained)
+        if mode == "auto":
+            mode = "yarn" if config.n_ctx > trained else "model"
+        if mode == "model":
+            return "model default"
+        if mode not in _ROPE_TYPES:
+            raise ModelLoadError(f"unknown RoPE scaling '{mode}' (auto, none, linear or yarn)")
+        params.rope_scaling_type = _ROPE_TYPES[mode]
+        if mode != "none":
+            params.rope_freq_scale = 1.0 / factor
+            params.yarn_orig_ctx = trained
+        return f"{mode} x{factor:g}" if mode != "none" else "none"
 
     def close(self) -> None:
         if self._ctx:

@@ -128,6 +128,7 @@ class LlamaCppEngine(Engine):
                 "model": self._model_id,
                 "n_ctx": native.n_ctx,
                 "trained_ctx": native.n_ctx_train,
+                "rope": native.rope,
                 "parallel": self._config.n_seq_max,
                 "threads": self._config.n_threads,
                 "seconds": round(time.perf_counter() - started, 3),
@@ -203,6 +204,8 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         n_seq_max=settings.parallel,
         n_batch=settings.n_batch,
         n_threads=settings.threads or max(1, os.cpu_count() or 1),
+        rope_scaling=settings.rope_scaling,
+        rope_scale=settings.rope_scale,
     )
     return LlamaCppEngine(
         path,

@@ -282,6 +282,10 @@ class BatchScheduler:
                 thinking=budget_thinking is not None,
             )
             run.think_left = budget_thinking or 0
+            if budget < params.max_tokens:
+                # The context, not max_tokens, bounds this answer: thinking gets at
+                # most half of the room, so an answer can follow.
+                run.think_left = min(run.think_left, max(1, budget // 2))
             self._running.append(run)
             if budget == 0:
                 reason: FinishReason = (

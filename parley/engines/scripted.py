@@ -20,7 +20,9 @@ thinking. ``reply: {text: ..., error: "..."}`` streams the text, then fails with
 clients' error paths.
 
 ``match`` keys (all optional, all must hold): ``user`` (last user text),
-``system``, ``tools`` (names that must all be offered); exact unless
+``system``, ``tool_result`` (the last tool result's text, when the request
+ends with tool results: the step of an agent loop), ``tools`` (names that
+must all be offered); exact unless
 ``regex: true`` (then ``re.search``). The first matching rule answers; with
 none the last user text is echoed. Text streams word by word; tool inputs in
 several ``input_json_delta`` chunks. ``max_tokens`` and ``stop_sequences``
@@ -80,7 +82,12 @@ class Rule:
 
     def matches(self, conv: Conversation) -> bool:
         regex = bool(self.match.get("regex", False))
-        for key, actual in (("user", conv.last_user_text), ("system", conv.system or "")):
+        checks = (
+            ("user", conv.last_user_text),
+            ("system", conv.system or ""),
+            ("tool_result", _last_tool_result(conv)),
+        )
+        for key, actual in checks:
             want = self.match.get(key)
             if want is None:
                 continue
@@ -91,6 +98,15 @@ class Rule:
                 return False
         offered = {t.name for t in conv.tools}
         return all(name in offered for name in self.match.get("tools", []))
+
+
+def _last_tool_result(conv: Conversation) -> str:
+    """The text of the last tool result, when the conversation ends with results."""
+    if conv.turns and conv.turns[-1].role == "user":
+        results = [p for p in conv.turns[-1].parts if isinstance(p, ToolResultPart)]
+        if results:
+            return results[-1].text
+    return ""
 
 
 @dataclass(frozen=True)

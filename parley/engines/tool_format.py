@@ -28,6 +28,7 @@ left unconstrained: the JSON is still valid, those bounds may not hold.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ from parley.engines.base import (
 )
 from parley.engines.stops import StopMatcher
 from parley.ids import tool_use_id
+
+log = logging.getLogger("parley.engine.tools")
 
 # The reasoning section parley opens for models without a reasoning mode of
 # their own; the model closes it, or parley does at the budget.
@@ -95,8 +98,16 @@ def grammar_for(conv: Conversation, syntax: CallSyntax = FALLBACK) -> Grammar | 
     converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     alternatives = []
     for i, tool in enumerate(allowed):
-        schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
-        rule = converter.visit(schema, f"tool-{i}")
+        try:
+            schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
+            rule = converter.visit(schema, f"tool-{i}")
+        except Exception as exc:  # the converter asserts on what it cannot express
+            log.warning(
+                "tool schema not expressible as a grammar; its input is constrained to a "
+                "JSON object only",
+                extra={"tool": tool.name, "error": str(exc)[:200]},
+            )
+            rule = converter.visit({"type": "object"}, f"tool-{i}-any")
         alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
     body = converter.format_grammar()
     # JSON strings may not hold raw control characters; the converter's rule allows them.
@@ -113,21 +124,52 @@ def _literal(text: str) -> str:
     return json.dumps(text)
 
 
-def _gbnf_safe(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy the converter accepts: ``additionalProperties`` defaults to closed."""
+# Keys that describe a schema without constraining it; a schema of only these
+# (or an empty one) admits any JSON value.
+_ANNOTATIONS = frozenset(
+    {
+        "description",
+        "title",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SCHEMA_ONE = frozenset({"items", "additionalProperties", "not", "contains", "propertyNames"})
+_ANY_VALUE: dict[str, Any] = {
+    "anyOf": [{"type": t} for t in ("string", "number", "boolean", "object", "array", "null")]
+}
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            out = {k: walk(v) for k, v in node.items()}
-            if out.get("type") == "object" and "additionalProperties" not in out:
-                out["additionalProperties"] = False
-            return out
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
 
-    result: dict[str, Any] = walk(schema)
-    return result
+def _gbnf_safe(schema: Any) -> Any:
+    """A copy the converter accepts: annotations dropped, an unconstrained schema
+    spelled out as any value, ``additionalProperties`` closed by default."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _gbnf_safe(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_gbnf_safe(sub) for sub in value]
+        elif key in _SCHEMA_ONE:
+            out[key] = _gbnf_safe(value)
+        else:
+            out[key] = value
+    if not out:
+        return dict(_ANY_VALUE)
+    if out.get("type") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 @dataclass

@@ -300,7 +300,6 @@ class CreateMessageRequest(CountTokensRequest):
             "fallback_credit_token",
             "fallbacks",
             "thread",
-            "context_management",
             "mcp_servers",
         )
         return [name for name in refused if getattr(self, name) is not None]

@@ -1,0 +1,230 @@
+"""Claude Code (``@anthropic-ai/claude-code`` from npm) runs unchanged against parley.
+
+The CLI is installed from ``tests/cc/package-lock.json`` and run headless
+(``claude -p ... --output-format json``) with ``ANTHROPIC_BASE_URL`` pointing
+at a parley started here, a temporary ``HOME`` and working directory, and no
+network beyond loopback.
+
+* Scripted engine: a real agent loop. parley answers with Claude Code's own
+  tools (Write a file, then Bash ``cat`` it, then a final answer); Claude Code
+  executes them in the working directory and sends the results back.
+* Embedded model: a plain prompt completes without protocol errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Server
+
+CC = Path(__file__).parent / "cc"
+KEY = "cc-test-key"
+
+
+@pytest.fixture(scope="module")
+def claude() -> Path:
+    binary = CC / "node_modules" / ".bin" / "claude"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is needed to install Claude Code for these tests")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CC, check=True, timeout=900)
+    return binary
+
+
+def run_claude(
+    claude: Path,
+    server: Server,
+    tmp: Path,
+    prompt: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    home, work = tmp / "home", tmp / "work"
+    home.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "ANTHROPIC_BASE_URL": server.url,
+        "ANTHROPIC_API_KEY": KEY,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        **(env or {}),
+    }
+    done = subprocess.run(
+        [str(claude), "-p", prompt, "--output-format", "json", *flags],
+        cwd=work,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result, work
+
+
+def test_an_agent_loop_with_claude_codes_own_tools(
+    claude: Path, server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    target = tmp_path / "work" / "hello.txt"
+    rules = {
+        "rules": [
+            {
+                "match": {"tool_result": "^File created successfully", "regex": True},
+                "reply": {
+                    "tool_use": [
+                        {
+                            "name": "Bash",
+                            "input": {"command": "cat hello.txt", "description": "Show"},
+                        }
+                    ]
+                },
+            },
+            {
+                "match": {"tool_result": "hi from parley", "regex": True},
+                "reply": {"text": "The file says: hi from parley"},
+            },
+            {
+                "match": {"user": "write the file", "regex": True, "tools": ["Write", "Bash"]},
+                "reply": {
+                    "text": "Writing it now.",
+                    "tool_use": [
+                        {
+                            "name": "Write",
+                            "input": {"file_path": str(target), "content": "hi from parley\n"},
+                        }
+                    ],
+                },
+            },
+        ]
+    }
+    script = tmp_path / "rules.yaml"
+    script.write_text(yaml.safe_dump(rules))
+    server = server_factory("--engine", "scripted", "--script", str(script), "--api-key", KEY)
+
+    result, _ = run_claude(
+        claude, server, tmp_path, "Please write the file.", "--allowedTools", "Write", "Bash"
+    )
+
+    assert target.read_text() == "hi from parley\n"
+    assert result["subtype"] == "success" and not result["is_error"], result
+    assert result["result"] == "The file says: hi from parley"
+    assert result["num_turns"] == 3 and not result.get("permission_denials")
+    # Three requests reached the engine: the prompt, then each tool's result.
+    stats = server.stats(KEY)["scripted"]
+    assert stats.get("completed", 3) >= 3
+    assert "status=400" not in server.log() and "status=500" not in server.log()
+
+
+@pytest.mark.model
+def test_a_plain_prompt_on_the_embedded_model(
+    claude: Path, server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = server_factory("--api-key", KEY)
+    result, _ = run_claude(
+        claude,
+        server,
+        tmp_path,
+        "Say hello.",
+        "--system-prompt",
+        "You are a helpful assistant. Answer in one short sentence.",
+        "--tools",
+        "",
+        "--model",
+        "claude-haiku-4-5",
+        # A 135M model does not end a 32k-token thinking budget by itself: no thinking.
+        env={"MAX_THINKING_TOKENS": "0"},
+    )
+    assert result["subtype"] == "success" and not result["is_error"], result
+    assert isinstance(result["result"], str)
+    assert "status=400" not in server.log() and "status=500" not in server.log()
+
+
+@pytest.mark.model
+def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server) -> None:
+    """What Claude Code sends (logged from a real run), scaled down to fit SmolLM2's context."""
+    from tests.test_tool_format import CLAUDE_CODE_LIKE
+
+    billing = "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;"
+    body = {
+        "model": "claude-opus-4-8",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": "<system-reminder>\nToday is Sunday.\n</system-reminder>",
+                    },
+                    {
+                        "type": "text",
+                        "text": "Fetch example.org",
+                        "cache_control": {"type": "ephemeral"},
+                    },
+                ],
+            },
+            {"role": "system", "content": "Available agent types: none."},
+        ],
+        "system": [
+            {"type": "text", "text": billing},
+            {
+                "type": "text",
+                "text": "You are a Claude agent.",
+                "cache_control": {"type": "ephemeral"},
+            },
+            {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "tools": [
+            {"name": "Fetch", "description": "Fetch a URL", "input_schema": CLAUDE_CODE_LIKE}
+        ],
+        "metadata": {"user_id": json.dumps({"device_id": "ab" * 32, "session_id": "s"})},
+        "max_tokens": 64000,
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "output_config": {"effort": "low"},
+        "stream": True,
+    }
+    headers = {
+        "x-api-key": "k",
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,context-1m-2025-08-07,interleaved-thinking-2025-05-14,"
+        "context-management-2025-06-27,prompt-caching-scope-2026-01-05,effort-2025-11-24",
+        "x-app": "cli",
+    }
+    import httpx
+
+    events: list[dict[str, Any]] = []
+    with httpx.stream(
+        "POST", f"{model_server.url}/v1/messages?beta=true", json=body, headers=headers, timeout=300
+    ) as response:
+        assert response.status_code == 200, response.read()
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+            # Thinking, then the first block of the answer: enough to see the shape.
+            # (Left alone, SmolLM2 may write until the context is full; leaving
+            # cancels the generation.)
+            starts = [e for e in events if e["type"] == "content_block_start"]
+            if len(starts) >= 2 or (events and events[-1]["type"] == "message_stop"):
+                break
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "message_start" and "error" not in kinds
+    usage = events[0]["message"]["usage"]
+    assert usage["input_tokens"] > 0
+    first = next(e for e in events if e["type"] == "content_block_start")
+    assert first["index"] == 0 and first["content_block"]["type"] == "thinking"
+    assert any(e.get("delta", {}).get("type") == "signature_delta" for e in events)
