@@ -228,3 +228,15 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server
     first = next(e for e in events if e["type"] == "content_block_start")
     assert first["index"] == 0 and first["content_block"]["type"] == "thinking"
     assert any(e.get("delta", {}).get("type") == "signature_delta" for e in events)
+
+
+@pytest.mark.model
+def test_context_past_the_trained_length_turns_on_yarn(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--n-ctx", "12288")
+    assert 'rope="yarn x1.5"' in server.log()
+    info = server.client().models.retrieve("smollm2-135m-instruct")
+    assert info.max_input_tokens == 12288
+    plain = server_factory("--n-ctx", "12288", "--rope-scaling", "none")
+    assert "rope=none" in plain.log()
