@@ -136,6 +136,12 @@ def test_failure_without_stream_is_500(scripted_client: anthropic.Anthropic) -> 
         )
     assert caught.value.status_code == 500
     assert caught.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert caught.value.body["error"]["message"] == "scripted failure"  # type: ignore[index]
+    # The connection stays usable: the next request on it is answered.
+    message = scripted_client.messages.create(
+        model="scripted", max_tokens=5, messages=[{"role": "user", "content": "still here?"}]
+    )
+    assert message.content[0].text == "still here?"  # type: ignore[union-attr]
 
 
 def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:

@@ -80,6 +80,7 @@ async def _cancel_on_disconnect(
 ) -> wresp.Message:
     """Run a non-streamed generation, cancelling it if the client goes away."""
     result: list[wresp.Message] = []
+    failed: list[Exception] = []
 
     async def watch() -> None:
         while True:
@@ -90,12 +91,17 @@ async def _cancel_on_disconnect(
                 return
 
     async def collect() -> None:
-        result.append(await work)
+        try:
+            result.append(await work)
+        except Exception as exc:  # raised below, outside the task group's exception group
+            failed.append(exc)
         tg.cancel_scope.cancel()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
         tg.start_soon(collect)
+    if failed:
+        raise failed[0]
     if not result:
         raise InvalidRequestError("the client disconnected; generation cancelled")
     return result[0]
