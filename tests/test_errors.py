@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -393,3 +394,52 @@ def test_queue_full_is_529(server_factory: Callable[..., Server]) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert results == ["end_turn", "end_turn"]
+
+
+BASE = '{"model":"scripted","max_tokens":10,"messages":[{"role":"user","content":"hi"}]%s}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (BASE % ',"temperature":NaN', "temperature: Input should be a finite number"),
+        (BASE % ',"temperature":Infinity', "temperature: Input should be a finite number"),
+        (BASE % ',"model":"other"', "the key 'model' twice in one object"),
+        (
+            b'{"model":"scripted","max_tokens":10,"messages":[{"role":"user","content":"\xff"}]}',
+            "not valid JSON",
+        ),
+        (
+            json.dumps(
+                {
+                    "model": "scripted",
+                    "max_tokens": 10,
+                    "messages": [{"role": "user", "content": "x"}] * 100_001,
+                }
+            ),
+            "messages: List should have at most 100000 items",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        (BASE.replace('"max_tokens":10', '"max_tokens":-1') % "", "max_tokens: Input should be"),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "duplicate-key",
+        "invalid-utf8",
+        "too-many-messages",
+        "deep",
+        "negative",
+    ],
+)
+def test_hostile_bodies_get_a_precise_400(
+    scripted_server: Server, raw: str | bytes, needle: str
+) -> None:
+    response = httpx.post(
+        f"{scripted_server.url}/v1/messages",
+        content=raw,
+        headers={"content-type": "application/json", "x-api-key": "k"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert needle in response.json()["error"]["message"]
