@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
     )
     serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
+    for kind in ("requests", "input-tokens", "output-tokens"):
+        serve.add_argument(
+            f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
+        )
     serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
@@ -95,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
         "batch_workers": args.batch_workers,
+        "rate_requests": args.rate_requests,
+        "rate_input_tokens": args.rate_input_tokens,
+        "rate_output_tokens": args.rate_output_tokens,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,

@@ -64,6 +64,9 @@ class Settings:
     max_queue: int = 64
     cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
     cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
+    rate_requests: int = 0  # per API key and minute; 0: no limit
+    rate_input_tokens: int = 0  # per API key and minute; 0: no limit
+    rate_output_tokens: int = 0  # per API key and minute; 0: no limit
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024

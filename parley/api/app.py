@@ -18,6 +18,7 @@ from parley.catalog import Catalog
 from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
+from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 from parley.thinking import Signer
 
@@ -62,8 +63,18 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             retention=settings.batch_retention,
             tick=min(1.0, settings.batch_expiry / 4),
         )
+        limiter = RateLimiter(
+            requests=settings.rate_requests,
+            input_tokens=settings.rate_input_tokens,
+            output_tokens=settings.rate_output_tokens,
+        )
         app.state.parley = AppState(
-            settings=settings, catalog=catalog, messages=service, batches=store, worker=worker
+            settings=settings,
+            catalog=catalog,
+            messages=service,
+            batches=store,
+            worker=worker,
+            limiter=limiter,
         )
         worker.start()
         if not settings.api_keys:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -11,6 +11,7 @@ from parley.api import auth
 from parley.catalog import Catalog
 from parley.config import Settings
 from parley.errors import APIError
+from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class AppState:
     messages: MessagesService
     batches: BatchStore | None = None
     worker: BatchWorker | None = None
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     def batch_store(self) -> BatchStore:
         if self.batches is None:

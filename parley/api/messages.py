@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import anyio
@@ -10,9 +10,11 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from parley.api import auth
 from parley.api.deps import AppState, authenticated
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, parse, read_body
+from parley.batches.store import owner_of
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
@@ -42,21 +44,33 @@ async def create_message(
 ) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CreateMessageRequest, body)
-    service = state.messages
+    service, limiter = state.messages, state.limiter
+    owner = owner_of(auth.matched_key(request, state.settings.api_keys))
     prepared = await service.prepare(req)
+    limiter.admit(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
     if req.stream:
         rid = request_id_of(request)
         events = service.stream(generation, message_state, rid)
+
+        def spent() -> None:
+            limiter.spend_output(owner, message_state.output_tokens)
+
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(
-            _sse(events),
+            _sse(events, spent),
             media_type="text/event-stream",
-            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            headers=headers | limiter.headers(owner),
         )
-    message = await _cancel_on_disconnect(
-        request, generation, service.run(generation, message_state)
-    )
-    return json_response(message)
+    try:
+        message = await _cancel_on_disconnect(
+            request, generation, service.run(generation, message_state)
+        )
+    finally:
+        limiter.spend_output(owner, message_state.output_tokens)
+    response = json_response(message)
+    response.headers.update(limiter.headers(owner))
+    return response
 
 
 @router.post(
@@ -67,12 +81,20 @@ async def count_tokens(
 ) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CountTokensRequest, body)
-    return json_response(await state.messages.count_tokens(req))
+    response = json_response(await state.messages.count_tokens(req))
+    owner = owner_of(auth.matched_key(request, state.settings.api_keys))
+    response.headers.update(state.limiter.headers(owner))
+    return response
 
 
-async def _sse(events: AsyncIterator[StreamEvent]) -> AsyncIterator[bytes]:
-    async for event in events:
-        yield encode(event)
+async def _sse(
+    events: AsyncIterator[StreamEvent], done: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            yield encode(event)
+    finally:
+        done()
 
 
 async def _cancel_on_disconnect(
