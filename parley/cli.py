@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
     serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
     serve.add_argument(
+        "--queue-timeout", type=float, help="seconds a request may wait for capacity (then 529)"
+    )
+    serve.add_argument(
         "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
     )
     serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": args.parallel,
         "prefill_chunk": args.prefill_chunk,
         "max_queue": args.max_queue,
+        "queue_timeout": args.queue_timeout,
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
         "batch_workers": args.batch_workers,

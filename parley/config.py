@@ -62,6 +62,7 @@ class Settings:
     prefill_chunk: int = 128  # prompt tokens per step while other sequences decode
     threads: int | None = None
     max_queue: int = 64
+    queue_timeout: float = 300.0  # seconds a request may wait for capacity before a 529
     cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
     cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
     rate_requests: int = 0  # per API key and minute; 0: no limit

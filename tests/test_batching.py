@@ -242,3 +242,19 @@ def test_engine_events_are_text_then_one_finish() -> None:
     events = asyncio.run(main())
     assert all(isinstance(e, TextChunk) for e in events[:-1])
     assert isinstance(events[-1], Finished)
+
+
+def test_queue_timeout_on_the_model(server_factory: Callable[..., Server]) -> None:
+    server = server_factory("--parallel", "1", "--queue-timeout", "1")
+    client = server.client()
+    with httpx.stream(
+        "POST", f"{server.url}/v1/messages", json=long_body(stream=True), timeout=60
+    ) as busy:
+        lines = busy.iter_lines()
+        next(line for line in lines if "content_block_delta" in line)
+        with pytest.raises(anthropic.APIStatusError) as waited:
+            client.messages.create(
+                model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
+        assert waited.value.status_code == 529 and "for capacity" in str(waited.value)
+    assert server.wait_idle(MODEL)["timed_out"] == 1

@@ -169,3 +169,22 @@ def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:
         model="scripted", max_tokens=10, messages=[{"role": "user", "content": "one two three"}]
     ) as stream:
         assert stream.get_final_message().content[0].text == "one two three"  # type: ignore[union-attr]
+
+
+def test_a_request_waiting_past_the_queue_timeout_gets_529(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    rules = tmp_path / "one-slot.yaml"
+    rules.write_text("delay: 0.3\nslots: 1\nrules: []\n")
+    server: Server = server_factory(
+        "--engine", "scripted", "--script", str(rules), "--queue-timeout", "0.5"
+    )
+    client = server.client()
+    words = {"role": "user", "content": "a b c d e f g h"}  # 8 chunks: 2.4 s in the slot
+    with client.messages.stream(model="scripted", max_tokens=20, messages=[words]) as busy:
+        next(iter(busy))  # the only slot is taken
+        with pytest.raises(anthropic.APIStatusError) as waited:
+            client.messages.create(model="scripted", max_tokens=5, messages=[words])
+        assert waited.value.status_code == 529
+        assert "waited 0.5 s for capacity" in str(waited.value)
+        assert busy.get_final_message().stop_reason == "end_turn"

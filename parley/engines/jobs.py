@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ class Job:
     events: asyncio.Queue[EngineEvent | BaseException | _EndOfStream]
     cancelled: threading.Event = field(default_factory=threading.Event)
     cache: CachePlan = field(default_factory=CachePlan)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class QueueGeneration(Generation):

@@ -66,8 +66,10 @@ class LlamaCppEngine(Engine):
         prefill_chunk: int = 128,
         chat_template: str | None = None,
         cache: PrefixCache | None = None,
+        queue_timeout: float = 300.0,
     ) -> None:
         self.model_path = model_path
+        self._queue_timeout = queue_timeout
         self._cache = cache
         self._template_override = chat_template
         self._config = config
@@ -120,6 +122,7 @@ class LlamaCppEngine(Engine):
             max_queue=self._max_queue,
             prefill_chunk=self._prefill_chunk,
             cache=self._cache,
+            queue_timeout=self._queue_timeout,
         )
         self._scheduler.start()
         log.info(
@@ -214,6 +217,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         max_queue=settings.max_queue,
         prefill_chunk=settings.prefill_chunk,
         chat_template=_read_template(settings.chat_template),
+        queue_timeout=settings.queue_timeout,
         cache=PrefixCache(
             budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
         )

@@ -36,6 +36,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,9 +101,11 @@ class BatchScheduler:
         max_queue: int,
         prefill_chunk: int,
         cache: PrefixCache | None = None,
+        queue_timeout: float = 300.0,
     ) -> None:
         self._native = native
         self._cache = cache
+        self._queue_timeout = queue_timeout
         self._n_parallel = n_parallel
         self._max_queue = max_queue
         self._n_batch = native.config.n_batch
@@ -120,6 +123,7 @@ class BatchScheduler:
             "failed": 0,
             "rejected": 0,
             "tokens": 0,
+            "timed_out": 0,  # waited longer than the queue timeout
             "cache_restores": 0,  # prompt-cache entries copied into a sequence
             "cache_snapshots": 0,  # sequences copied into the prompt cache
         }
@@ -217,6 +221,17 @@ class BatchScheduler:
 
     def _reap_cancelled(self) -> None:
         # Runs before every step: rebuild the heap only when something left it.
+        deadline = time.monotonic() - self._queue_timeout
+        for _, _, job in self._waiting:
+            if job.queued_at < deadline and not job.cancelled.is_set():
+                job.cancelled.set()
+                self._counters["timed_out"] += 1
+                error = OverloadedError(
+                    f"Overloaded: the request waited {self._queue_timeout:g} s for capacity "
+                    "without starting; retry later",
+                    headers={"retry-after": "5"},
+                )
+                self._outbox.extend([(job, error), (job, END)])
         if any(job.cancelled.is_set() for _, _, job in self._waiting):
             for _, _, job in self._waiting:
                 if job.cancelled.is_set():

@@ -184,7 +184,15 @@ class _ScriptedGeneration(Generation):
         engine = self._engine
         finished = False
         try:
-            async with engine._slots:
+            try:
+                await asyncio.wait_for(engine._slots.acquire(), engine.queue_timeout)
+            except TimeoutError:
+                raise OverloadedError(
+                    f"Overloaded: the request waited {engine.queue_timeout:g} s for capacity "
+                    "without starting; retry later",
+                    headers={"retry-after": "5"},
+                ) from None
+            try:
                 self._leave_queue()
                 engine._running += 1
                 try:
@@ -195,6 +203,8 @@ class _ScriptedGeneration(Generation):
                         yield event
                 finally:
                     engine._running -= 1
+            finally:
+                engine._slots.release()
         finally:
             if not finished:
                 self.cancel()
@@ -251,6 +261,7 @@ def _chunks(text: str, size: int) -> list[str]:
 
 class ScriptedEngine(Engine):
     prepare_off_loop = False  # a regex or two: no model, no tokenizer
+    queue_timeout = 300.0  # seconds a request may wait for a slot
 
     def __init__(
         self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000
@@ -289,4 +300,6 @@ class ScriptedEngine(Engine):
 
 def from_settings(settings: Settings) -> ScriptedEngine:
     script = Script.load(Path(settings.script).expanduser() if settings.script else None)
-    return ScriptedEngine(script, model_id=settings.model_name or "scripted")
+    engine = ScriptedEngine(script, model_id=settings.model_name or "scripted")
+    engine.queue_timeout = settings.queue_timeout
+    return engine
