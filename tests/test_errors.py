@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -341,8 +342,16 @@ def test_health_endpoints(scripted_server: Server) -> None:
 
 
 def test_authentication(server_factory: Callable[..., Server]) -> None:
+    hashed = "sha256:" + hashlib.sha256(b"secret-3").hexdigest()
     server = server_factory(
-        "--engine", "scripted", "--api-key", "secret-1", "--api-key", "secret-2"
+        "--engine",
+        "scripted",
+        "--api-key",
+        "secret-1",
+        "--api-key",
+        "secret-2",
+        "--api-key",
+        hashed,
     )
     with pytest.raises(anthropic.AuthenticationError) as caught:
         server.client(api_key="wrong").messages.create(model="scripted", max_tokens=5, messages=HI)
@@ -357,9 +366,11 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
     assert ok.type == "message"
     bearer = anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0)
     assert bearer.models.list().data
+    # A key may be configured by its SHA-256 only.
+    assert server.client(api_key="secret-3").models.list().data
     # Health checks stay open.
     assert httpx.get(server.url + "/").status_code == 200
-    assert "secret-1" not in server.log()
+    assert "secret-1" not in server.log() and "secret-3" not in server.log()
 
 
 def test_queue_full_is_529(server_factory: Callable[..., Server]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from starlette.requests import Request
@@ -20,6 +21,14 @@ def presented_keys(request: Request) -> list[str]:
     return keys
 
 
+def _matches(key: str, allowed: str) -> bool:
+    """Constant-time comparison; a configured ``sha256:HEX`` matches the key it hashes."""
+    if allowed.startswith("sha256:"):
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return hmac.compare_digest(digest.encode(), allowed[7:].strip().lower().encode())
+    return hmac.compare_digest(key.encode(), allowed.encode())
+
+
 def check(request: Request, allowed: tuple[str, ...]) -> None:
     """Pass when no keys are configured, or when either header holds an allowed key."""
     if not allowed:
@@ -29,7 +38,7 @@ def check(request: Request, allowed: tuple[str, ...]) -> None:
         raise AuthenticationError("x-api-key header is required")
     for key in presented:
         # Compare against every allowed key so timing does not reveal which matched.
-        if any([hmac.compare_digest(key.encode(), a.encode()) for a in allowed]):
+        if any([_matches(key, a) for a in allowed]):
             return
     raise AuthenticationError("invalid x-api-key")
 
@@ -39,6 +48,6 @@ def matched_key(request: Request, allowed: tuple[str, ...]) -> str | None:
     if not allowed:
         return None
     for key in presented_keys(request):
-        if any([hmac.compare_digest(key.encode(), a.encode()) for a in allowed]):
+        if any([_matches(key, a) for a in allowed]):
             return key
     return None
