@@ -65,7 +65,9 @@ async def wave(url: str, n: int, body: dict[str, Any]) -> tuple[list[str], list[
 def measure(args: list[str], n: int, body: dict[str, Any], model: str) -> dict[str, Any]:
     with serve(args) as (url, pid):
         process = psutil.Process(pid)
-        asyncio.run(wave(url, min(n, 8), body))  # warm-up
+        # Warm-up at full concurrency: the first wave sizes buffers and allocator
+        # arenas; the waves after it show whether memory keeps growing.
+        asyncio.run(wave(url, n, body))
         rss_before = process.memory_info().rss
         outcomes: list[str] = []
         latencies: list[float] = []
@@ -134,7 +136,8 @@ def main() -> Section:
     notes = (
         f"{WAVES} waves each, streaming, loopback only. Scripted rules: 8 slots, 256 queued, "
         "64 output tokens of 50-token prompts; model: `--parallel 16`, 64 tokens, greedy. "
-        "Latency is request to `message_stop` of completed streams."
+        "Latency is request to `message_stop` of completed streams; RSS is compared between the "
+        "end of a warm-up wave at full concurrency and the end of the measured waves."
     )
     verdicts = {
         "no failures other than 529 (scripted)": scripted["other"] == 0,
