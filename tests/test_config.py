@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,29 @@ def test_unknown_keys_in_the_file(tmp_path: Path) -> None:
     config.write_text("prot = 1\n")
     with pytest.raises(ConfigError, match="unknown settings"):
         load_settings(config_file=config, environ={})
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "cannot read the model file"),
+        (b"\x00not a model at all", "is not a GGUF model file"),
+        (b"GGUF" + bytes(64), "could not load"),  # the right magic, then garbage
+    ],
+    ids=["missing", "not-gguf", "corrupt-gguf"],
+)
+def test_a_model_that_cannot_load_is_a_clear_start_up_error(
+    tmp_path: Path, content: bytes | None, needle: str
+) -> None:
+    model = tmp_path / "model.gguf"
+    if content is not None:
+        model.write_bytes(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "parley", "serve", "--model", str(model), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PARLEY_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode != 0
+    assert needle in done.stdout + done.stderr

@@ -199,8 +199,20 @@ def _mtime(path: Path) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def check_gguf(path: Path) -> None:
+    """Refuse, before anything starts, a model file that is missing or no GGUF."""
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror}") from exc
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
+
+
 def from_settings(settings: Settings) -> LlamaCppEngine:
     path = Path(settings.model).expanduser() if settings.model else embedded_model_path()
+    check_gguf(path)
     model_id = settings.model_name or (EMBEDDED_ID if not settings.model else path.stem.lower())
     config = NativeConfig(
         n_ctx=settings.n_ctx,
