@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(
             f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
         )
+    serve.add_argument(
+        "--shutdown-grace", type=float, help="seconds open streams may go on after SIGTERM"
+    )
     serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
         "batch_workers": args.batch_workers,
+        "shutdown_grace": args.shutdown_grace,
         "rate_requests": args.rate_requests,
         "rate_input_tokens": args.rate_input_tokens,
         "rate_output_tokens": args.rate_output_tokens,
@@ -140,9 +144,18 @@ def _serve(settings: Any) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        # Open streams get shutdown_grace to finish, then an error event; this
+        # leaves them time to send it before uvicorn gives up on connections.
+        timeout_graceful_shutdown=settings.shutdown_grace + 5,
     )
-    server = uvicorn.Server(config)
+    draining = app.state.draining
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            draining.begin(settings.shutdown_grace)
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     server.run()
     return 0 if server.started else 1
 

@@ -68,6 +68,7 @@ class Settings:
     rate_requests: int = 0  # per API key and minute; 0: no limit
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
+    shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024

@@ -9,6 +9,7 @@ is busy. Both go through ``MessageState``, so they agree exactly.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import anyio
 from parley.catalog import Catalog
 from parley.conversation import build_conversation
 from parley.engines.base import Engine, Generation, Prompt, SamplingParams
-from parley.errors import APIError, InvalidRequestError, ParleyError
+from parley.errors import APIError, InvalidRequestError, OverloadedError, ParleyError
 from parley.ids import message_id
 from parley.streaming.state import MessageState
 from parley.thinking import Signer
@@ -26,6 +27,22 @@ from parley.wire import requests as wr
 from parley.wire import responses as wresp
 
 log = logging.getLogger("parley.messages")
+
+
+class Draining:
+    """Set when the server is asked to stop: open streams may go on until the
+    deadline, then end with an error event (the client knows to retry)."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+
+    def begin(self, grace: float) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + grace
+            log.info("draining: open streams have a grace period", extra={"seconds": grace})
+
+    def overdue(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 @dataclass(frozen=True)
@@ -38,8 +55,15 @@ class Prepared:
 
 class MessagesService:
     def __init__(
-        self, catalog: Catalog, *, ping_interval: float, signer: Signer, redact_thinking: bool
+        self,
+        catalog: Catalog,
+        *,
+        ping_interval: float,
+        signer: Signer,
+        redact_thinking: bool,
+        draining: Draining | None = None,
     ) -> None:
+        self._draining = draining or Draining()
         self._catalog = catalog
         self._ping_interval = ping_interval
         self._signer = signer
@@ -114,7 +138,11 @@ class MessagesService:
         for event in state.start():
             yield event
         try:
-            async for item in generation.heartbeat(self._ping_interval):
+            # While draining, wake at least every second to notice the deadline.
+            interval = min(self._ping_interval, 1.0) if self._draining.deadline else None
+            async for item in generation.heartbeat(interval or self._ping_interval):
+                if self._draining.overdue():
+                    raise OverloadedError("the server is shutting down; retry the request")
                 if item is None:
                     yield ev.Ping()
                     continue

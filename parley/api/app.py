@@ -19,7 +19,7 @@ from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
 from parley.ratelimit import RateLimiter
-from parley.service import MessagesService
+from parley.service import Draining, MessagesService
 from parley.thinking import Signer
 
 log = logging.getLogger("parley")
@@ -54,6 +54,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             ping_interval=settings.ping_interval,
             signer=Signer.from_data_dir(data_dir),
             redact_thinking=settings.redact_thinking,
+            draining=app.state.draining,
         )
         store = BatchStore.in_data_dir(data_dir)
         worker = BatchWorker(
@@ -92,6 +93,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app = FastAPI(
         title="parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
+    app.state.draining = Draining()  # the CLI's server starts it on SIGTERM
     errors.install(app)
     app.include_router(health.router)
     app.include_router(messages.router)
