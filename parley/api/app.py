@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from parley import __version__
-from parley.api import batches, errors, health, messages, models
+from parley.api import batches, errors, health, messages, models, openapi
 from parley.api.deps import AppState
 from parley.api.middleware import RequestIdMiddleware
 from parley.batches.store import BatchStore
@@ -95,6 +95,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     )
     app.state.draining = Draining()  # the CLI's server starts it on SIGTERM
     errors.install(app)
+    openapi.install(app)
     app.include_router(health.router)
     app.include_router(messages.router)
     app.include_router(models.router)

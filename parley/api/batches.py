@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import auth
+from parley.api import auth, openapi
 from parley.api.deps import AppState, authenticated
 from parley.api.http import json_response, read_body
 from parley.batches.store import BatchRow, owner_of
@@ -27,7 +27,7 @@ from parley.errors import InvalidRequestError
 from parley.ids import batch_id
 from parley.wire.batches import DeletedMessageBatch, MessageBatch, MessageBatchPage, RequestCounts
 
-router = APIRouter()
+router = APIRouter(responses=openapi.error_responses())
 
 MAX_REQUESTS = 100_000
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import auth
+from parley.api import auth, openapi
 from parley.api.deps import AppState, authenticated
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, parse, read_body
@@ -22,20 +22,10 @@ from parley.wire import requests as wr
 from parley.wire import responses as wresp
 from parley.wire.events import StreamEvent
 
-router = APIRouter()
+router = APIRouter(responses=openapi.error_responses())
 
-_CREATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": wr.CreateMessageRequest.model_json_schema()}},
-    }
-}
-_COUNT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": wr.CountTokensRequest.model_json_schema()}},
-    }
-}
+_CREATE_BODY = openapi.body(wr.CreateMessageRequest)
+_COUNT_BODY = openapi.body(wr.CountTokensRequest)
 
 
 @router.post("/v1/messages", openapi_extra=_CREATE_BODY, response_model=wresp.Message)

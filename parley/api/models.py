@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from starlette.responses import Response
 
+from parley.api import openapi
 from parley.api.deps import AppState, authenticated
 from parley.api.http import json_response
 from parley.wire.responses import ModelInfo, ModelPage
 
-router = APIRouter()
+router = APIRouter(responses=openapi.error_responses())
 
 
 @router.get("/v1/models", response_model=ModelPage)
