@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shutdown-grace", type=float, help="seconds open streams may go on after SIGTERM"
     )
+    serve.add_argument(
+        "--allow-url-sources", action="store_true", help="fetch documents given by URL"
+    )
+    serve.add_argument(
+        "--url-allow",
+        action="append",
+        default=[],
+        metavar="HOST|CIDR",
+        help="exempt from the private-address guard (repeatable)",
+    )
     serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
@@ -114,12 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,
         "redact_thinking": True if args.redact_thinking else None,
+        "url_sources": True if args.allow_url_sources else None,
     }
     try:
         if args.alias:
             overrides["aliases"] = parse_aliases(args.alias)
         if args.api_key:
             overrides["api_keys"] = tuple(args.api_key)
+        if args.url_allow:
+            overrides["url_allow"] = tuple(args.url_allow)
         settings = load_settings(overrides, config_file=args.config)
     except ConfigError as exc:
         print(f"parley: {exc}", file=sys.stderr)

@@ -69,6 +69,10 @@ class Settings:
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
+    url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
+    url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard
+    url_max_bytes: int = 10 * 1024 * 1024
+    url_timeout: float = 10.0
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024
@@ -89,12 +93,12 @@ def _coerce(name: str, raw: Any) -> Any:
             if isinstance(raw, dict):
                 return {str(k): str(v) for k, v in raw.items()}
             return parse_aliases(str(raw).split(","))
-        if name == "api_keys":
+        if name in ("api_keys", "url_allow"):
             items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
             return tuple(str(k).strip() for k in items if str(k).strip())
         if name == "data_dir":
             return Path(str(raw)).expanduser()
-        if name in ("claude_aliases", "redact_thinking"):
+        if name in ("claude_aliases", "redact_thinking", "url_sources"):
             return raw if isinstance(raw, bool) else str(raw).lower() in {"1", "true", "yes", "on"}
         if kind in ("int", "int | None"):
             return int(raw)

@@ -8,10 +8,12 @@ is busy. Both go through ``MessageState``, so they agree exactly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -19,9 +21,11 @@ from parley.catalog import Catalog
 from parley.conversation import build_conversation
 from parley.engines.base import Engine, Generation, Prompt, SamplingParams
 from parley.errors import APIError, InvalidRequestError, OverloadedError, ParleyError
+from parley.fetch import FetchPolicy, fetch_text
 from parley.ids import message_id
 from parley.streaming.state import MessageState
 from parley.thinking import Signer
+from parley.wire import content as wc
 from parley.wire import events as ev
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
@@ -62,14 +66,36 @@ class MessagesService:
         signer: Signer,
         redact_thinking: bool,
         draining: Draining | None = None,
+        fetch: FetchPolicy | None = None,
     ) -> None:
         self._draining = draining or Draining()
+        self._fetch = fetch or FetchPolicy()
         self._catalog = catalog
         self._ping_interval = ping_interval
         self._signer = signer
         self._redact = redact_thinking
 
+    async def _fetch_documents(self, req: wr.CountTokensRequest) -> None:
+        """Replace documents given by URL with their fetched text (or refuse them)."""
+        jobs: list[tuple[list[Any], int, Any, str]] = []
+        for i, message in enumerate(req.messages):
+            if not isinstance(message.content, list):
+                continue
+            for j, block in enumerate(message.content):
+                if isinstance(block, wc.DocumentBlock) and isinstance(block.source, wc.URLSource):
+                    path = f"messages.{i}.content.{j}.source.url"
+                    jobs.append((message.content, j, block, path))
+        if not jobs:
+            return
+        texts = await asyncio.gather(
+            *(fetch_text(block.source.url, self._fetch, path=path) for _, _, block, path in jobs)
+        )
+        for (content, j, block, _), text in zip(jobs, texts, strict=True):
+            source = wc.PlainTextSource(type="text", media_type="text/plain", data=text)
+            content[j] = block.model_copy(update={"source": source})
+
     async def _render(self, engine: Engine, req: wr.CountTokensRequest) -> Prompt:
+        await self._fetch_documents(req)
         conversation = build_conversation(
             req, engine.card.capabilities, model=req.model, signer=self._signer
         )

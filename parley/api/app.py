@@ -18,6 +18,7 @@ from parley.catalog import Catalog
 from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
+from parley.fetch import FetchPolicy
 from parley.ratelimit import RateLimiter
 from parley.service import Draining, MessagesService
 from parley.thinking import Signer
@@ -55,6 +56,12 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             signer=Signer.from_data_dir(data_dir),
             redact_thinking=settings.redact_thinking,
             draining=app.state.draining,
+            fetch=FetchPolicy(
+                enabled=settings.url_sources,
+                allow=settings.url_allow,
+                max_bytes=settings.url_max_bytes,
+                timeout=settings.url_timeout,
+            ),
         )
         store = BatchStore.in_data_dir(data_dir)
         worker = BatchWorker(
