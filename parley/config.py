@@ -68,6 +68,7 @@ class Settings:
     rate_requests: int = 0  # per API key and minute; 0: no limit
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
+    slow_reader_timeout: float = 60.0  # seconds a response may wait for a client to read
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
     url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard

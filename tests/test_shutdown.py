@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import Server, start_server, stop_server
 from tests.test_batches import request, results, wait_ended
 
 
@@ -77,3 +78,42 @@ def test_sigterm_mid_batch_then_restart_gives_exactly_one_result_each(tmp_path: 
         assert sorted(got) == sorted(f"r{i}" for i in range(n))
     finally:
         stop_server(restarted)
+
+
+def test_a_client_that_stops_reading_is_disconnected(
+    server_factory: Callable[..., Server],
+) -> None:
+    import socket
+
+    server = server_factory("--engine", "scripted", env={"PARLEY_SLOW_READER_TIMEOUT": "1"})
+    words = " ".join(["word"] * 60_000)  # ~6 MB of events: far past any socket buffer
+    body = json.dumps(
+        {
+            "model": "scripted",
+            "max_tokens": 64_000,
+            "stream": True,
+            "messages": [{"role": "user", "content": words}],
+        }
+    ).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        head = (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock.sendall(head + body)
+        time.sleep(4)  # read nothing while the server's buffers fill
+        sock.settimeout(30)
+        received = b""
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    # The server gave up on the stalled reader: the stream ends before message_stop.
+    assert b"event: message_start" in received
+    assert b"event: message_stop" not in received
+    assert "client stopped reading" in server.log()
+    deadline = time.monotonic() + 10
+    while server.stats()["scripted"].get("running", 0):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)

@@ -107,5 +107,5 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.include_router(messages.router)
     app.include_router(models.router)
     app.include_router(batches.router)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, slow_reader_timeout=settings.slow_reader_timeout)
     return app
