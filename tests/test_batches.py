@@ -338,3 +338,64 @@ def test_a_batch_on_the_embedded_model(model_server: Server) -> None:
         assert result.type == "succeeded"
         usage = result.message.usage
         assert usage.output_tokens > 0 and usage.service_tier == "batch"
+
+
+def test_a_failing_database_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:
+    """A full disk (SQLite's 'database or disk is full') while claiming and while
+    writing results: the worker keeps the outcomes, retries, and every request
+    still ends with exactly one result."""
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    from parley.batches.store import BatchStore
+    from parley.batches.worker import BatchWorker
+    from parley.catalog import Catalog
+    from parley.engines.scripted import Script, ScriptedEngine
+    from parley.service import MessagesService
+    from parley.thinking import Signer
+
+    class FlakyStore(BatchStore):
+        failures = {"claim": 1, "finish": 3}
+
+        def _maybe_fail(self, what: str) -> None:
+            if self.failures[what] > 0:
+                self.failures[what] -= 1
+                raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+        def claim(self, limit: int) -> Any:
+            self._maybe_fail("claim")
+            return super().claim(limit)
+
+        def finish(self, outcomes: Any) -> int:
+            self._maybe_fail("finish")
+            return super().finish(outcomes)
+
+    async def scenario() -> tuple[Any, list[bytes]]:
+        store = FlakyStore.in_data_dir(tmp_path)
+        catalog = Catalog([ScriptedEngine(Script())], {})
+        service = MessagesService(
+            catalog,
+            ping_interval=5,
+            signer=Signer.from_data_dir(tmp_path),
+            redact_thinking=False,
+        )
+        params = [
+            (f"r{i}", json.dumps(request(f"r{i}", f"hello {i}")["params"])) for i in range(10)
+        ]
+        batch = store.create("msgbatch_test", "", params, expires_in=3600)
+        worker = BatchWorker(store, service, concurrency=4, retention=3600, tick=0.1)
+        worker._retry_after = 0.1
+        worker.start()
+        deadline = time.monotonic() + 30
+        while store.get(batch.id, "").ended_at is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await worker.stop()
+        lines = [line for page in store.results(batch.id, "") for line in page]
+        return store.get(batch.id, ""), lines
+
+    ended, lines = asyncio.run(scenario())
+    assert ended.counts["succeeded"] == 10 and FlakyStore.failures == {"claim": 0, "finish": 0}
+    ids = sorted(json.loads(line)["custom_id"] for line in lines)
+    assert ids == sorted(f"r{i}" for i in range(10))

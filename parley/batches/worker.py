@@ -61,6 +61,7 @@ class BatchWorker:
         self._written = asyncio.Event()
         self._closing = False
         self._backoff = 0.0
+        self._retry_after = 1.0  # seconds before the database is tried again after a failure
 
     def start(self) -> None:
         self._main = asyncio.create_task(self._run(), name="parley-batch-worker")
@@ -115,7 +116,11 @@ class BatchWorker:
             # Claim in groups (half the pool at least): one transaction, many requests.
             enough = free >= max(1, self._concurrency // 2) or not self._tasks
             if free > 0 and enough and self._backoff == 0.0:
-                claimed = await anyio.to_thread.run_sync(self._store.claim, free)
+                try:
+                    claimed = await anyio.to_thread.run_sync(self._store.claim, free)
+                except Exception:  # the database is unwell (full disk...): retry later
+                    log.exception("could not claim batch requests; retrying")
+                    self._backoff = self._retry_after
             for item in claimed:
                 self._spawn(item)
             if claimed and len(self._tasks) < self._concurrency:
@@ -186,8 +191,14 @@ class BatchWorker:
             try:
                 await anyio.to_thread.run_sync(self._store.finish, outcomes)
             except Exception:
-                # They stay running in the database and are retried at the next start.
+                # Kept and written again shortly (a full disk may free up); if the
+                # process ends first, the requests are still running in the
+                # database and run again at the next start.
                 log.exception("could not record batch results", extra={"n": len(outcomes)})
+                self._outcomes = outcomes + self._outcomes
+                if self._closing:
+                    return
+                await asyncio.sleep(self._retry_after)
 
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
         service = self._service
