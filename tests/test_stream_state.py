@@ -179,3 +179,22 @@ def test_failure_becomes_an_error_event() -> None:
     assert isinstance(error, ev.Error)
     assert error.error.type == "api_error"
     assert error.request_id == "req_1"
+
+
+@given(
+    st.text(),
+    st.integers(min_value=0, max_value=500),
+    st.sampled_from(["text", "thinking", "json"]),
+)
+def test_the_fast_delta_path_gives_the_models_bytes(text: str, index: int, kind: str) -> None:
+    from parley.streaming.sse import slow_encode
+
+    delta: ev.Delta = (
+        ev.TextDelta(text=text)
+        if kind == "text"
+        else ev.ThinkingDelta(thinking=text)
+        if kind == "thinking"
+        else ev.InputJSONDelta(partial_json=text)
+    )
+    event = ev.ContentBlockDelta(index=index, delta=delta)
+    assert encode(event) == slow_encode(event)

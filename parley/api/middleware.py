@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,14 +22,32 @@ from parley.ids import request_id
 log = logging.getLogger("parley.access")
 
 
-class SlowReader(Exception):
-    """The client did not read the response for too long."""
+@dataclass(eq=False)
+class _Response:
+    task: asyncio.Task[Any]
+    since: float | None = None  # when the send under way started
+    overdue: bool = False
 
 
 class RequestIdMiddleware:
     def __init__(self, app: ASGIApp, slow_reader_timeout: float = 60.0) -> None:
         self.app = app
         self.slow_reader_timeout = slow_reader_timeout
+        self._responses: set[_Response] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        """Cancel responses whose send has waited too long (one timer for all:
+        the per-token send path only notes when it starts and ends)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.slow_reader_timeout / 4))
+            now = loop.time()
+            for response in list(self._responses):
+                since = response.since
+                if since is not None and now - since > self.slow_reader_timeout:
+                    response.overdue = True
+                    response.task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -37,6 +57,13 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         started = time.perf_counter()
         status = 0
+        loop = asyncio.get_running_loop()
+        if self._watchdog is None:
+            self._watchdog = loop.create_task(self._watch(), name="parley-slow-readers")
+        task = asyncio.current_task()
+        assert task is not None
+        tracked = _Response(task)
+        self._responses.add(tracked)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -47,20 +74,24 @@ class RequestIdMiddleware:
                 message = {**message, "headers": headers}
                 await send(message)
                 return
+            tracked.since = loop.time()
             try:
-                async with asyncio.timeout(self.slow_reader_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise SlowReader(rid) from None
+                await send(message)
+            finally:
+                tracked.since = None
 
         try:
             await self.app(scope, receive, send_with_id)
-        except SlowReader:
+        except asyncio.CancelledError:
+            if not tracked.overdue:
+                raise
+            task.uncancel()
             log.warning(
                 "client stopped reading; response abandoned",
                 extra={"request_id": rid, "seconds": self.slow_reader_timeout},
             )
         finally:
+            self._responses.discard(tracked)
             log.info(
                 "request",
                 extra={
