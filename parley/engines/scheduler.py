@@ -207,16 +207,16 @@ class BatchScheduler:
                     self._flush()
                     return
             try:
-                self._step()
+                self._step()  # flushes the previous step's events itself
             except ParleyError as exc:
                 log.error("batch step failed", extra={"error": exc.message})
                 with self._cond:
                     self._fail_all(exc)
+                self._flush()
             except Exception:
                 log.exception("batch step failed")
                 with self._cond:
                     self._fail_all(EngineError("the engine failed while decoding"))
-            finally:
                 self._flush()
 
     def _reap_cancelled(self) -> None:
@@ -355,7 +355,12 @@ class BatchScheduler:
             fed.append((run, chunk))
             room -= len(chunk)
         if not entries:
+            self._flush()
             return
+        # The previous step's events go to the event loop now, so it handles them
+        # while llama_decode runs without the GIL, not while this thread builds
+        # the batch (which would make the two threads take turns on the GIL).
+        self._flush()
         self._native.decode(entries)
         for run, tokens in fed:
             run.slot.cached.extend(tokens)
