@@ -35,8 +35,8 @@ from bench.peer import bin_dir
 from parley.engines.llamacpp import embedded_model_path
 
 LEVELS = (1, 4, 8, 16)
-MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "128"))
-REPS = int(os.environ.get("BENCH_REPS", "3"))
+MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "256"))
+REPS = int(os.environ.get("BENCH_REPS", "7"))
 THREADS = os.cpu_count() or 1
 N_CTX = 8192
 MODEL = "smollm2-135m-instruct"
