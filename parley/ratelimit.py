@@ -116,6 +116,10 @@ class RateLimiter:
             if "output-tokens" in buckets:
                 buckets["output-tokens"].level -= output_tokens
 
+    def headers_for(self, owner: str) -> Callable[[], dict[str, str]]:
+        """The headers of ``owner``, computed when called (when a response starts)."""
+        return lambda: self.headers(owner)
+
     def headers(self, owner: str) -> dict[str, str]:
         if not self.enabled:
             return {}

@@ -96,3 +96,15 @@ def test_input_tokens_per_minute(limited: Server) -> None:
     client.messages.create(model="scripted", max_tokens=5, messages=big)
     with pytest.raises(anthropic.RateLimitError, match="input tokens per minute"):
         client.messages.create(model="scripted", max_tokens=5, messages=big)
+
+
+def test_other_endpoints_and_errors_carry_the_headers_too(limited: Server) -> None:
+    import httpx
+
+    key = {"x-api-key": "key-b"}
+    models = httpx.get(f"{limited.url}/v1/models", headers=key)
+    assert models.headers["anthropic-ratelimit-requests-limit"] == "60"
+    bad = httpx.post(f"{limited.url}/v1/messages", json={"model": "scripted"}, headers=key)
+    assert bad.status_code == 400
+    assert "anthropic-ratelimit-input-tokens-remaining" in bad.headers
+    assert len(bad.headers.get_list("anthropic-ratelimit-requests-limit")) == 1

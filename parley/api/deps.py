@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from parley.api import auth
+from parley.batches.store import owner_of
 from parley.catalog import Catalog
 from parley.config import Settings
 from parley.errors import APIError
@@ -48,4 +49,8 @@ def authenticated(request: Request) -> AppState:
     """Dependency of every ``/v1`` route: the app state, once the key checks out."""
     state = app_state(request)
     auth.check(request, state.settings.api_keys)
+    if state.limiter.enabled:  # the middleware adds this key's rate-limit headers
+        request.state.rate_limited = state.limiter.headers_for(
+            owner_of(auth.matched_key(request, state.settings.api_keys))
+        )
     return state

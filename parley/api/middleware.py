@@ -71,6 +71,14 @@ class RequestIdMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"request-id", rid.encode()))
+                rate = scope["state"].get("rate_limited")
+                if rate is not None:  # set for authenticated requests when limits apply
+                    present = {name.lower() for name, _ in headers}
+                    headers.extend(
+                        (name.encode(), value.encode())
+                        for name, value in rate().items()
+                        if name.encode() not in present
+                    )
                 message = {**message, "headers": headers}
                 await send(message)
                 return
