@@ -155,16 +155,17 @@ class LlamaNative:
     def add_bos(self) -> bool:
         return bool(L.llama_vocab_get_add_bos(self._vocab))
 
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
-        """Tokens of ``text``; special-token text (``<|im_start|>``) is parsed as such."""
+    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
+        """Tokens of ``text``; with ``special``, special-token text (``<|im_start|>``)
+        becomes the special token, otherwise it is ordinary text."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         buf = (L.llama_token * capacity)()
-        n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, True)
+        n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
         if n < 0:
             capacity = -n
             buf = (L.llama_token * capacity)()
-            n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, True)
+            n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
         if n < 0:
             raise EngineError("llama.cpp could not tokenize the prompt")
         return list(buf[:n])

@@ -8,16 +8,26 @@ metadata, and ``prepare`` tokenizes exactly what will be decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parley.conversation import Capabilities, Conversation
+from parley.conversation import (
+    Capabilities,
+    Conversation,
+    Part,
+    TextPart,
+    ThinkingPart,
+    ToolResultPart,
+    Turn,
+)
 from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingParams
 from parley.engines.chat_template import ChatTemplate
 from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfig
@@ -147,18 +157,43 @@ class LlamaCppEngine(Engine):
             self._native = None
 
     def prepare(self, conversation: Conversation) -> Prompt:
+        """Render, then tokenize: the template's own text may hold special tokens
+        (``<|im_start|>``); text that came from the request never does, so a
+        user cannot forge a turn by writing one."""
         assert self._template is not None and self._native is not None, "engine not started"
-        text, offsets = _strip_marks(self._template.render(conversation), conversation)
+        nonce = secrets.token_hex(4)
+        guard = (f"\ue004{nonce}", f"\ue005{nonce}")
+        rendered = self._template.render(_guarded(conversation, *guard))
+        segments, offsets = _segments(rendered, conversation, guard)
+        text = "".join(seg for seg, _ in segments)
         add_bos = self._add_bos and not text.startswith(self._bos_text)
-        tokens = self._native.tokenize(text, add_bos=add_bos)
+        tokens = self._tokenize(segments, add_bos)
         # A breakpoint's position: the tokens the prompt shares with its text up to the tag.
-        tokenize = self._native.tokenize
         breakpoints = tuple(
-            Breakpoint(common_prefix(tokenize(text[:at], add_bos=add_bos), tokens), ttl)
+            Breakpoint(common_prefix(self._tokenize(segments, add_bos, upto=at), tokens), ttl)
             for at, ttl in offsets
         )
         grammar = grammar_for(conversation, self._template.syntax)
         return Prompt(conversation, text, tokens, grammar, breakpoints)
+
+    def _tokenize(
+        self, segments: list[tuple[str, bool]], add_bos: bool, upto: int | None = None
+    ) -> list[int]:
+        """Tokens of the segments (the first ``upto`` characters), special tokens
+        parsed only where the segment allows it."""
+        assert self._native is not None
+        out: list[int] = []
+        done = 0
+        for i, (segment, special) in enumerate(segments):
+            if upto is not None:
+                if done >= upto:
+                    break
+                segment = segment[: upto - done]
+            out += self._native.tokenize(segment, add_bos=add_bos and i == 0, special=special)
+            done += len(segment)
+        if not segments and add_bos:
+            out = self._native.tokenize("", add_bos=True)
+        return out
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
@@ -171,24 +206,67 @@ class LlamaCppEngine(Engine):
         return stats
 
 
-def _strip_marks(text: str, conversation: Conversation) -> tuple[str, list[tuple[int, Any]]]:
-    """The rendered prompt without breakpoint tags, and where each tag first stood
-    (a character offset in the stripped text) with its TTL. A tag the template
-    dropped is no breakpoint."""
-    if not conversation.marks:
-        return text, []
+def _guarded(conversation: Conversation, start: str, end: str) -> Conversation:
+    """The conversation with every text that came from the request between
+    ``start`` and ``end``, so its place in the rendered prompt is known."""
+
+    def wrap(text: str) -> str:
+        return f"{start}{text}{end}"
+
+    def guard(part: Part) -> Part:
+        match part:
+            case TextPart(text=text):
+                return TextPart(wrap(text))
+            case ThinkingPart(text=text):
+                return ThinkingPart(wrap(text))
+            case ToolResultPart():
+                return dataclasses.replace(part, text=wrap(part.text))
+        return part
+
+    return dataclasses.replace(
+        conversation,
+        system=wrap(conversation.system) if conversation.system else conversation.system,
+        turns=tuple(Turn(t.role, tuple(guard(p) for p in t.parts)) for t in conversation.turns),
+        prefill=wrap(conversation.prefill) if conversation.prefill else "",
+    )
+
+
+def _segments(
+    text: str, conversation: Conversation, guard: tuple[str, str]
+) -> tuple[list[tuple[str, bool]], list[tuple[int, Any]]]:
+    """The rendered prompt as ``(text, special tokens allowed)`` segments without
+    any tags, and where each breakpoint tag first stood (a character offset in
+    the joined text) with its TTL. A tag the template dropped is no breakpoint."""
+    start, end = guard
     ttl = {m.tag: m.ttl for m in conversation.marks}
-    pattern = re.compile("|".join(re.escape(tag) for tag in ttl))
-    pieces: list[str] = []
+    pattern = re.compile("|".join(re.escape(tag) for tag in (start, end, *ttl)))
+    segments: list[tuple[str, bool]] = []
     offsets: dict[str, int] = {}
-    done = removed = 0
+    done = length = depth = 0
+
+    def add(chunk: str) -> None:
+        nonlocal length
+        if not chunk:
+            return
+        special = depth == 0
+        if segments and segments[-1][1] == special:
+            segments[-1] = (segments[-1][0] + chunk, special)
+        else:
+            segments.append((chunk, special))
+        length += len(chunk)
+
     for match in pattern.finditer(text):
-        pieces.append(text[done : match.start()])
-        offsets.setdefault(match.group(), match.start() - removed)
-        removed += len(match.group())
+        add(text[done : match.start()])
+        tag = match.group()
+        if tag == start:
+            depth += 1
+        elif tag == end:
+            depth = max(0, depth - 1)
+        else:
+            offsets.setdefault(tag, length)
         done = match.end()
-    pieces.append(text[done:])
-    return "".join(pieces), sorted((at, ttl[tag]) for tag, at in offsets.items())
+    add(text[done:])
+    return segments, sorted((at, ttl[tag]) for tag, at in offsets.items())
 
 
 def _mtime(path: Path) -> str:
