@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from parley.errors import RateLimitError
@@ -46,11 +46,6 @@ class Bucket:
         return max(0.0, (self.limit - self.level) / self.rate)
 
 
-@dataclass
-class _Key:
-    buckets: dict[str, Bucket] = field(default_factory=dict)
-
-
 class RateLimiter:
     def __init__(
         self,
@@ -68,7 +63,7 @@ class RateLimiter:
         }
         self._clock = clock
         self._wall = wall
-        self._keys: dict[str, _Key] = {}
+        self._keys: dict[str, dict[str, Bucket]] = {}  # owner -> kind -> bucket
         self._lock = threading.Lock()
 
     @property
@@ -76,13 +71,13 @@ class RateLimiter:
         return any(self._limits.values())
 
     def _buckets(self, owner: str, now: float) -> dict[str, Bucket]:
-        key = self._keys.setdefault(owner, _Key())
+        buckets = self._keys.setdefault(owner, {})
         for kind, limit in self._limits.items():
-            if limit and kind not in key.buckets:
-                key.buckets[kind] = Bucket(float(limit), float(limit), now)
-        for bucket in key.buckets.values():
+            if limit and kind not in buckets:
+                buckets[kind] = Bucket(float(limit), float(limit), now)
+        for bucket in buckets.values():
             bucket.refill(now)
-        return key.buckets
+        return buckets
 
     def admit(self, owner: str, input_tokens: int) -> None:
         """Take one request and its input tokens, or raise 429 saying what ran out."""

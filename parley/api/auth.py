@@ -29,25 +29,16 @@ def _matches(key: str, allowed: str) -> bool:
     return hmac.compare_digest(key.encode(), allowed.encode())
 
 
-def check(request: Request, allowed: tuple[str, ...]) -> None:
-    """Pass when no keys are configured, or when either header holds an allowed key."""
+def check(request: Request, allowed: tuple[str, ...]) -> str | None:
+    """The allowed key the request presented (either header), None when no keys are
+    configured; 401 otherwise."""
     if not allowed:
-        return
+        return None
     presented = presented_keys(request)
     if not presented:
         raise AuthenticationError("x-api-key header is required")
     for key in presented:
         # Compare against every allowed key so timing does not reveal which matched.
         if any([_matches(key, a) for a in allowed]):
-            return
-    raise AuthenticationError("invalid x-api-key")
-
-
-def matched_key(request: Request, allowed: tuple[str, ...]) -> str | None:
-    """The configured key this (already checked) request presented; None on an open server."""
-    if not allowed:
-        return None
-    for key in presented_keys(request):
-        if any([_matches(key, a) for a in allowed]):
             return key
-    return None
+    raise AuthenticationError("invalid x-api-key")

@@ -19,10 +19,10 @@ from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import auth, openapi
-from parley.api.deps import AppState, authenticated
+from parley.api import openapi
+from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.http import json_response, read_body
-from parley.batches.store import BatchRow, owner_of
+from parley.batches.store import BatchRow
 from parley.errors import InvalidRequestError
 from parley.ids import batch_id
 from parley.wire.batches import DeletedMessageBatch, MessageBatch, MessageBatchPage, RequestCounts
@@ -59,10 +59,6 @@ _CREATE_BODY = {
         },
     }
 }
-
-
-def _owner(request: Request, state: AppState) -> str:
-    return owner_of(auth.matched_key(request, state.settings.api_keys))
 
 
 def _stamp(t: float | None) -> str | None:
@@ -147,7 +143,7 @@ async def create_batch(
     store = state.batch_store()
     row = await anyio.to_thread.run_sync(
         lambda: store.create(
-            batch_id(), _owner(request, state), items, expires_in=state.settings.batch_expiry
+            batch_id(), key_owner(request), items, expires_in=state.settings.batch_expiry
         )
     )
     state.batch_worker().wake()
@@ -162,7 +158,7 @@ async def list_batches(
     before_id: Annotated[str | None, Query()] = None,
     after_id: Annotated[str | None, Query()] = None,
 ) -> Response:
-    store, owner = state.batch_store(), _owner(request, state)
+    store, owner = state.batch_store(), key_owner(request)
     rows, has_more = await anyio.to_thread.run_sync(
         lambda: store.page(owner, limit=limit, before_id=before_id, after_id=after_id)
     )
@@ -180,7 +176,7 @@ async def list_batches(
 async def get_batch(
     message_batch_id: str, request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    store, owner = state.batch_store(), _owner(request, state)
+    store, owner = state.batch_store(), key_owner(request)
     row = await anyio.to_thread.run_sync(store.get, message_batch_id, owner)
     return json_response(_wire(row, request))
 
@@ -189,7 +185,7 @@ async def get_batch(
 async def cancel_batch(
     message_batch_id: str, request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    store, owner = state.batch_store(), _owner(request, state)
+    store, owner = state.batch_store(), key_owner(request)
     row = await anyio.to_thread.run_sync(store.cancel, message_batch_id, owner)
     if row.ended_at is None:
         state.batch_worker().stop_batch(row.seq, "canceled")
@@ -200,7 +196,7 @@ async def cancel_batch(
 async def delete_batch(
     message_batch_id: str, request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    store, owner = state.batch_store(), _owner(request, state)
+    store, owner = state.batch_store(), key_owner(request)
     await anyio.to_thread.run_sync(store.delete, message_batch_id, owner)
     return json_response(DeletedMessageBatch(id=message_batch_id))
 
@@ -209,7 +205,7 @@ async def delete_batch(
 async def batch_results(
     message_batch_id: str, request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    store, owner = state.batch_store(), _owner(request, state)
+    store, owner = state.batch_store(), key_owner(request)
     pages = await anyio.to_thread.run_sync(store.results, message_batch_id, owner)
 
     async def lines() -> AsyncIterator[bytes]:

@@ -46,11 +46,16 @@ def app_state(request: Request) -> AppState:
 
 
 def authenticated(request: Request) -> AppState:
-    """Dependency of every ``/v1`` route: the app state, once the key checks out."""
+    """Dependency of every ``/v1`` route: the app state, once the key checks out.
+    The key's scope (``owner``) is kept on the request for the handlers."""
     state = app_state(request)
-    auth.check(request, state.settings.api_keys)
+    request.state.owner = owner = owner_of(auth.check(request, state.settings.api_keys))
     if state.limiter.enabled:  # the middleware adds this key's rate-limit headers
-        request.state.rate_limited = state.limiter.headers_for(
-            owner_of(auth.matched_key(request, state.settings.api_keys))
-        )
+        request.state.rate_limited = state.limiter.headers_for(owner)
     return state
+
+
+def key_owner(request: Request) -> str:
+    """The scope of the request's API key (set by ``authenticated``)."""
+    scope: str = request.state.owner
+    return scope

@@ -10,11 +10,10 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import auth, openapi
-from parley.api.deps import AppState, authenticated
+from parley.api import openapi
+from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, parse, read_body
-from parley.batches.store import owner_of
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
@@ -35,7 +34,7 @@ async def create_message(
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CreateMessageRequest, body)
     service, limiter = state.messages, state.limiter
-    owner = owner_of(auth.matched_key(request, state.settings.api_keys))
+    owner = key_owner(request)
     prepared = await service.prepare(req)
     limiter.admit(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
@@ -46,11 +45,10 @@ async def create_message(
         def spent() -> None:
             limiter.spend_output(owner, message_state.output_tokens)
 
-        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         return StreamingResponse(
             _sse(events, spent),
             media_type="text/event-stream",
-            headers=headers | limiter.headers(owner),
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     try:
         message = await _cancel_on_disconnect(
@@ -58,9 +56,7 @@ async def create_message(
         )
     finally:
         limiter.spend_output(owner, message_state.output_tokens)
-    response = json_response(message)
-    response.headers.update(limiter.headers(owner))
-    return response
+    return json_response(message)
 
 
 @router.post(
@@ -71,10 +67,7 @@ async def count_tokens(
 ) -> Response:
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CountTokensRequest, body)
-    response = json_response(await state.messages.count_tokens(req))
-    owner = owner_of(auth.matched_key(request, state.settings.api_keys))
-    response.headers.update(state.limiter.headers(owner))
-    return response
+    return json_response(await state.messages.count_tokens(req))
 
 
 async def _sse(

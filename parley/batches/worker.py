@@ -171,11 +171,12 @@ class BatchWorker:
                 if why is None:  # shutdown: run it again next time
                     await anyio.to_thread.run_sync(self._store.release, item)
                 else:
-                    await self._record(item, why, json.dumps({"type": why}))
+                    self._record(item, why, json.dumps({"type": why}))
             raise
-        await self._record(item, status, result)
+        self._record(item, status, result)
 
-    async def _record(self, item: Claimed, status: RequestStatus, result: str) -> None:
+    def _record(self, item: Claimed, status: RequestStatus, result: str) -> None:
+        """Hand an outcome to the writer task."""
         self._outcomes.append((item, status, result))
         self._written.set()
 

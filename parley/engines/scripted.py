@@ -261,12 +261,17 @@ def _chunks(text: str, size: int) -> list[str]:
 
 class ScriptedEngine(Engine):
     prepare_off_loop = False  # a regex or two: no model, no tokenizer
-    queue_timeout = 300.0  # seconds a request may wait for a slot
 
     def __init__(
-        self, script: Script, *, model_id: str = "scripted", context_length: int = 200_000
+        self,
+        script: Script,
+        *,
+        model_id: str = "scripted",
+        context_length: int = 200_000,
+        queue_timeout: float = 300.0,
     ):
         self.script = script
+        self.queue_timeout = queue_timeout  # seconds a request may wait for a slot
         self._slots = asyncio.Semaphore(script.slots)
         self._waiting = 0
         self._running = 0
@@ -300,6 +305,6 @@ class ScriptedEngine(Engine):
 
 def from_settings(settings: Settings) -> ScriptedEngine:
     script = Script.load(Path(settings.script).expanduser() if settings.script else None)
-    engine = ScriptedEngine(script, model_id=settings.model_name or "scripted")
-    engine.queue_timeout = settings.queue_timeout
-    return engine
+    return ScriptedEngine(
+        script, model_id=settings.model_name or "scripted", queue_timeout=settings.queue_timeout
+    )
