@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         help="exempt from the private-address guard (repeatable)",
     )
     serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
+    serve.add_argument(
+        "--default-temperature", type=float, help="temperature of requests that send none"
+    )
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
         "--redact-thinking",
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate_requests": args.rate_requests,
         "rate_input_tokens": args.rate_input_tokens,
         "rate_output_tokens": args.rate_output_tokens,
+        "default_temperature": args.default_temperature,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,
         "claude_aliases": False if args.no_claude_aliases else None,

@@ -67,7 +67,9 @@ class MessagesService:
         redact_thinking: bool,
         draining: Draining | None = None,
         fetch: FetchPolicy | None = None,
+        default_temperature: float = 1.0,
     ) -> None:
+        self._temperature = default_temperature  # for requests that send none (the API's is 1)
         self._draining = draining or Draining()
         self._fetch = fetch or FetchPolicy()
         self._catalog = catalog
@@ -127,7 +129,7 @@ class MessagesService:
             )
         params = SamplingParams(
             max_tokens=req.max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
+            temperature=self._temperature if req.temperature is None else req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
             stop_sequences=tuple(req.stop_sequences or ()),

@@ -56,6 +56,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             signer=Signer.from_data_dir(data_dir),
             redact_thinking=settings.redact_thinking,
             draining=app.state.draining,
+            default_temperature=settings.default_temperature,
             fetch=FetchPolicy(
                 enabled=settings.url_sources,
                 allow=settings.url_allow,
