@@ -74,7 +74,7 @@ class Settings:
     url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard
     url_max_bytes: int = 10 * 1024 * 1024
     url_timeout: float = 10.0
-    default_temperature: float = 1.0  # for requests without one (Claude Code sends none)
+    default_temperature: float = 1.0  # for requests without one (the API default is 1)
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024

@@ -48,6 +48,7 @@ def run_claude(
     prompt: str,
     *flags: str,
     env: dict[str, str] | None = None,
+    ok_exits: tuple[int, ...] = (0,),
 ) -> tuple[dict[str, Any], Path]:
     home, work = tmp / "home", tmp / "work"
     home.mkdir(exist_ok=True)
@@ -71,7 +72,7 @@ def run_claude(
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode in ok_exits, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout)
     return result, work
 
@@ -133,10 +134,13 @@ def test_an_agent_loop_with_claude_codes_own_tools(
 def test_a_plain_prompt_on_the_embedded_model(
     claude: Path, server_factory: Callable[..., Server], tmp_path: Path
 ) -> None:
-    # Claude Code sends no temperature (so 1.0) and asks for 32,000 tokens; a 135M
-    # model sampling at 1.0 sometimes writes until its context is full. Greedy
-    # decoding makes the run short and the same every time.
-    server = server_factory("--api-key", KEY, "--default-temperature", "0")
+    # Claude Code asks for temperature 1 and 32,000 tokens: a 135M model sampling at
+    # 1.0 sometimes writes until its context is full (minutes on 2 cores). Claude
+    # Code's own cap keeps the run short; either ending is one the protocol allows:
+    # the model ends its turn (success), or it hits max_tokens and Claude Code says
+    # so (it read stop_reason "max_tokens" from the stream).
+    cap = 96
+    server = server_factory("--api-key", KEY)
     result, _ = run_claude(
         claude,
         server,
@@ -149,11 +153,16 @@ def test_a_plain_prompt_on_the_embedded_model(
         "--model",
         "claude-haiku-4-5",
         # A 135M model does not end a 32k-token thinking budget by itself: no thinking.
-        env={"MAX_THINKING_TOKENS": "0"},
+        env={"MAX_THINKING_TOKENS": "0", "CLAUDE_CODE_MAX_OUTPUT_TOKENS": str(cap)},
+        ok_exits=(0, 1),
     )
-    assert result["subtype"] == "success" and not result["is_error"], result
-    assert isinstance(result["result"], str)
+    assert result["subtype"] == "success", result
+    assert isinstance(result["result"], str) and result["usage"]["output_tokens"] > 0, result
+    if result["is_error"]:
+        assert f"exceeded the {cap} output token maximum" in result["result"], result
     assert "status=400" not in server.log() and "status=500" not in server.log()
+    stats = server.stats(KEY)["smollm2-135m-instruct"]
+    assert stats["failed"] == 0 and stats["completed"] >= 1, stats
 
 
 @pytest.mark.model

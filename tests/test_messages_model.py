@@ -186,6 +186,18 @@ def test_context_window_exceeded_stop(small_client: anthropic.Anthropic) -> None
         assert message.usage.output_tokens == 4
 
 
+def test_default_temperature_applies_to_requests_without_one(server_factory: Any) -> None:
+    client = server_factory("--n-ctx", "512", "--default-temperature", "0").client()
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 24,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+    }
+    explicit = client.messages.create(**ask, extra_body={"temperature": 0.0}).content
+    for _ in range(3):  # at the API's default of 1.0 these would wander
+        assert client.messages.create(**ask).content == explicit
+
+
 def test_prefill_continues_the_answer(model_client: anthropic.Anthropic) -> None:
     prefill = "Once upon a time, the lighthouse keeper"
     message = greedy(
