@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "--queue-timeout", type=float, help="seconds a request may wait for capacity (then 529)"
     )
     serve.add_argument(
+        "--stream-interval-ms",
+        type=float,
+        help="milliseconds between a stream's deltas (the tokens of an interval share one)",
+    )
+    serve.add_argument(
         "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
     )
     serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefill_chunk": args.prefill_chunk,
         "max_queue": args.max_queue,
         "queue_timeout": args.queue_timeout,
+        "stream_interval_ms": args.stream_interval_ms,
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
         "batch_workers": args.batch_workers,

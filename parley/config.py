@@ -63,6 +63,7 @@ class Settings:
     threads: int | None = None
     max_queue: int = 64
     queue_timeout: float = 300.0  # seconds a request may wait for capacity before a 529
+    stream_interval_ms: float = 20.0  # a stream's deltas are grouped into one per interval
     cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
     cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
     rate_requests: int = 0  # per API key and minute; 0: no limit

@@ -7,6 +7,7 @@ never what SmolLM2 happens to say.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import anthropic
@@ -196,6 +197,36 @@ def test_default_temperature_applies_to_requests_without_one(server_factory: Any
     explicit = client.messages.create(**ask, extra_body={"temperature": 0.0}).content
     for _ in range(3):  # at the API's default of 1.0 these would wander
         assert client.messages.create(**ask).content == explicit
+
+
+def stream_deltas(url: str, max_tokens: int) -> tuple[list[str], int]:
+    """The text deltas of a greedy stream, and its output tokens."""
+    body = {"model": MODEL, "max_tokens": max_tokens, "stream": True, "temperature": 0.0}
+    body["messages"] = QUESTION
+    deltas: list[str] = []
+    events = []
+    with httpx.stream("POST", url + "/v1/messages", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+                delta = events[-1].get("delta", {})
+                if delta.get("type") == "text_delta":
+                    deltas.append(delta["text"])
+    return deltas, events[-2]["usage"]["output_tokens"]
+
+
+def test_stream_interval_groups_tokens_into_deltas(server_factory: Any) -> None:
+    # An interval longer than the answer: the first delta goes at once, the rest
+    # waits and goes out joined with the end of the message.
+    grouped = server_factory("--n-ctx", "512", "--stream-interval-ms", "60000")
+    deltas, tokens = stream_deltas(grouped.url, 48)
+    assert tokens == 48 and len(deltas) == 2
+    # With no interval a delta carries a token (or less: a UTF-8 sequence split
+    # over tokens waits for its end).
+    each = server_factory("--n-ctx", "512", "--stream-interval-ms", "0")
+    singles, tokens = stream_deltas(each.url, 48)
+    assert len(singles) > 40
+    assert "".join(deltas) == "".join(singles) == text_of(greedy(each.client(), max_tokens=48))
 
 
 def test_prefill_continues_the_answer(model_client: anthropic.Anthropic) -> None:

@@ -137,6 +137,26 @@ def test_any_engine_stream_gives_a_valid_event_sequence(
             assert redact and block.data.startswith("sealed")
 
 
+@settings(max_examples=200, deadline=None)
+@given(engine_streams(), st.data())
+def test_joining_chunks_between_hand_overs_keeps_the_message(
+    stream: list[EngineEvent], data: st.DataObject
+) -> None:
+    # The scheduler hands events over in groups (--stream-interval-ms) and joins
+    # adjacent same-kind chunks of a group: the message must not change.
+    from parley.engines.scheduler import _joined
+
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=5)))
+    grouped: list[EngineEvent] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        grouped.extend(_joined(stream[start:end]))
+    assert len(grouped) <= len(stream)
+    _, alone = run(stream)
+    events, joined = run(grouped)
+    check_invariants(events)
+    assert joined.message() == alone.message()
+
+
 def test_sse_encoding() -> None:
     events, _ = run([TextChunk("hi"), Finished("end_turn", 1)])
     raw = b"".join(encode(e) for e in events)

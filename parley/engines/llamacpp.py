@@ -77,9 +77,11 @@ class LlamaCppEngine(Engine):
         chat_template: str | None = None,
         cache: PrefixCache | None = None,
         queue_timeout: float = 300.0,
+        stream_interval: float = 0.0,
     ) -> None:
         self.model_path = model_path
         self._queue_timeout = queue_timeout
+        self._stream_interval = stream_interval
         self._cache = cache
         self._template_override = chat_template
         self._config = config
@@ -133,6 +135,7 @@ class LlamaCppEngine(Engine):
             prefill_chunk=self._prefill_chunk,
             cache=self._cache,
             queue_timeout=self._queue_timeout,
+            stream_interval=self._stream_interval,
         )
         self._scheduler.start()
         log.info(
@@ -308,6 +311,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         prefill_chunk=settings.prefill_chunk,
         chat_template=_read_template(settings.chat_template),
         queue_timeout=settings.queue_timeout,
+        stream_interval=settings.stream_interval_ms / 1000,
         cache=PrefixCache(
             budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
         )

@@ -23,6 +23,14 @@ shared prefix is copied into the slot's sequence; during prefill, chunks end
 exactly at each breakpoint still to be written, and the sequence's KV state
 is copied out right after that step.
 
+Streaming cadence: a step's events go to the event loop right before the next
+``llama_decode``, at most once every ``stream_interval`` seconds; a job's
+first events, its end and errors go at once. Adjacent text (thinking, tool
+input) chunks of one job that wait together are joined into one, so a client
+gets one delta per interval rather than one per token: fewer wake-ups, writes
+and parses on a machine whose cores are all decoding (the API's own deltas
+also carry several tokens).
+
 Cancellation (client gone, batch cancelled) is seen at the next step: the
 sequence leaves the batch and its sampler is freed; its cells stay cached
 and accounted like any idle slot's.
@@ -47,6 +55,9 @@ from parley.engines.base import (
     Generation,
     Prompt,
     SamplingParams,
+    TextChunk,
+    ThinkingChunk,
+    ToolInputChunk,
 )
 from parley.engines.jobs import END, Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
@@ -77,6 +88,7 @@ class Running:
     parser: ToolCallParser = field(default_factory=lambda: ToolCallParser(()))
     think_left: int = 0  # thinking tokens left in the budget
     writes: list[Breakpoint] = field(default_factory=list)  # cache snapshots still to take
+    started: bool = False  # its first event was emitted
 
     @property
     def reserved(self) -> int:
@@ -102,8 +114,10 @@ class BatchScheduler:
         prefill_chunk: int,
         cache: PrefixCache | None = None,
         queue_timeout: float = 300.0,
+        stream_interval: float = 0.0,
     ) -> None:
         self._native = native
+        self._stream_interval = stream_interval
         self._cache = cache
         self._queue_timeout = queue_timeout
         self._n_parallel = n_parallel
@@ -129,6 +143,8 @@ class BatchScheduler:
         }
         # Events of one step go to the event loop in one wake-up, not one per event.
         self._outbox: list[tuple[Job, Any]] = []
+        self._urgent = False  # the outbox holds a first event, an end or an error
+        self._flushed_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
 
     # --- the event-loop side -------------------------------------------------
@@ -232,6 +248,7 @@ class BatchScheduler:
                     headers={"retry-after": "5"},
                 )
                 self._outbox.extend([(job, error), (job, END)])
+                self._urgent = True
         if any(job.cancelled.is_set() for _, _, job in self._waiting):
             for _, _, job in self._waiting:
                 if job.cancelled.is_set():
@@ -357,10 +374,11 @@ class BatchScheduler:
         if not entries:
             self._flush()
             return
-        # The previous step's events go to the event loop now, so it handles them
+        # The previous steps' events go to the event loop now, so it handles them
         # while llama_decode runs without the GIL, not while this thread builds
         # the batch (which would make the two threads take turns on the GIL).
-        self._flush()
+        if self._urgent or time.monotonic() - self._flushed_at >= self._stream_interval:
+            self._flush()
         self._native.decode(entries)
         for run, tokens in fed:
             run.slot.cached.extend(tokens)
@@ -433,9 +451,12 @@ class BatchScheduler:
             self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
 
     def _emit(self, run: Running, events: list[EngineEvent]) -> None:
+        if events and not run.started:
+            run.started = self._urgent = True
         self._outbox.extend((run.job, event) for event in events)
 
     def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
+        self._urgent = True
         self._outbox.append((run.job, Finished(reason, run.produced, stop)))
         self._outbox.append((run.job, END))
         with self._cond:
@@ -452,6 +473,7 @@ class BatchScheduler:
             self._cond.notify_all()
 
     def _fail_all(self, error: ParleyError) -> None:
+        self._urgent = True
         for run in list(self._running):
             self._outbox.extend([(run.job, error), (run.job, END)])
             self._counters["failed"] += 1
@@ -465,21 +487,45 @@ class BatchScheduler:
             self._waiting.clear()
 
     def _flush(self) -> None:
-        """Hand this step's events to their event loops, one wake-up per loop."""
+        """Hand the waiting events to their event loops, one wake-up per loop."""
+        self._urgent = False
+        self._flushed_at = time.monotonic()
         if not self._outbox:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        # Jobs are keyed by identity (a dataclass job is not hashable).
+        by_loop: dict[asyncio.AbstractEventLoop, dict[int, tuple[Job, list[Any]]]] = {}
         for job, event in self._outbox:
-            by_loop.setdefault(job.loop, []).append((job, event))
+            by_loop.setdefault(job.loop, {}).setdefault(id(job), (job, []))[1].append(event)
+        for jobs in by_loop.values():
+            for _, events in jobs.values():
+                if len(events) > 1:
+                    events[:] = _joined(events)
         self._outbox = []
-        for loop, items in by_loop.items():
+        for loop, jobs in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_put_all, items)
+                loop.call_soon_threadsafe(_put_all, jobs)
             except RuntimeError:  # the loop is closed: nobody is listening any more
-                for job, _ in items:
+                for job, _ in jobs.values():
                     job.cancelled.set()
 
 
-def _put_all(items: list[tuple[Job, Any]]) -> None:
-    for job, event in items:
-        job.events.put_nowait(event)
+_JOINABLE = (TextChunk, ThinkingChunk, ToolInputChunk)
+
+
+def _joined(events: list[Any]) -> list[Any]:
+    """The events with each run of same-kind text chunks joined into one."""
+    out: list[Any] = []
+    for kind, run in itertools.groupby(events, key=type):
+        if kind not in _JOINABLE:
+            out.extend(run)
+        elif kind is ToolInputChunk:
+            out.append(ToolInputChunk("".join(chunk.partial_json for chunk in run)))
+        else:
+            out.append(kind("".join(chunk.text for chunk in run)))
+    return out
+
+
+def _put_all(jobs: dict[int, tuple[Job, list[Any]]]) -> None:
+    for job, events in jobs.values():
+        for event in events:
+            job.events.put_nowait(event)
