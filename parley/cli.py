@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
     )
     serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
+    serve.add_argument(
+        "--idle-cache-mb",
+        type=int,
+        help="memory for idle sequences' KV state moved out of the context (0: kept in it)",
+    )
     for kind in ("requests", "input-tokens", "output-tokens"):
         serve.add_argument(
             f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "stream_interval_ms": args.stream_interval_ms,
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
+        "idle_cache_mb": args.idle_cache_mb,
         "batch_workers": args.batch_workers,
         "shutdown_grace": args.shutdown_grace,
         "rate_requests": args.rate_requests,

@@ -66,6 +66,7 @@ class Settings:
     stream_interval_ms: float = 20.0  # a stream's deltas are grouped into one per interval
     cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
     cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
+    idle_cache_mb: int = 1024  # host memory for idle slots' KV state; 0 keeps it in the context
     rate_requests: int = 0  # per API key and minute; 0: no limit
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
@@ -160,6 +161,8 @@ def load_settings(
         raise ConfigError("setting 'rope_scaling' must be auto, none, linear or yarn")
     if settings.rope_scale is not None and settings.rope_scale < 1.0:
         raise ConfigError("setting 'rope_scale' must be at least 1")
+    if settings.idle_cache_mb < 0:
+        raise ConfigError("setting 'idle_cache_mb' must be 0 or more")
     if settings.cache_budget_mb < 0 or settings.cache_min_tokens < 1:
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:

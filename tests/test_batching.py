@@ -180,6 +180,82 @@ def test_no_leaks_after_a_storm_of_cancels(wide_server: Server) -> None:
     assert message.stop_reason in {"end_turn", "max_tokens"}
 
 
+def greedy_ask(client: anthropic.Anthropic, topic: str) -> anthropic.types.Message:
+    # Long, distinct prompts: they share only the chat template's first tokens, so each
+    # takes a slot of its own, and each KV state is 1.2-1.6 MB (~12 KB a token).
+    return client.messages.create(
+        model=MODEL,
+        max_tokens=24,
+        extra_body={"temperature": 0.0},
+        messages=[{"role": "user", "content": f"Tell me about the {topic}. " * 12}],
+    )
+
+
+def assert_cells_accounted(stats: dict[str, Any]) -> None:
+    for slot in stats["slots"]:
+        # A slot's cells in the context are exactly its resident tokens; parked ones have none.
+        assert slot["kv_pos_max"] == slot["cached"] - 1, slot
+        assert not (slot["cached"] and slot["parked"]), slot
+
+
+def test_idle_slots_leave_the_context_and_come_back_for_their_prefix(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--parallel", "2")
+    client = server.client()
+    sea = greedy_ask(client, "sea")
+    stats = server.wait_idle(MODEL)
+    assert stats["parks"] == 0 and stats["parked_tokens"] == 0
+    assert_cells_accounted(stats)
+
+    # Other work starts: the idle slot's cells move to host memory.
+    greedy_ask(client, "birds")
+    stats = server.wait_idle(MODEL)
+    assert stats["parks"] == 1 and stats["unparks"] == 0
+    parked = [s for s in stats["slots"] if s["parked"]]
+    assert len(parked) == 1 and parked[0]["kv_pos_max"] == -1
+    assert stats["parked_tokens"] == parked[0]["parked"] >= sea.usage.input_tokens
+    assert stats["parked_bytes"] > 0
+    assert_cells_accounted(stats)
+
+    # The same prompt again: its slot's cells come back and only the rest is prefilled,
+    # with the same greedy answer; the bird's slot is parked in turn.
+    again = greedy_ask(client, "sea")
+    stats = server.wait_idle(MODEL)
+    assert stats["unparks"] == 1 and stats["parks"] == 2
+    assert again.content == sea.content and again.usage == sea.usage
+    assert_cells_accounted(stats)
+
+
+def test_parking_keeps_to_its_budget(server_factory: Callable[..., Server]) -> None:
+    # One state fits in 2 MiB, two do not.
+    server = server_factory("--parallel", "3", "--idle-cache-mb", "2")
+    client = server.client()
+    for text in ("sea", "birds", "moon"):
+        greedy_ask(client, text)
+    stats = server.wait_idle(MODEL)
+    assert stats["parks"] == 2
+    assert 0 < stats["parked_bytes"] <= 2 << 20
+    # The least recently used state (the sea's) was dropped, the bird's kept.
+    assert sorted(s["parked"] for s in stats["slots"]).count(0) == 2
+    assert_cells_accounted(stats)
+    greedy_ask(client, "sea")  # prefilled again: nothing to restore
+    assert server.wait_idle(MODEL)["unparks"] == 0
+
+
+def test_no_parking_keeps_idle_cells_in_the_context(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--parallel", "2", "--idle-cache-mb", "0")
+    client = server.client()
+    greedy_ask(client, "sea")
+    greedy_ask(client, "birds")
+    stats = server.wait_idle(MODEL)
+    assert stats["parks"] == 0 and stats["parked_tokens"] == 0
+    assert all(s["cached"] > 0 for s in stats["slots"])
+    assert_cells_accounted(stats)
+
+
 def test_short_requests_are_not_starved_by_a_long_one(
     server_factory: Callable[..., Server],
 ) -> None:
@@ -203,21 +279,25 @@ def test_interactive_work_goes_before_batch_work() -> None:
         engine: LlamaCppEngine = from_settings(load_settings({"parallel": 1}, environ={}))
         await engine.start()
         order: list[str] = []
+        started = asyncio.Event()
 
-        async def run(name: str, priority: int, max_tokens: int) -> None:
-            conv = Conversation(system=None, turns=(Turn("user", (TextPart(f"Say {name}"),)),))
+        async def run(name: str, priority: int, max_tokens: int, text: str) -> None:
+            conv = Conversation(system=None, turns=(Turn("user", (TextPart(text),)),))
             prompt = engine.prepare(conv)
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, priority=priority)
             async for event in engine.submit(prompt, params):
+                started.set()
                 if isinstance(event, Finished):
                     order.append(name)
 
         try:
-            first = asyncio.create_task(run("first", 0, 30))
-            await asyncio.sleep(0.2)  # the only slot is now busy
-            batch = asyncio.create_task(run("batch", 10, 3))
+            # A long answer holds the only slot while the other two queue up.
+            poem = "Write a very long poem about the sea, in many verses."
+            first = asyncio.create_task(run("first", 0, 200, poem))
+            await started.wait()
+            batch = asyncio.create_task(run("batch", 10, 3, "Say batch"))
             await asyncio.sleep(0.05)
-            interactive = asyncio.create_task(run("interactive", 0, 3))
+            interactive = asyncio.create_task(run("interactive", 0, 3, "Say interactive"))
             await asyncio.gather(first, batch, interactive)
         finally:
             await engine.close()

@@ -78,8 +78,10 @@ class LlamaCppEngine(Engine):
         cache: PrefixCache | None = None,
         queue_timeout: float = 300.0,
         stream_interval: float = 0.0,
+        park_budget: int = 0,
     ) -> None:
         self.model_path = model_path
+        self._park_budget = park_budget
         self._queue_timeout = queue_timeout
         self._stream_interval = stream_interval
         self._cache = cache
@@ -136,6 +138,7 @@ class LlamaCppEngine(Engine):
             cache=self._cache,
             queue_timeout=self._queue_timeout,
             stream_interval=self._stream_interval,
+            park_budget=self._park_budget,
         )
         self._scheduler.start()
         log.info(
@@ -312,6 +315,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         chat_template=_read_template(settings.chat_template),
         queue_timeout=settings.queue_timeout,
         stream_interval=settings.stream_interval_ms / 1000,
+        park_budget=settings.idle_cache_mb << 20,
         cache=PrefixCache(
             budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
         )
