@@ -220,10 +220,33 @@ def test_idle_slots_leave_the_context_and_come_back_for_their_prefix(
 
     # The same prompt again: its slot's cells come back and only the rest is prefilled,
     # with the same greedy answer; the bird's slot is parked in turn.
+    before = stats
     again = greedy_ask(client, "sea")
     stats = server.wait_idle(MODEL)
     assert stats["unparks"] == 1 and stats["parks"] == 2
+    assert stats["reused_tokens"] - before["reused_tokens"] == sea.usage.input_tokens - 1
     assert again.content == sea.content and again.usage == sea.usage
+    assert_cells_accounted(stats)
+
+
+def test_a_new_conversation_takes_the_least_recently_used_slot(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--parallel", "2")
+    client = server.client()
+    greedy_ask(client, "sea")
+    birds = greedy_ask(client, "birds")
+    # No empty slot left and nothing shared beyond the template: the sea's slot goes
+    # (used longer ago; its template tokens are reused); the birds' state survives.
+    greedy_ask(client, "moon")
+    before = server.wait_idle(MODEL)
+    again = greedy_ask(client, "birds")
+    stats = server.wait_idle(MODEL)
+    assert stats["unparks"] == before["unparks"] + 1
+    # All of the prompt but its last token came from the parked state.
+    assert stats["reused_tokens"] - before["reused_tokens"] == birds.usage.input_tokens - 1
+    assert sum(1 for s in stats["slots"] if s["parked"]) == 1  # the moon's, parked in turn
+    assert again.content == birds.content and again.usage == birds.usage
     assert_cells_accounted(stats)
 
 

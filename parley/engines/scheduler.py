@@ -162,6 +162,7 @@ class BatchScheduler:
             "cache_snapshots": 0,  # sequences copied into the prompt cache
             "parks": 0,  # idle slots moved out of the context
             "unparks": 0,  # parked slots copied back for a request sharing their prefix
+            "reused_tokens": 0,  # prompt tokens whose cells a slot already held (not prefilled)
         }
         # Events of one step go to the event loop in one wake-up, not one per event.
         self._outbox: list[tuple[Job, Any]] = []
@@ -329,6 +330,7 @@ class BatchScheduler:
                     reuse = 0  # no room for its cells now: prefilled instead
             self._release_plan(job)
             self._native.forget(slot.seq_id, reuse)
+            self._counters["reused_tokens"] += reuse
             slot.cached = tokens[:reuse]
             slot.busy = True
             slot.used_at = time.monotonic()
