@@ -313,6 +313,10 @@ class BatchScheduler:
                 return  # wait for running sequences to free their cells
             heapq.heappop(self._waiting)
             if self._park_budget:
+                # Before any copy into the slot: a state copied into an emptier context
+                # keeps its cells in position order, and the order in which attention
+                # sums cells changes the floats (a greedy answer could change). Parking
+                # after the admission loop was measured to break that.
                 for other in idle:
                     self._park(other)
             parked = self._take_parked(slot)
