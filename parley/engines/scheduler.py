@@ -82,8 +82,7 @@ class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # tokens whose KV state the slot keeps
     busy: bool = False
-    parked: Any = None  # that state in host memory while its cells are out of the context
-    parked_bytes: int = 0
+    parked: tuple[Any, int] | None = None  # (that state, its bytes) in host memory
     used_at: float = 0.0  # last admission, for dropping parked states least recently used
 
     @property
@@ -136,7 +135,6 @@ class BatchScheduler:
     ) -> None:
         self._native = native
         self._park_budget = park_budget
-        self._parked_bytes = 0
         self._stream_interval = stream_interval
         self._cache = cache
         self._queue_timeout = queue_timeout
@@ -218,7 +216,7 @@ class BatchScheduler:
                 "kv_capacity": self._capacity,
                 "kv_cached_tokens": sum(s.resident for s in self._slots),
                 "parked_tokens": sum(len(s.cached) - s.resident for s in self._slots),
-                "parked_bytes": self._parked_bytes,
+                "parked_bytes": self._parked_bytes(),
                 "slots": [
                     {
                         "seq_id": s.seq_id,
@@ -319,7 +317,7 @@ class BatchScheduler:
                 # after the admission loop was measured to break that.
                 for other in idle:
                     self._park(other)
-            parked = self._take_parked(slot)
+            parked, slot.parked = slot.parked, None
             if restore is not None:
                 self._native.forget(slot.seq_id)
                 if self._native.restore_seq(slot.seq_id, restore.state, restore.nbytes):
@@ -378,22 +376,14 @@ class BatchScheduler:
         if state is None or nbytes > self._park_budget:
             slot.cached = []  # nothing kept: a later request prefills
             return
-        slot.parked, slot.parked_bytes = state, nbytes
-        self._parked_bytes += nbytes
+        slot.parked = (state, nbytes)
         self._counters["parks"] += 1
-        while self._parked_bytes > self._park_budget:
+        while self._parked_bytes() > self._park_budget:
             oldest = min((s for s in self._slots if s.parked is not None), key=lambda s: s.used_at)
-            self._take_parked(oldest)
-            oldest.cached = []
+            oldest.parked, oldest.cached = None, []
 
-    def _take_parked(self, slot: Slot) -> tuple[Any, int] | None:
-        """The slot's parked state, which it no longer holds, or None."""
-        if slot.parked is None:
-            return None
-        taken = (slot.parked, slot.parked_bytes)
-        self._parked_bytes -= slot.parked_bytes
-        slot.parked, slot.parked_bytes = None, 0
-        return taken
+    def _parked_bytes(self) -> int:
+        return sum(s.parked[1] for s in self._slots if s.parked is not None)
 
     def _pick_slot(self, tokens: list[int]) -> tuple[Slot, int]:
         """The idle slot for ``tokens``, and how many of its cached tokens it reuses.
