@@ -1,0 +1,86 @@
+"""JSON Schema to GBNF: llama-cpp-python's converter, made safe for any bound.
+
+The upstream converter handles objects, unions, enums, formats and ``$ref``;
+three of its cases are replaced here because their output explodes or
+freezes llama.cpp's grammar matcher on inputs the API accepts:
+
+* ``minLength``/``maxLength`` and ``minItems``/``maxItems`` of any size are
+  written with ``grammar_repeat.repeat`` (compact, one parse per length);
+* ``pattern`` goes through ``regex_grammar``, which refuses patterns that
+  keep many parses alive (exponential matching) and constructs it cannot
+  express; such a string keeps only its length bounds, and the converter
+  records where (``relaxed``), so the caller can say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama_cpp import llama_grammar
+
+from parley.engines.grammar_repeat import repeat
+from parley.engines.regex_grammar import pattern_rule
+
+_Base: Any = llama_grammar.SchemaConverter  # untyped upstream
+
+
+class SafeConverter(_Base):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+        self.relaxed: list[str] = []  # rule names whose pattern was left out
+
+    def _named(self, body: str) -> str:
+        """A rule holding ``body``; the same body always gets the same name."""
+        for name, existing in self._rules.items():
+            if existing == body:
+                return str(name)
+        return str(self._add_rule(f"rep{len(self._rules)}", body))
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        kind = schema.get("type")
+        rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
+        plain = not any(key in schema for key in ("$ref", "oneOf", "anyOf", "const", "enum"))
+        if plain and kind in (None, "string") and "pattern" in schema:
+            body = pattern_rule(str(schema["pattern"]), self._named)
+            if body is not None:
+                return str(self._add_rule(rule_name, body + " space"))
+            self.relaxed.append(rule_name)
+            schema = {k: v for k, v in schema.items() if k != "pattern"} | {"type": "string"}
+            kind = "string"
+        if plain and kind == "string" and "format" not in schema:
+            return self._string(schema, rule_name)
+        items = schema.get("items")
+        if plain and kind in (None, "array") and isinstance(items, dict):
+            return self._array(schema, items, name, rule_name)
+        return str(super().visit(schema, name))
+
+    def _string(self, schema: dict[str, Any], rule_name: str) -> str:
+        lo, hi = _bounds(schema, "minLength", "maxLength")
+        char = self._add_primitive("char", llama_grammar.PRIMITIVE_RULES["char"])
+        body = repeat(char, lo, hi, self._named)
+        return str(self._add_rule(rule_name, f'"\\"" {body} "\\"" space'))
+
+    def _array(self, schema: dict[str, Any], items: dict[str, Any], name: str, rule: str) -> str:
+        item = self.visit(items, f"{name}{'-' if name else ''}item")
+        lo, hi = _bounds(schema, "minItems", "maxItems")
+        if hi is not None and hi < lo:
+            hi = lo  # unsatisfiable as written: the smallest array asked for
+        more = self._named(f'"," space {item}')
+        rest = repeat(more, max(0, lo - 1), None if hi is None else max(0, hi - 1), self._named)
+        inner = f"{item} {rest}".strip()
+        if hi == 0:
+            inner = ""
+        elif lo == 0:
+            inner = f"({inner})?"
+        return str(self._add_rule(rule, f'"[" space {inner} "]" space'.replace("  ", " ")))
+
+
+def _bounds(schema: dict[str, Any], low: str, high: str) -> tuple[int, int | None]:
+    lo = schema.get(low, 0)
+    hi = schema.get(high)
+    lo = lo if isinstance(lo, int) and not isinstance(lo, bool) and lo > 0 else 0
+    if not isinstance(hi, int) or isinstance(hi, bool) or hi < 0:
+        hi = None
+    elif hi < lo:
+        hi = lo
+    return lo, hi
