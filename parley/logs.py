@@ -6,9 +6,15 @@ timings and counts.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import logging
+import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from typing import TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -33,9 +39,45 @@ def _quote(value: object) -> str:
 
 
 def configure(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Log lines go to a copy of standard error's descriptor, so they still reach
+    it while ``stderr_muted`` silences native code; a native crash (segfault,
+    abort) writes its Python stack there too (``faulthandler``)."""
+    stream = log_stream()
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").disabled = True
+    faulthandler.enable(file=stream, all_threads=True)
+
+
+_stream: TextIO | None = None
+_mute = threading.Lock()
+
+
+def log_stream() -> TextIO:
+    """The log stream: standard error's descriptor, duplicated once."""
+    global _stream
+    if _stream is None:
+        sys.stderr.flush()
+        _stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    return _stream
+
+
+@contextlib.contextmanager
+def stderr_muted() -> Iterator[None]:
+    """Descriptor 2 points at /dev/null inside: llama.cpp prints a grammar it
+    refuses (tool names, enum values: prompt text) straight to stderr. Log lines
+    are unaffected (``log_stream``); others' writes to stderr meanwhile are lost."""
+    with _mute:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(null)

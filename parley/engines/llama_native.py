@@ -24,6 +24,7 @@ import numpy as np
 
 from parley.engines.base import Grammar
 from parley.errors import EngineError, ParleyError
+from parley.logs import stderr_muted
 
 log = logging.getLogger("parley.engine.llamacpp")
 
@@ -272,16 +273,28 @@ class LlamaNative:
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(chosen))
         return chain
 
+    def grammar_ok(self, grammar: Grammar) -> bool:
+        """Whether llama.cpp accepts the grammar (any thread: it reads the vocabulary only)."""
+        with stderr_muted():
+            sampler = L.llama_sampler_init_grammar(
+                self._vocab, grammar.text.encode(), grammar.root.encode()
+            )
+        if not sampler:
+            return False
+        L.llama_sampler_free(sampler)
+        return True
+
     def _grammar_sampler(self, grammar: Grammar) -> Any:
         text, root = grammar.text.encode(), grammar.root.encode()
-        if grammar.lazy_trigger is None:
-            sampler = L.llama_sampler_init_grammar(self._vocab, text, root)
-        else:
-            patterns = (ctypes.c_char_p * 1)(re.escape(grammar.lazy_trigger).encode())
-            no_tokens = (L.llama_token * 1)()
-            sampler = L.llama_sampler_init_grammar_lazy_patterns(
-                self._vocab, text, root, patterns, 1, no_tokens, 0
-            )
+        with stderr_muted():  # a refused grammar is printed whole (prompt text) to stderr
+            if grammar.lazy_trigger is None:
+                sampler = L.llama_sampler_init_grammar(self._vocab, text, root)
+            else:
+                patterns = (ctypes.c_char_p * 1)(re.escape(grammar.lazy_trigger).encode())
+                no_tokens = (L.llama_token * 1)()
+                sampler = L.llama_sampler_init_grammar_lazy_patterns(
+                    self._vocab, text, root, patterns, 1, no_tokens, 0
+                )
         if not sampler:
             raise EngineError("llama.cpp rejected the grammar built from the tool schemas")
         return sampler

@@ -21,16 +21,22 @@ JSON Schemas, so the name is one of the offered tools and the input is JSON
 that matches its schema. ``auto`` uses a lazy grammar that wakes up at
 ``<tool_call``; ``any`` and ``tool`` constrain from the first token; ``none``
 has no grammar and tells the model not to call. Schema features the grammar
-converter cannot express (numeric bounds, ``uniqueItems``, ``format``) are
-left unconstrained: the JSON is still valid, those bounds may not hold.
+converter cannot express (numeric bounds, ``uniqueItems``, most ``format``s,
+patterns that are ambiguous or use look-around: ``regex_grammar``) are left
+unconstrained: the JSON is still valid, those bounds may not hold. Length
+and item bounds of any size are enforced (``json_grammar``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from parley.conversation import Conversation, ToolSpec
 from parley.engines.base import (
@@ -43,7 +49,11 @@ from parley.engines.base import (
     ToolInputChunk,
 )
 from parley.engines.stops import StopMatcher
+from parley.errors import EngineError
 from parley.ids import tool_use_id
+
+if TYPE_CHECKING:
+    from parley.engines.llama_native import LlamaNative
 
 log = logging.getLogger("parley.engine.tools")
 
@@ -87,27 +97,63 @@ def system_section(conv: Conversation) -> str:
     return "\n".join(lines)
 
 
-def grammar_for(conv: Conversation, syntax: CallSyntax = FALLBACK) -> Grammar | None:
-    """The constraint for this request's tool calls, in ``syntax``; None for no calls."""
+def grammar_for(
+    conv: Conversation,
+    syntax: CallSyntax = FALLBACK,
+    usable: Callable[[Grammar], bool] | None = None,
+) -> Grammar | None:
+    """The constraint for this request's tool calls, in ``syntax``; None for no calls.
+
+    ``usable`` tells whether llama.cpp accepts a grammar. When it refuses the
+    whole, each tool is tried alone and the ones it refuses are constrained to
+    a JSON object only, so one schema never costs the request its tools."""
     if not conv.tools or conv.tool_choice == "none":
         return None
-    from llama_cpp import llama_grammar
-
-    converter_class: Any = llama_grammar.SchemaConverter  # untyped upstream
     allowed = [t for t in conv.tools if conv.tool_choice != "tool" or t.name == conv.tool_name]
-    converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    grammar = _grammar(conv, syntax, allowed, set())
+    if usable is None or usable(grammar):
+        return grammar
+    plain = {
+        i for i, tool in enumerate(allowed) if not usable(_grammar(conv, syntax, [tool], set()))
+    }
+    log.warning(
+        "llama.cpp refused the grammar of some tool schemas; their inputs are constrained "
+        "to a JSON object only",
+        extra={"tools": len(plain)},
+    )
+    grammar = _grammar(conv, syntax, allowed, plain)
+    if not usable(grammar):
+        raise EngineError("llama.cpp refused the grammar built from the tool schemas")
+    return grammar
+
+
+def _grammar(
+    conv: Conversation, syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int]
+) -> Grammar:
+    from parley.engines.json_grammar import SafeConverter
+
+    converter = SafeConverter()
     alternatives = []
     for i, tool in enumerate(allowed):
+        relaxed = len(converter.relaxed)
         try:
+            if i in plain:
+                raise ValueError("refused by llama.cpp")
             schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
             rule = converter.visit(schema, f"tool-{i}")
         except Exception as exc:  # the converter asserts on what it cannot express
             log.warning(
                 "tool schema not expressible as a grammar; its input is constrained to a "
                 "JSON object only",
-                extra={"tool": tool.name, "error": str(exc)[:200]},
+                extra={"tool_index": i, "error_type": type(exc).__name__},
             )
             rule = converter.visit({"type": "object"}, f"tool-{i}-any")
+        if len(converter.relaxed) > relaxed:
+            log.info(
+                "a string pattern is too ambiguous or unsupported for a grammar; those "
+                "strings are constrained by their length only",
+                extra={"tool_index": i, "patterns": len(converter.relaxed) - relaxed},
+            )
         alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
     body = converter.format_grammar()
     # JSON strings may not hold raw control characters; the converter's rule allows them.
@@ -118,6 +164,28 @@ def grammar_for(conv: Conversation, syntax: CallSyntax = FALLBACK) -> Grammar | 
     root = f"root ::= {_literal(syntax.open)} call{more}"
     lazy = syntax.trigger if conv.tool_choice == "auto" else None
     return Grammar(f"{root}\n{call}\n{body}", "root", lazy, syntax)
+
+
+class GrammarCheck:
+    """Remembers which grammars llama.cpp accepts (building one costs a parse)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._known: OrderedDict[str, bool] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def usable(self, native: LlamaNative, grammar: Grammar) -> bool:
+        key = hashlib.sha256(grammar.text.encode()).hexdigest()
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        verdict = native.grammar_ok(grammar)
+        with self._lock:
+            self._known[key] = verdict
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return verdict
 
 
 def _literal(text: str) -> str:
