@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="memory for idle sequences' KV state moved out of the context (0: kept in it)",
     )
+    serve.add_argument(
+        "--grammar-step-timeout",
+        type=float,
+        help="seconds one token may take under a tool grammar before that request fails",
+    )
     for kind in ("requests", "input-tokens", "output-tokens"):
         serve.add_argument(
             f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "cache_budget_mb": args.cache_budget_mb,
         "cache_min_tokens": args.cache_min_tokens,
         "idle_cache_mb": args.idle_cache_mb,
+        "grammar_step_timeout": args.grammar_step_timeout,
         "batch_workers": args.batch_workers,
         "shutdown_grace": args.shutdown_grace,
         "rate_requests": args.rate_requests,

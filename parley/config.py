@@ -67,6 +67,7 @@ class Settings:
     cache_budget_mb: int = 1024  # host memory for prompt-cache KV state; 0 turns caching off
     cache_min_tokens: int = 1024  # shorter prefixes are not cached (the API's minimum)
     idle_cache_mb: int = 1024  # host memory for idle slots' KV state; 0 keeps it in the context
+    grammar_step_timeout: float = 3.0  # seconds one constrained sampling step may take
     rate_requests: int = 0  # per API key and minute; 0: no limit
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
@@ -161,6 +162,8 @@ def load_settings(
         raise ConfigError("setting 'rope_scaling' must be auto, none, linear or yarn")
     if settings.rope_scale is not None and settings.rope_scale < 1.0:
         raise ConfigError("setting 'rope_scale' must be at least 1")
+    if settings.grammar_step_timeout <= 0:
+        raise ConfigError("setting 'grammar_step_timeout' must be more than 0")
     if settings.idle_cache_mb < 0:
         raise ConfigError("setting 'idle_cache_mb' must be 0 or more")
     if settings.cache_budget_mb < 0 or settings.cache_min_tokens < 1:

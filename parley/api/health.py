@@ -1,4 +1,9 @@
-"""``GET /`` and ``HEAD /`` for health checks, ``GET /parley/stats`` for operators."""
+"""``GET /`` and ``/health`` for health checks, ``GET /parley/stats`` for operators.
+
+Both health routes answer 503 when an engine cannot serve any more (its
+decode loop gave up), so a load balancer or supervisor takes the process out
+or restarts it instead of sending it requests that would hang.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from parley.api.deps import AppState, app_state, authenticated
 
@@ -13,9 +19,13 @@ router = APIRouter()
 
 
 @router.api_route("/", methods=["GET", "HEAD"])
-async def health(request: Request) -> dict[str, Any]:
+@router.api_route("/health", methods=["GET", "HEAD"])
+async def health(request: Request) -> JSONResponse:
     state = app_state(request)
-    return {"status": "ok", "models": state.catalog.ids()[:1]}
+    broken = {e.card.id: reason for e in state.catalog.engines if (reason := e.broken)}
+    if broken:
+        return JSONResponse({"status": "unhealthy", "engines": broken}, status_code=503)
+    return JSONResponse({"status": "ok", "models": state.catalog.ids()[:1]})
 
 
 @router.get("/parley/stats")

@@ -217,6 +217,12 @@ class Engine(abc.ABC):
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         """Admit a generation or raise ``OverloadedError``; never blocks."""
 
+    @property
+    def broken(self) -> str | None:
+        """None while the engine can serve; otherwise why it cannot (its worker
+        died): health checks then answer 503. Default: always serving."""
+        return None
+
     def stats(self) -> dict[str, Any]:
         """Counters for health and tests (queued, running, finished...)."""
         return {}

@@ -33,7 +33,7 @@ from parley.engines.chat_template import ChatTemplate
 from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfig
 from parley.engines.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.scheduler import BatchScheduler, common_prefix
-from parley.engines.tool_format import grammar_for
+from parley.engines.tool_format import GrammarCheck, grammar_for
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -79,8 +79,11 @@ class LlamaCppEngine(Engine):
         queue_timeout: float = 300.0,
         stream_interval: float = 0.0,
         park_budget: int = 0,
+        grammar_step_budget: float = 3.0,
     ) -> None:
         self.model_path = model_path
+        self._grammar_step_budget = grammar_step_budget
+        self._grammars = GrammarCheck()
         self._park_budget = park_budget
         self._queue_timeout = queue_timeout
         self._stream_interval = stream_interval
@@ -139,6 +142,7 @@ class LlamaCppEngine(Engine):
             queue_timeout=self._queue_timeout,
             stream_interval=self._stream_interval,
             park_budget=self._park_budget,
+            grammar_step_budget=self._grammar_step_budget,
         )
         self._scheduler.start()
         log.info(
@@ -179,7 +183,10 @@ class LlamaCppEngine(Engine):
             Breakpoint(common_prefix(self._tokenize(segments, add_bos, upto=at), tokens), ttl)
             for at, ttl in offsets
         )
-        grammar = grammar_for(conversation, self._template.syntax)
+        native = self._native
+        grammar = grammar_for(
+            conversation, self._template.syntax, lambda g: self._grammars.usable(native, g)
+        )
         return Prompt(conversation, text, tokens, grammar, breakpoints)
 
     def _tokenize(
@@ -204,6 +211,12 @@ class LlamaCppEngine(Engine):
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
         return self._scheduler.submit(prompt, params)
+
+    @property
+    def broken(self) -> str | None:
+        if self._scheduler is not None and not self._scheduler.alive:
+            return self._scheduler.dead or "the decode loop ended"
+        return None
 
     def stats(self) -> dict[str, Any]:
         stats = self._scheduler.stats() if self._scheduler else {}
@@ -316,6 +329,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         queue_timeout=settings.queue_timeout,
         stream_interval=settings.stream_interval_ms / 1000,
         park_budget=settings.idle_cache_mb << 20,
+        grammar_step_budget=settings.grammar_step_timeout,
         cache=PrefixCache(
             budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
         )

@@ -72,7 +72,7 @@ from parley.engines.jobs import END, Job, QueueGeneration
 from parley.engines.llama_native import BatchEntry, LlamaNative
 from parley.engines.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.tool_format import THINK_FORCED_CLOSE, ToolCallParser
-from parley.errors import EngineError, OverloadedError, ParleyError
+from parley.errors import EngineError, InvalidRequestError, OverloadedError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
 
@@ -132,6 +132,7 @@ class BatchScheduler:
         queue_timeout: float = 300.0,
         stream_interval: float = 0.0,
         park_budget: int = 0,
+        grammar_step_budget: float = 3.0,
     ) -> None:
         self._native = native
         self._park_budget = park_budget
@@ -166,7 +167,11 @@ class BatchScheduler:
         self._outbox: list[tuple[Job, Any]] = []
         self._urgent = False  # the outbox holds a first event, an end or an error
         self._flushed_at = 0.0
-        self._thread = threading.Thread(target=self._loop, name="parley-scheduler", daemon=True)
+        self._grammar_step_budget = grammar_step_budget
+        self._admitting: Job | None = None
+        self._failures: list[float] = []  # when the loop last failed outside a step
+        self.dead: str | None = None  # why the loop gave up; the engine is then unhealthy
+        self._thread = threading.Thread(target=self._run, name="parley-scheduler", daemon=True)
 
     # --- the event-loop side -------------------------------------------------
 
@@ -179,7 +184,14 @@ class BatchScheduler:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """The decode loop runs (or has not been started yet)."""
+        return self.dead is None and (self._thread.is_alive() or not self._thread.ident)
+
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
+        if not self.alive:
+            raise EngineError(f"the engine is not running: {self.dead or 'its thread ended'}")
         job = Job(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
         if self._cache is not None and prompt.breakpoints:
             job.cache = self._cache.plan(prompt.tokens, prompt.breakpoints)
@@ -230,6 +242,36 @@ class BatchScheduler:
             }
 
     # --- the scheduler thread ------------------------------------------------
+
+    def _run(self) -> None:
+        """The thread: the decode loop, restarted when it fails outside a step.
+
+        A failure fails the requests in flight and waiting (they cannot be trusted
+        to be consistent) and the loop starts again; after ``_MAX_FAILURES``
+        failures within a minute it gives up and the engine reports itself
+        unhealthy instead of spinning.
+        """
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as exc:
+                log.exception("the decode loop failed; its requests fail and it restarts")
+                now = time.monotonic()
+                self._failures = [t for t in self._failures if now - t < 60.0] + [now]
+                error = EngineError("the engine failed; retry the request")
+                with self._cond:
+                    if self._admitting is not None:
+                        self._release_plan(self._admitting)
+                        self._outbox.extend([(self._admitting, error), (self._admitting, END)])
+                        self._admitting = None
+                    self._fail_all(error, waiting=True)
+                    if len(self._failures) >= _MAX_FAILURES:
+                        self.dead = f"the decode loop failed {_MAX_FAILURES} times in a minute"
+                        log.error("the decode loop stopped for good", extra={"error": repr(exc)})
+                self._flush()
+                if self.dead is not None:
+                    return
 
     def _loop(self) -> None:
         while True:
@@ -310,6 +352,7 @@ class BatchScheduler:
             if room < need - reuse and self._running:
                 return  # wait for running sequences to free their cells
             heapq.heappop(self._waiting)
+            self._admitting = job  # neither waiting nor running until admitted
             if self._park_budget:
                 # Before any copy into the slot: a state copied into an emptier context
                 # keeps its cells in position order, and the order in which attention
@@ -334,17 +377,25 @@ class BatchScheduler:
             self._native.forget(slot.seq_id, reuse)
             self._counters["reused_tokens"] += reuse
             slot.cached = tokens[:reuse]
-            slot.busy = True
             slot.used_at = time.monotonic()
             params = job.params
             grammar = job.prompt.grammar
-            sampler = self._native.new_sampler(
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k,
-                seed=params.seed,
-                grammar=grammar,
-            )
+            try:
+                sampler = self._native.new_sampler(
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    top_k=params.top_k,
+                    seed=params.seed,
+                    grammar=grammar,
+                )
+            except ParleyError as exc:  # this request's sampler: it fails alone
+                log.error("a sampler could not be built", extra={"error": exc.message})
+                self._counters["failed"] += 1
+                self._outbox.extend([(job, exc), (job, END)])
+                self._urgent = True
+                self._admitting = None
+                continue
+            slot.busy = True
             run = Running(job, slot, sampler, budget, tokens[reuse:], writes=list(plan.writes))
             self._snapshot(run)
             budget_thinking = job.prompt.conversation.thinking_budget
@@ -360,6 +411,7 @@ class BatchScheduler:
                 # most half of the room, so an answer can follow.
                 run.think_left = min(run.think_left, max(1, budget // 2))
             self._running.append(run)
+            self._admitting = None
             if budget == 0:
                 reason: FinishReason = (
                     "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
@@ -454,7 +506,16 @@ class BatchScheduler:
         for index, run in samplers:
             if run.job.cancelled.is_set():
                 continue
-            self._accept(run, self._native.sample(run.sampler, index))
+            if run.job.prompt.grammar is None:
+                self._accept(run, self._native.sample(run.sampler, index))
+                continue
+            started = time.perf_counter()
+            token = self._native.sample(run.sampler, index)
+            took = time.perf_counter() - started
+            if took > self._grammar_step_budget:
+                self._fail(run, _too_slow(took, self._grammar_step_budget))
+                continue
+            self._accept(run, token)
 
     def _snapshot(self, run: Running) -> None:
         """Copy the sequence's KV state into the prompt cache at a breakpoint it reached."""
@@ -527,6 +588,15 @@ class BatchScheduler:
             self._counters["completed"] += 1
             self._release(run)
 
+    def _fail(self, run: Running, error: ParleyError) -> None:
+        """End one sequence with an error; the others run on."""
+        log.warning("a request failed while decoding", extra={"error": error.message})
+        self._urgent = True
+        self._outbox.extend([(run.job, error), (run.job, END)])
+        with self._cond:
+            self._counters["failed"] += 1
+            self._release(run)
+
     def _release(self, run: Running) -> None:
         """Take a sequence out of the batch; its cells stay cached in its slot."""
         if run in self._running:
@@ -536,7 +606,7 @@ class BatchScheduler:
             run.slot.busy = False
             self._cond.notify_all()
 
-    def _fail_all(self, error: ParleyError) -> None:
+    def _fail_all(self, error: ParleyError, *, waiting: bool = False) -> None:
         self._urgent = True
         for run in list(self._running):
             self._outbox.extend([(run.job, error), (run.job, END)])
@@ -544,7 +614,7 @@ class BatchScheduler:
             self._native.forget(run.slot.seq_id)
             run.slot.cached = []
             self._release(run)
-        if self._stopping:
+        if self._stopping or waiting:
             for _, _, job in self._waiting:
                 self._release_plan(job)
                 self._outbox.extend([(job, error), (job, END)])
@@ -571,6 +641,17 @@ class BatchScheduler:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 for job, _ in jobs.values():
                     job.cancelled.set()
+
+
+_MAX_FAILURES = 5
+
+
+def _too_slow(took: float, budget: float) -> ParleyError:
+    return InvalidRequestError(
+        f"tools: decoding under the grammar of these tool input schemas is too slow "
+        f"(one token took {took:.1f} s, the limit is {budget:g} s); simplify the "
+        "schemas' patterns or bounds"
+    )
 
 
 _JOINABLE = (TextChunk, ThinkingChunk, ToolInputChunk)
