@@ -87,6 +87,7 @@ class Settings:
     batch_workers: int | None = None  # batch requests in flight; None: as many as --parallel
     batch_expiry: float = 24 * 3600.0  # seconds from creation until unfinished requests expire
     batch_retention: float = 29 * 24 * 3600.0  # seconds from creation until a batch is deleted
+    batch_max_attempts: int = 3  # times a batch request is started before it ends errored
     log_level: str = "info"
 
 
@@ -170,6 +171,8 @@ def load_settings(
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
+    if settings.batch_max_attempts < 1:
+        raise ConfigError("setting 'batch_max_attempts' must be at least 1")
     if settings.rate_count_tokens is not None and settings.rate_count_tokens < 0:
         raise ConfigError("setting 'rate_count_tokens' must be 0 or more")
     return settings

@@ -1,18 +1,32 @@
-"""Per-key rate limits: token buckets, headers on every response, 429 with retry-after."""
+"""Per-key rate limits: token buckets, headers on every response, 429 with retry-after;
+count_tokens metered on its own; batch requests charged to their owner's buckets."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import json
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import pytest
+import sqlalchemy as sa
 
+from parley.batches.schema import batch_requests
+from parley.batches.store import BatchStore
+from parley.batches.worker import BatchWorker
+from parley.catalog import Catalog
+from parley.engines.scripted import Script, ScriptedEngine
 from parley.errors import RateLimitError
 from parley.ratelimit import RateLimiter
+from parley.service import MessagesService
+from parley.thinking import Signer
 from tests.conftest import RULES, Server
+from tests.test_batches import request, wait_ended
 
 HI = [{"role": "user", "content": "hello"}]
 
@@ -233,3 +247,86 @@ def test_count_tokens_has_its_own_request_limit(strict: Server) -> None:
     assert created.parse().usage.input_tokens > 900
     # Another key counts normally.
     assert strict.client(api_key="eve").messages.count_tokens(model="scripted", messages=HI)
+
+
+def test_batch_requests_spend_their_owners_bucket_and_wait_for_it(strict: Server) -> None:
+    """A key at its request limit submits a batch: its requests wait (not errored,
+    no attempt spent) while a later batch and requests of another key are
+    served; the key's interactive requests see the same empty bucket."""
+    alice, bob = strict.client(api_key="alice"), strict.client(api_key="bob")
+    for _ in range(2):
+        alice.messages.create(model="scripted", max_tokens=5, messages=HI)
+    waiting = alice.messages.batches.create(
+        requests=[request(f"a{i}", f"alice {i}") for i in range(3)]  # type: ignore[misc]
+    )
+    served = bob.messages.batches.create(requests=[request("b", "bob")])  # type: ignore[list-item]
+    # The worker claims the older batch first: by the time bob's has ended, alice's
+    # requests have been tried against her bucket and put back.
+    assert wait_ended(bob, served.id).request_counts.succeeded == 1
+    raw = alice.messages.batches.with_raw_response.retrieve(waiting.id)
+    counts = raw.parse().request_counts
+    assert (counts.processing, counts.succeeded, counts.errored) == (3, 0, 0)
+    assert raw.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    with pytest.raises(anthropic.RateLimitError):
+        alice.messages.create(model="scripted", max_tokens=5, messages=HI)
+    # Bob's batch request came out of his bucket: one of two left, and it serves him.
+    created = bob.messages.with_raw_response.create(model="scripted", max_tokens=5, messages=HI)
+    assert created.headers["anthropic-ratelimit-requests-remaining"] == "0"
+
+
+def test_a_waiting_owners_batch_runs_when_the_bucket_refills(tmp_path: Path) -> None:
+    """In process, with the limiter's clock in hand: an owner out of requests and
+    one out of input tokens wait, another owner is not stalled, and each waiting
+    request runs once its bucket allows, at the cost of one attempt in all."""
+    clock = Clock()
+    limiter = RateLimiter(requests=2, input_tokens=100, clock=clock, wall=lambda: 0.0)
+    limiter.admit_request("alice")
+    limiter.admit_request("alice")  # alice: no requests left
+    limiter.admit_request("carol")
+    limiter.admit_input("carol", 80)  # carol: 20 input tokens left, her prompt has more
+    store = BatchStore.in_data_dir(tmp_path)
+    service = MessagesService(
+        Catalog([ScriptedEngine(Script())], {}),
+        ping_interval=5,
+        signer=Signer.from_data_dir(tmp_path),
+        redact_thinking=False,
+    )
+
+    def make(owner: str, texts: list[str]) -> str:
+        items = [
+            (f"{owner}{i}", json.dumps(request("x", t)["params"])) for i, t in enumerate(texts)
+        ]
+        return store.create(f"msgbatch_{owner}", owner, items, expires_in=3600).id
+
+    async def until(owner: str, batch: str, succeeded: int) -> None:
+        deadline = time.monotonic() + 30
+        while store.get(batch, owner).counts["succeeded"] < succeeded:
+            assert time.monotonic() < deadline, store.get(batch, owner)
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        a = make("alice", ["one", "two", "three"])
+        c = make("carol", [" ".join(["word"] * 40)])
+        b = make("bob", ["hello", "there"])
+        worker = BatchWorker(
+            store, service, concurrency=4, retention=3600, tick=0.05, limiter=limiter
+        )
+        worker.start()
+        try:
+            await until("bob", b, 2)  # not stalled behind the older, waiting batches
+            assert store.get(a, "alice").counts["processing"] == 3
+            assert store.get(c, "carol").counts["processing"] == 1
+            clock.now += 30  # one request back for alice, 50 input tokens for carol
+            await until("alice", a, 1)
+            await until("carol", c, 1)
+            clock.now += 60  # alice's bucket is full again: her last two run
+            await until("alice", a, 3)
+        finally:
+            await worker.stop()
+
+    asyncio.run(scenario())
+    with store._reading() as conn:
+        spent = {r.custom_id: r.attempts for r in conn.execute(sa.select(batch_requests))}
+    assert spent == {"alice0": 1, "alice1": 1, "alice2": 1, "carol0": 1, "bob0": 1, "bob1": 1}
+    assert limiter.headers("alice")["anthropic-ratelimit-requests-remaining"] == "0"
+    store.close()

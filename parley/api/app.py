@@ -74,10 +74,11 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             requests=2 * settings.rate_requests if count_rpm is None else count_rpm,
             label="token counting ",
         )
-        store = BatchStore.in_data_dir(data_dir)
+        store = BatchStore.in_data_dir(data_dir, max_attempts=settings.batch_max_attempts)
         worker = BatchWorker(
             store,
             service,
+            limiter=limiter,  # batch requests spend their owner's Messages allowance
             concurrency=settings.batch_workers or settings.parallel,
             retention=settings.batch_retention,
             tick=min(1.0, settings.batch_expiry / 4),
