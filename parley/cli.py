@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
             f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
         )
     serve.add_argument(
+        "--rate-count-tokens",
+        type=int,
+        help="count_tokens requests per API key a minute (default: twice --rate-requests)",
+    )
+    serve.add_argument(
         "--shutdown-grace", type=float, help="seconds open streams may go on after SIGTERM"
     )
     serve.add_argument(
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate_requests": args.rate_requests,
         "rate_input_tokens": args.rate_input_tokens,
         "rate_output_tokens": args.rate_output_tokens,
+        "rate_count_tokens": args.rate_count_tokens,
         "default_temperature": args.default_temperature,
         "ping_interval": args.ping_interval,
         "log_level": args.log_level,

@@ -71,6 +71,9 @@ class Settings:
     rate_requests: int = 0  # per API key and minute; 0: no limit
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
+    # count_tokens requests per API key and minute, metered apart from Messages;
+    # None: twice rate_requests (the API's ratio at most tiers), 0: no limit
+    rate_count_tokens: int | None = None
     slow_reader_timeout: float = 60.0  # seconds a response may wait for a client to read
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
@@ -85,6 +88,7 @@ class Settings:
     batch_workers: int | None = None  # batch requests in flight; None: as many as --parallel
     batch_expiry: float = 24 * 3600.0  # seconds from creation until unfinished requests expire
     batch_retention: float = 29 * 24 * 3600.0  # seconds from creation until a batch is deleted
+    batch_max_attempts: int = 3  # times a batch request is started before it ends errored
     log_level: str = "info"
 
 
@@ -170,4 +174,8 @@ def load_settings(
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
+    if settings.batch_max_attempts < 1:
+        raise ConfigError("setting 'batch_max_attempts' must be at least 1")
+    if settings.rate_count_tokens is not None and settings.rate_count_tokens < 0:
+        raise ConfigError("setting 'rate_count_tokens' must be 0 or more")
     return settings

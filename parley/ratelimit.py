@@ -2,11 +2,19 @@
 
 Each API key (or, on an open server, everyone together) has a token bucket
 per limit, holding at most a minute's allowance and refilled continuously.
-A request takes one request and its prompt's input tokens before it runs;
-its output tokens are taken when it ends (the bucket may go below zero, and
-later requests wait for it). A request that does not fit gets 429
-``rate_limit_error`` with ``retry-after``; every response of the Messages
-endpoints carries the ``anthropic-ratelimit-*`` headers.
+A request is metered in three steps: ``admit_request`` takes one request
+before any work is done for it (so a key at its request limit costs the
+server nothing: no rendering, no tokenizing), ``admit_input`` takes the
+prompt's input tokens once ``prepare`` has counted them, and
+``spend_output`` takes its output tokens when it ends (the bucket may go
+below zero, and later requests wait for it). A request that does not fit
+gets 429 ``rate_limit_error`` with ``retry-after``; every response of the
+Messages endpoints carries the ``anthropic-ratelimit-*`` headers.
+
+Interactive requests and Message Batch requests of a key draw on the same
+buckets (the batch worker calls the same methods and waits instead of
+failing). Token counting has a limiter of its own (requests only), as the
+API meters it apart from Messages.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from datetime import UTC, datetime
 from parley.errors import RateLimitError
 
 KINDS = ("requests", "input-tokens", "output-tokens")
+_START = {"requests": 1.0, "input-tokens": 1.0, "output-tokens": 1.0}  # what any request needs
 
 
 @dataclass
@@ -53,9 +62,13 @@ class RateLimiter:
         requests: int = 0,
         input_tokens: int = 0,
         output_tokens: int = 0,
+        label: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """``label`` names what is limited in messages ("token counting " gives
+        "... 100 token counting requests per minute ..."); 0 turns a limit off."""
+        self._label = label
         self._limits = {
             "requests": requests,
             "input-tokens": input_tokens,
@@ -79,15 +92,36 @@ class RateLimiter:
             bucket.refill(now)
         return buckets
 
-    def admit(self, owner: str, input_tokens: int) -> None:
-        """Take one request and its input tokens, or raise 429 saying what ran out."""
+    def admit_request(self, owner: str) -> None:
+        """Take one request of ``owner``'s allowance, or raise 429 saying what ran out.
+
+        Called before the request is rendered. Also refused while a token bucket
+        is empty or in debt (no request could run then); those are not taken here.
+        """
+        self._admit(owner, _START, "requests")
+
+    def admit_input(self, owner: str, input_tokens: int) -> None:
+        """Take the prompt's ``input_tokens``, or raise 429. The request taken by
+        ``admit_request`` stays spent when this refuses: its rendering was work done."""
+        self._admit(owner, {"input-tokens": float(input_tokens)}, "input-tokens")
+
+    def ready_in(self, owner: str, input_tokens: int = 1) -> float:
+        """Seconds until ``owner`` may start a request of ``input_tokens`` (0: now).
+        For callers that wait instead of answering 429, such as the batch worker."""
+        if not self.enabled:
+            return 0.0
+        with self._lock:
+            buckets = self._buckets(owner, self._clock())
+            want = {**_START, "input-tokens": float(max(1, input_tokens))}
+            return max((b.wait_for(want[k]) for k, b in buckets.items()), default=0.0)
+
+    def _admit(self, owner: str, want: dict[str, float], take: str) -> None:
         if not self.enabled:
             return
         with self._lock:
             now = self._clock()
             buckets = self._buckets(owner, now)
-            want = {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": 1.0}
-            waits = {k: b.wait_for(want[k]) for k, b in buckets.items()}
+            waits = {k: b.wait_for(want[k]) for k, b in buckets.items() if k in want}
             worst = max(waits, key=lambda k: waits[k], default=None)
             if worst is not None and waits[worst] > 0:
                 retry = max(1, math.ceil(waits[worst]))
@@ -95,13 +129,12 @@ class RateLimiter:
                 headers["retry-after"] = str(retry)
                 raise RateLimitError(
                     f"This request would exceed the rate limit of {int(buckets[worst].limit)} "
-                    f"{worst.replace('-', ' ')} per minute for this API key; retry in "
-                    f"{retry} s",
+                    f"{self._label}{worst.replace('-', ' ')} per minute for this API key; "
+                    f"retry in {retry} s",
                     headers=headers,
                 )
-            for kind, amount in (("requests", 1), ("input-tokens", input_tokens)):
-                if kind in buckets:
-                    buckets[kind].level -= amount
+            if take in buckets:
+                buckets[take].level -= want[take]
 
     def spend_output(self, owner: str, output_tokens: int) -> None:
         if not self._limits["output-tokens"] or not output_tokens:

@@ -363,9 +363,9 @@ def test_a_failing_database_is_retried_and_nothing_is_lost(tmp_path: Path) -> No
                 self.failures[what] -= 1
                 raise OperationalError("INSERT", {}, Exception("database or disk is full"))
 
-        def claim(self, limit: int) -> Any:
+        def claim(self, limit: int, **options: Any) -> Any:
             self._maybe_fail("claim")
-            return super().claim(limit)
+            return super().claim(limit, **options)
 
         def finish(self, outcomes: Any) -> int:
             self._maybe_fail("finish")

@@ -64,18 +64,24 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 timeout=settings.url_timeout,
             ),
         )
-        store = BatchStore.in_data_dir(data_dir)
-        worker = BatchWorker(
-            store,
-            service,
-            concurrency=settings.batch_workers or settings.parallel,
-            retention=settings.batch_retention,
-            tick=min(1.0, settings.batch_expiry / 4),
-        )
         limiter = RateLimiter(
             requests=settings.rate_requests,
             input_tokens=settings.rate_input_tokens,
             output_tokens=settings.rate_output_tokens,
+        )
+        count_rpm = settings.rate_count_tokens
+        count_limiter = RateLimiter(
+            requests=2 * settings.rate_requests if count_rpm is None else count_rpm,
+            label="token counting ",
+        )
+        store = BatchStore.in_data_dir(data_dir, max_attempts=settings.batch_max_attempts)
+        worker = BatchWorker(
+            store,
+            service,
+            limiter=limiter,  # batch requests spend their owner's Messages allowance
+            concurrency=settings.batch_workers or settings.parallel,
+            retention=settings.batch_retention,
+            tick=min(1.0, settings.batch_expiry / 4),
         )
         app.state.parley = AppState(
             settings=settings,
@@ -84,6 +90,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             batches=store,
             worker=worker,
             limiter=limiter,
+            count_limiter=count_limiter,
         )
         worker.start()
         if not settings.api_keys:

@@ -27,7 +27,8 @@ class AppState:
     messages: MessagesService
     batches: BatchStore | None = None
     worker: BatchWorker | None = None
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: RateLimiter = field(default_factory=RateLimiter)  # Messages, batches included
+    count_limiter: RateLimiter = field(default_factory=RateLimiter)  # count_tokens
 
     def batch_store(self) -> BatchStore:
         if self.batches is None:

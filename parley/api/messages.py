@@ -35,8 +35,9 @@ async def create_message(
     req = parse(wr.CreateMessageRequest, body)
     service, limiter = state.messages, state.limiter
     owner = key_owner(request)
+    limiter.admit_request(owner)  # before prepare: a key at its limit costs no rendering
     prepared = await service.prepare(req)
-    limiter.admit(owner, prepared.prompt.n_tokens)
+    limiter.admit_input(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
     if req.stream:
         rid = request_id_of(request)
@@ -65,8 +66,14 @@ async def create_message(
 async def count_tokens(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
+    # Token counting is metered apart from Messages, by its own request limit (as
+    # the API does): it spends none of the key's Messages requests or tokens, and
+    # its responses carry the headers of its own bucket.
+    limiter, owner = state.count_limiter, key_owner(request)
+    request.state.rate_limited = limiter.headers_for(owner) if limiter.enabled else None
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CountTokensRequest, body)
+    limiter.admit_request(owner)  # before rendering, as for Messages
     return json_response(await state.messages.count_tokens(req))
 
 

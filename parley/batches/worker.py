@@ -11,6 +11,19 @@ Cancel and expiry stop in-flight requests, which then record
 ``canceled`` / ``expired``; a request stopped by shutdown goes back to
 ``pending`` (and one interrupted by a crash is found ``running`` at the next
 start and retried), so every request ends with exactly one result.
+
+Batch requests are metered like interactive ones, on their owner's buckets
+(the owner is the SHA-256 of the creating key, as the limiter keys them): a
+request is taken from the bucket before it is rendered, its input tokens
+once counted, its output tokens when it ends. A batch is asynchronous, so
+an owner whose bucket is empty is not refused: its requests go back to
+``pending`` without costing an attempt and its batches are passed over
+until the bucket has refilled, while other owners' work goes on.
+
+A request is started at most ``max_attempts`` times (the store ends it
+``errored`` after that). The requests that were running when the server
+died may be what killed it, so after a restart each runs alone first: a
+request that crashes the engine then takes no other request down with it.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from typing import Literal
@@ -26,9 +40,11 @@ import anyio
 
 from parley.api.http import parse
 from parley.batches.store import BatchStore, Claimed, RequestStatus
-from parley.errors import InvalidRequestError, OverloadedError, ParleyError
+from parley.errors import InvalidRequestError, OverloadedError, ParleyError, RateLimitError
+from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 from parley.wire import requests as wr
+from parley.wire.batches import ErroredResult
 
 log = logging.getLogger("parley.batches")
 
@@ -46,9 +62,18 @@ class BatchWorker:
         concurrency: int,
         retention: float,
         tick: float = 1.0,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._store = store
         self._service = service
+        self._limiter = limiter or RateLimiter()  # none given: no limits
+        # Owners refused by their rate limit -> input tokens their next request needs;
+        # their batches are passed over until the limiter says that fits.
+        self._waiting: dict[str, int] = {}
+        self._deferred: list[Claimed] = []  # claimed, not run: to give back unspent
+        self._suspects: list[int] = []  # row ids running when the server died
+        self._alone = -1  # the suspect running alone, if any
+        self._on_engine: set[int] = set()  # row ids the engine has been given
         self._concurrency = max(1, concurrency)
         self._retention = retention
         self._tick = tick
@@ -79,6 +104,9 @@ class BatchWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._deferred:
+            with contextlib.suppress(Exception):  # else they are found running at start-up
+                await self._give_back()
         self._closing = True
         self._written.set()
         if self._writer is not None:
@@ -103,33 +131,101 @@ class BatchWorker:
 
     async def _run(self) -> None:
         recovered = await anyio.to_thread.run_sync(self._store.recover)
-        if recovered:
-            log.info("batch requests resumed after a restart", extra={"requests": recovered})
+        if recovered.resumed:
+            log.info(
+                "batch requests resumed after a restart; each runs alone first",
+                extra={"requests": len(recovered.resumed)},
+            )
+        if recovered.exhausted:
+            log.warning(
+                "batch requests ended errored: each of their attempts was cut short",
+                extra={"exhausted": recovered.exhausted, "max_attempts": self._store.max_attempts},
+            )
+        self._suspects = list(recovered.resumed)
         loop = asyncio.get_running_loop()
         next_housekeeping = 0.0
         while True:
             if loop.time() >= next_housekeeping:
                 await self._housekeeping()
                 next_housekeeping = loop.time() + self._tick
-            free = self._concurrency - len(self._tasks)
+            if self._deferred and self._backoff == 0.0:
+                await self._give_back()
             claimed: list[Claimed] = []
-            # Claim in groups (half the pool at least): one transaction, many requests.
-            enough = free >= max(1, self._concurrency // 2) or not self._tasks
-            if free > 0 and enough and self._backoff == 0.0:
+            if self._backoff == 0.0:
                 try:
-                    claimed = await anyio.to_thread.run_sync(self._store.claim, free)
+                    claimed = await self._claim()
                 except Exception:  # the database is unwell (full disk...): retry later
                     log.exception("could not claim batch requests; retrying")
                     self._backoff = self._retry_after
             for item in claimed:
-                self._spawn(item)
+                if self._admitted(item):
+                    self._spawn(item)
+                else:
+                    self._deferred.append(item)
+            if self._deferred and self._backoff == 0.0:
+                continue  # give them back now; their owners are passed over meanwhile
             if claimed and len(self._tasks) < self._concurrency:
                 continue
             self._wake.clear()
-            timeout = self._backoff or self._tick
+            timeout = self._backoff or self._next_wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._backoff = 0.0
+
+    async def _claim(self) -> list[Claimed]:
+        skip = self._waiting_owners()
+        if self._suspects or self._alone in self._tasks:
+            if self._tasks:  # a suspect runs alone: wait until the pool is empty
+                return []
+            while self._suspects:  # (one canceled or expired meanwhile is not pending)
+                self._alone = self._suspects.pop(0)
+                # Its owner may be waiting for its rate limit; it is then given back
+                # and runs later with the others (a suspect never stalls the worker).
+                claimed = await anyio.to_thread.run_sync(
+                    functools.partial(self._store.claim, 1, rows=[self._alone])
+                )
+                if claimed:
+                    return claimed
+            return []
+        free = self._concurrency - len(self._tasks)
+        # Claim in groups (half the pool at least): one transaction, many requests.
+        if free <= 0 or (free < max(1, self._concurrency // 2) and self._tasks):
+            return []
+        return await anyio.to_thread.run_sync(lambda: self._store.claim(free, skip_owners=skip))
+
+    def _admitted(self, item: Claimed) -> bool:
+        """Take a request from the owner's bucket; when it is empty, the owner waits."""
+        if item.owner in self._waiting:
+            return False
+        try:
+            self._limiter.admit_request(item.owner)
+        except RateLimitError:
+            self._waiting[item.owner] = 1
+            return False
+        return True
+
+    def _waiting_owners(self) -> list[str]:
+        """The owners still waiting (those whose next request now fits stop waiting)."""
+        for owner, tokens in list(self._waiting.items()):
+            if self._limiter.ready_in(owner, tokens) == 0:
+                del self._waiting[owner]
+        return list(self._waiting)
+
+    def _next_wait(self) -> float:
+        """Until the next tick, or sooner when a waiting owner's bucket has refilled."""
+        waits = [self._limiter.ready_in(o, n) for o, n in self._waiting.items()]
+        return max(0.01, min([self._tick, *waits]))
+
+    async def _give_back(self) -> None:
+        """Requests claimed but not run (their owner must wait) go back to pending,
+        their attempt unspent; kept for the next pass if the database fails."""
+        items, self._deferred = self._deferred, []
+        try:
+            await anyio.to_thread.run_sync(lambda: self._store.release(items))
+        except Exception:
+            log.exception("could not give batch requests back; retrying")
+            self._deferred = items + self._deferred
+            self._backoff = self._retry_after
 
     def _spawn(self, item: Claimed) -> None:
         task = asyncio.create_task(self._process(item))
@@ -143,6 +239,7 @@ class BatchWorker:
     def _done(self, row_id: int) -> None:
         self._tasks.pop(row_id, None)
         self._stops.pop(row_id, None)
+        self._on_engine.discard(row_id)
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -162,14 +259,22 @@ class BatchWorker:
             status, result = await self._execute(item)
         except OverloadedError:
             # The engine's queue is full (interactive traffic): try again shortly.
-            await anyio.to_thread.run_sync(self._store.release, item)
+            self._deferred.append(item)
             self._backoff = 0.5
+            return
+        except RateLimitError:  # its input tokens do not fit the owner's bucket yet
+            self._deferred.append(item)
+            self._wake.set()
             return
         except asyncio.CancelledError:
             why = self._stops.get(item.row_id)
             with anyio.CancelScope(shield=True):
-                if why is None:  # shutdown: run it again next time
-                    await anyio.to_thread.run_sync(self._store.release, item)
+                if why is None:  # shutdown: run it again next time, at the cost of an attempt
+                    spent = item.row_id in self._on_engine  # (unless the engine never had it)
+                    with contextlib.suppress(Exception):  # else it is found running at start-up
+                        await anyio.to_thread.run_sync(
+                            lambda: self._store.release([item], spent=spent)
+                        )
                 else:
                     self._record(item, why, json.dumps({"type": why}))
             raise
@@ -202,23 +307,28 @@ class BatchWorker:
                 await asyncio.sleep(self._retry_after)
 
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
-        service = self._service
+        service, limiter = self._service, self._limiter
         try:
             req = parse(wr.CreateMessageRequest, item.params.encode())
             if req.stream:
                 raise InvalidRequestError("stream: streaming is not supported in message batches")
             prepared = await service.prepare(req)
+            tokens = prepared.prompt.n_tokens
+            try:
+                limiter.admit_input(item.owner, tokens)
+            except RateLimitError:
+                self._waiting[item.owner] = max(tokens, self._waiting.get(item.owner, 1))
+                raise
             params = dataclasses.replace(prepared.params, priority=BATCH_PRIORITY)
             generation, state = service.submit(dataclasses.replace(prepared, params=params))
-            message = await service.run(generation, state)
-        except OverloadedError:
+            self._on_engine.add(item.row_id)
+            try:
+                message = await service.run(generation, state)
+            finally:
+                limiter.spend_output(item.owner, state.output_tokens)
+        except (OverloadedError, RateLimitError):
             raise
         except ParleyError as exc:
-            error = {
-                "type": "error",
-                "error": {"type": exc.error_type, "message": exc.message},
-                "request_id": None,
-            }
-            return "errored", json.dumps({"type": "errored", "error": error})
+            return "errored", ErroredResult.of(exc.error_type, exc.message).model_dump_json()
         message.usage.service_tier = "batch"
         return "succeeded", '{"type":"succeeded","message":' + message.model_dump_json() + "}"

@@ -17,7 +17,9 @@ CI. Rules come from a YAML or JSON file::
 ``reply: {thinking: ...}`` is the thinking block when the request enables
 thinking. ``reply: {text: ..., error: "..."}`` streams the text, then fails with a 500
 ``api_error`` (an ``event: error`` once a stream has begun), for testing
-clients' error paths.
+clients' error paths. ``reply: {crash: true}`` kills the server process
+(SIGKILL) when the rule answers, as a segfault in a native engine would, for
+testing crash recovery; only whoever writes the rules file can set it.
 
 ``match`` keys (all optional, all must hold): ``user`` (last user text),
 ``system``, ``tool_result`` (the last tool result's text, when the request
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +216,8 @@ class _ScriptedGeneration(Generation):
     async def _answer(self) -> AsyncIterator[EngineEvent]:
         script = self._engine.script
         reply = script.reply_for(self._prompt.conversation)
+        if reply.get("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)
         params = self._params
         produced = 0
         stops = StopMatcher(params.stop_sequences)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from parley.wire.common import ResponseModel
+from parley.wire.responses import ErrorDetail, ErrorEnvelope
 
 
 class RequestCounts(ResponseModel):
@@ -38,3 +39,14 @@ class MessageBatchPage(ResponseModel):
 class DeletedMessageBatch(ResponseModel):
     id: str
     type: Literal["message_batch_deleted"] = "message_batch_deleted"
+
+
+class ErroredResult(ResponseModel):
+    """A request's ``errored`` result (the SDK's ``MessageBatchErroredResult``)."""
+
+    type: Literal["errored"] = "errored"
+    error: ErrorEnvelope
+
+    @classmethod
+    def of(cls, error_type: str, message: str) -> ErroredResult:
+        return cls(error=ErrorEnvelope(error=ErrorDetail(type=error_type, message=message)))
