@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from parley.api import json_body
 from parley.errors import InvalidRequestError, RequestTooLargeError
 from parley.wire.common import error_path
 
@@ -61,27 +60,8 @@ def parse(model: type[M], body: bytes) -> M:
             raise InvalidRequestError("the request body must be a JSON object") from None
         message = f"{path}: {first['msg']}" if path else str(first["msg"])
         raise InvalidRequestError(message) from None
-    _refuse_duplicate_keys(body)
+    json_body.refuse_duplicate_keys(body)
     return parsed
-
-
-def _refuse_duplicate_keys(body: bytes) -> None:
-    """JSON parsers keep the last of two equal keys; a request that has them is
-    ambiguous, so it is refused rather than guessed at."""
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen:
-                raise InvalidRequestError(
-                    f"the request body has the key '{key}' twice in one object; "
-                    "each key may appear once"
-                )
-            seen.add(key)
-        return dict(items)
-
-    with contextlib.suppress(ValueError, RecursionError):  # already validated by pydantic
-        json.loads(body, object_pairs_hook=pairs)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
