@@ -45,7 +45,12 @@ class Signer:
         return base64.b64encode(b"parley1" + digest).decode("ascii")
 
     def verify(self, thinking: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(thinking), signature)
+        # Signatures made here are base64 (ASCII); compare_digest raises TypeError
+        # for a non-ASCII str, so such a signature is wrong, not an error. Bytes
+        # are compared, whatever the client sent.
+        if not signature.isascii():
+            return False
+        return hmac.compare_digest(self.sign(thinking).encode(), signature.encode())
 
     def _sealing_key(self) -> bytes:
         return hmac.new(self._key, b"parley redacted thinking", hashlib.sha256).digest()
