@@ -29,6 +29,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from parley import datadir
 from parley.errors import InvalidRequestError, NotFoundError
 
 RequestStatus = Literal["pending", "running", "succeeded", "errored", "canceled", "expired"]
@@ -149,8 +150,13 @@ class BatchStore:
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, **kwargs: Any) -> BatchStore:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_dir / 'parley.db'}", **kwargs)
+        """The store in ``data_dir/parley.db``, readable by this user only: the
+        file is created 0600 before SQLite opens it (SQLite gives its ``-wal``
+        and ``-shm`` files the database's mode) and older files are tightened."""
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in datadir.DATABASE_FILES:
+            datadir.private_file(data_dir / name, create=name == datadir.DATABASE)
+        return cls(f"sqlite:///{data_dir / datadir.DATABASE}", **kwargs)
 
     def close(self) -> None:
         self._engine.dispose()
