@@ -65,6 +65,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 enabled=settings.url_sources,
                 allow=settings.url_allow,
                 max_bytes=settings.url_max_bytes,
+                max_total_bytes=settings.url_max_total_bytes,
+                max_documents=settings.url_max_documents,
                 timeout=settings.url_timeout,
             ),
         )

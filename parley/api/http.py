@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -13,6 +15,7 @@ from parley.errors import InvalidRequestError, RequestTooLargeError
 from parley.wire.common import error_path
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -62,6 +65,37 @@ def parse(model: type[M], body: bytes) -> M:
         raise InvalidRequestError(message) from None
     json_body.refuse_duplicate_keys(body)
     return parsed
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is
+    cancelled (a URL fetch under way closes its connection) and a 400 is raised,
+    which no one reads. For work done before a response starts: uvicorn does not
+    cancel a handler when its client leaves, it only reports ``http.disconnect``
+    to the next ``receive``. Call it once the body has been read."""
+    result: list[T] = []
+    failed: list[Exception] = []
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        tg.cancel_scope.cancel()
+
+    async def run() -> None:
+        try:
+            result.append(await work)
+        except Exception as exc:  # raised below, outside the task group's exception group
+            failed.append(exc)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(run)
+    if failed:
+        raise failed[0]
+    if not result:
+        raise InvalidRequestError("the client disconnected before the request was prepared")
+    return result[0]
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
