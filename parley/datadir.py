@@ -72,10 +72,18 @@ def private_file(path: Path, *, create: bool = False) -> None:
     except FileNotFoundError:
         return
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
-            os.fchmod(fd, 0o600)
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            _tighten(fd, path, mode)
     finally:
         os.close(fd)
+
+
+def _tighten(fd: int, path: Path, mode: int) -> None:
+    try:
+        os.fchmod(fd, 0o600)
+    except PermissionError:  # another user's file: say so, but it is theirs to fix
+        log.warning("cannot make a data file private", extra={"path": str(path), "mode": oct(mode)})
 
 
 def write_new(path: Path, data: bytes, *, replace: bool = False) -> bool:
