@@ -179,6 +179,9 @@ def _serve(settings: Any) -> int:
     except ParleyError as exc:
         log.error("cannot start", extra={"error": exc.message})
         return 1
+    except ConfigError as exc:
+        log.error("cannot start", extra={"error": str(exc)})
+        return 1
     config = uvicorn.Config(
         app,
         host=settings.host,

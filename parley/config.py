@@ -78,8 +78,10 @@ class Settings:
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
     url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard
-    url_max_bytes: int = 10 * 1024 * 1024
-    url_timeout: float = 10.0
+    url_max_bytes: int = 10 * 1024 * 1024  # one document fetched by URL
+    url_max_total_bytes: int = 32 * 1024 * 1024  # all of one request's URL documents
+    url_max_documents: int = 20  # URL documents in one request
+    url_timeout: float = 10.0  # seconds for one document's whole fetch
     default_temperature: float = 1.0  # for requests without one (the API default is 1)
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
@@ -178,4 +180,7 @@ def load_settings(
         raise ConfigError("setting 'batch_max_attempts' must be at least 1")
     if settings.rate_count_tokens is not None and settings.rate_count_tokens < 0:
         raise ConfigError("setting 'rate_count_tokens' must be 0 or more")
+    for name in ("url_max_bytes", "url_max_total_bytes", "url_max_documents", "url_timeout"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"setting '{name}' must be more than 0")
     return settings

@@ -8,7 +8,6 @@ is busy. Both go through ``MessageState``, so they agree exactly.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from parley.catalog import Catalog
 from parley.conversation import build_conversation
 from parley.engines.base import Engine, Generation, Prompt, SamplingParams
 from parley.errors import APIError, InvalidRequestError, OverloadedError, ParleyError
-from parley.fetch import FetchPolicy, fetch_text
+from parley.fetch import FetchPolicy, fetch_all
 from parley.ids import message_id
 from parley.streaming.state import MessageState
 from parley.thinking import Signer
@@ -87,11 +86,8 @@ class MessagesService:
                 if isinstance(block, wc.DocumentBlock) and isinstance(block.source, wc.URLSource):
                     path = f"messages.{i}.content.{j}.source.url"
                     jobs.append((message.content, j, block, path))
-        if not jobs:
-            return
-        texts = await asyncio.gather(
-            *(fetch_text(block.source.url, self._fetch, path=path) for _, _, block, path in jobs)
-        )
+        targets = [(block.source.url, path) for _, _, block, path in jobs]
+        texts = await fetch_all(targets, self._fetch)
         for (content, j, block, _), text in zip(jobs, texts, strict=True):
             source = wc.PlainTextSource(type="text", media_type="text/plain", data=text)
             content[j] = block.model_copy(update={"source": source})

@@ -1,7 +1,8 @@
 """Thinking-block signatures and redaction, keyed by a server secret.
 
-The secret lives in the data dir (``thinking.key``, created once, mode 0600),
-so signatures and redacted data stay valid across restarts. A signature is an
+The secret lives in the data dir (``thinking.key``: 32 random bytes, mode
+0600, written atomically once), so signatures and redacted data stay valid
+across restarts. A signature is an
 HMAC over the thinking text; redacted thinking is the text sealed with
 AES-256-GCM under a key derived from the same secret. A thinking block that
 comes back in history with a wrong signature, or redacted data that does not
@@ -13,14 +14,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-KEY_FILE = "thinking.key"
+from parley import datadir
+from parley.config import ConfigError
+
+KEY_FILE = datadir.KEY
+KEY_BYTES = 32
 
 
 class Signer:
@@ -29,23 +33,53 @@ class Signer:
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> Signer:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """The signer keyed by ``data_dir/thinking.key``, which is created when absent.
+
+        An empty file is replaced by a new key: earlier versions left one when
+        they died between creating and writing the file, and a signature made
+        with an empty key must not verify. A file of any other length than 32
+        bytes is not a key parley wrote: that is a ``ConfigError`` (start-up
+        fails) rather than a weak key, or a silent new one that would void
+        every signature given out so far.
+        """
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = data_dir / KEY_FILE
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls(path.read_bytes())
-        key = secrets.token_bytes(32)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key)
-        return cls(key)
+            for _ in range(2):  # a second pass reads the key another process just wrote
+                try:
+                    key = path.read_bytes()
+                except FileNotFoundError:
+                    key = secrets.token_bytes(KEY_BYTES)
+                    if datadir.write_new(path, key):
+                        return cls(key)
+                    continue
+                if not key:
+                    key = secrets.token_bytes(KEY_BYTES)
+                    datadir.write_new(path, key, replace=True)
+                    return cls(key)
+                if len(key) != KEY_BYTES:
+                    raise ConfigError(
+                        f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte thinking key; "
+                        "restore the key, or delete the file to create a new one (thinking "
+                        "signatures and redacted thinking given out before will be refused)"
+                    )
+                datadir.private_file(path)
+                return cls(key)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the thinking key {path}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot use the thinking key {path}: it keeps changing")
 
     def sign(self, thinking: str) -> str:
         digest = hmac.new(self._key, thinking.encode("utf-8"), hashlib.sha256).digest()
         return base64.b64encode(b"parley1" + digest).decode("ascii")
 
     def verify(self, thinking: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(thinking), signature)
+        # Signatures made here are base64 (ASCII); compare_digest raises TypeError
+        # for a non-ASCII str, so such a signature is wrong, not an error. Bytes
+        # are compared, whatever the client sent.
+        if not signature.isascii():
+            return False
+        return hmac.compare_digest(self.sign(thinking).encode(), signature.encode())
 
     def _sealing_key(self) -> bytes:
         return hmac.new(self._key, b"parley redacted thinking", hashlib.sha256).digest()

@@ -417,6 +417,10 @@ BASE = '{"model":"scripted","max_tokens":10,"messages":[{"role":"user","content"
         (BASE % ',"temperature":Infinity', "temperature: Input should be a finite number"),
         (BASE % ',"model":"other"', "the key 'model' twice in one object"),
         (
+            BASE.replace('"role":"user"', '"role":"user","role":"user"') % "",
+            "messages.0: the object has the key 'role' twice",
+        ),
+        (
             b'{"model":"scripted","max_tokens":10,"messages":[{"role":"user","content":"\xff"}]}',
             "not valid JSON",
         ),
@@ -437,6 +441,7 @@ BASE = '{"model":"scripted","max_tokens":10,"messages":[{"role":"user","content"
         "nan",
         "infinity",
         "duplicate-key",
+        "duplicate-nested-key",
         "invalid-utf8",
         "too-many-messages",
         "deep",

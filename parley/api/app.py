@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from parley import __version__
+from parley import __version__, datadir
 from parley.api import batches, errors, health, messages, models, openapi
 from parley.api.deps import AppState
 from parley.api.middleware import RequestIdMiddleware
@@ -37,7 +37,12 @@ def aliases_for(settings: Settings, default_model: str) -> dict[str, str]:
 
 
 def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> FastAPI:
+    """The app; raises ``ParleyError`` or ``ConfigError`` for what stops it starting
+    (a model that does not load, an unusable data dir or thinking key)."""
     chosen = list(engines) if engines is not None else build_engines(settings)
+    # Checked before serving, so a bad data dir is a one-line start-up error.
+    data_dir = datadir.prepare(settings.data_dir.expanduser())
+    signer = Signer.from_data_dir(data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,11 +54,10 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             aliases_for(settings, default),
             claude_default=default if settings.claude_aliases else None,
         )
-        data_dir = settings.data_dir.expanduser()
         service = MessagesService(
             catalog,
             ping_interval=settings.ping_interval,
-            signer=Signer.from_data_dir(data_dir),
+            signer=signer,
             redact_thinking=settings.redact_thinking,
             draining=app.state.draining,
             default_temperature=settings.default_temperature,
@@ -61,6 +65,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 enabled=settings.url_sources,
                 allow=settings.url_allow,
                 max_bytes=settings.url_max_bytes,
+                max_total_bytes=settings.url_max_total_bytes,
+                max_documents=settings.url_max_documents,
                 timeout=settings.url_timeout,
             ),
         )

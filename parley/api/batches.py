@@ -8,7 +8,6 @@ Batches belong to the API key that created them; other keys get 404.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import openapi
+from parley.api import json_body, openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.http import json_response, read_body
 from parley.batches.store import BatchRow
@@ -30,7 +29,7 @@ from parley.wire.batches import DeletedMessageBatch, MessageBatch, MessageBatchP
 router = APIRouter(responses=openapi.error_responses())
 
 MAX_REQUESTS = 100_000
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # used with fullmatch: "$" would allow "a\n"
 BASE = "/v1/messages/batches"
 
 _CREATE_BODY = {
@@ -83,16 +82,20 @@ def _wire(row: BatchRow, request: Request) -> MessageBatch:
 
 
 def envelope(body: bytes) -> list[tuple[str, str]]:
-    """``(custom_id, params JSON)`` of each request, or a 400 naming the first problem."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
+    """``(custom_id, params JSON)`` of each request, or a 400 naming the first problem.
+
+    The body is held to the rules ``/v1/messages`` applies (no key twice in one
+    object, no lone surrogates in strings), so what is stored means one thing
+    and can be written as UTF-8.
+    """
+    data = json_body.loads(body)
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     extra = set(data) - {"requests"}
     if extra:
-        raise InvalidRequestError(f"{sorted(extra)[0]}: Extra inputs are not permitted")
+        raise InvalidRequestError(
+            f"{json_body.shown(sorted(extra)[0])}: Extra inputs are not permitted"
+        )
     requests = data.get("requests")
     if not isinstance(requests, list):
         raise InvalidRequestError("requests: Field required (a list of requests)")
@@ -110,9 +113,11 @@ def envelope(body: bytes) -> list[tuple[str, str]]:
             raise InvalidRequestError(f"{path}: Input should be an object")
         extra = set(item) - {"custom_id", "params"}
         if extra:
-            raise InvalidRequestError(f"{path}.{sorted(extra)[0]}: Extra inputs are not permitted")
+            raise InvalidRequestError(
+                f"{path}.{json_body.shown(sorted(extra)[0])}: Extra inputs are not permitted"
+            )
         custom_id = item.get("custom_id")
-        if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+        if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
             raise InvalidRequestError(
                 f"{path}.custom_id: must be 1 to 64 characters of letters, digits, '_' and '-'"
             )
@@ -129,7 +134,7 @@ def envelope(body: bytes) -> list[tuple[str, str]]:
             raise InvalidRequestError(
                 f"{path}.params.stream: streaming is not supported in message batches"
             )
-        out.append((custom_id, json.dumps(params, ensure_ascii=False, separators=(",", ":"))))
+        out.append((custom_id, json_body.dumps(params, f"{path}.params")))
     return out
 
 

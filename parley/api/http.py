@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
+import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from parley.api import json_body
 from parley.errors import InvalidRequestError, RequestTooLargeError
 from parley.wire.common import error_path
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -61,27 +63,39 @@ def parse(model: type[M], body: bytes) -> M:
             raise InvalidRequestError("the request body must be a JSON object") from None
         message = f"{path}: {first['msg']}" if path else str(first["msg"])
         raise InvalidRequestError(message) from None
-    _refuse_duplicate_keys(body)
+    json_body.refuse_duplicate_keys(body)
     return parsed
 
 
-def _refuse_duplicate_keys(body: bytes) -> None:
-    """JSON parsers keep the last of two equal keys; a request that has them is
-    ambiguous, so it is refused rather than guessed at."""
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result, unless the client disconnects first: then ``work`` is
+    cancelled (a URL fetch under way closes its connection) and a 400 is raised,
+    which no one reads. For work done before a response starts: uvicorn does not
+    cancel a handler when its client leaves, it only reports ``http.disconnect``
+    to the next ``receive``. Call it once the body has been read."""
+    result: list[T] = []
+    failed: list[Exception] = []
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen:
-                raise InvalidRequestError(
-                    f"the request body has the key '{key}' twice in one object; "
-                    "each key may appear once"
-                )
-            seen.add(key)
-        return dict(items)
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        tg.cancel_scope.cancel()
 
-    with contextlib.suppress(ValueError, RecursionError):  # already validated by pydantic
-        json.loads(body, object_pairs_hook=pairs)
+    async def run() -> None:
+        try:
+            result.append(await work)
+        except Exception as exc:  # raised below, outside the task group's exception group
+            failed.append(exc)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(run)
+    if failed:
+        raise failed[0]
+    if not result:
+        raise InvalidRequestError("the client disconnected before the request was prepared")
+    return result[0]
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

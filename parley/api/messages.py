@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
-from parley.api.http import json_response, parse, read_body
+from parley.api.http import json_response, parse, read_body, unless_client_leaves
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
@@ -36,7 +36,8 @@ async def create_message(
     service, limiter = state.messages, state.limiter
     owner = key_owner(request)
     limiter.admit_request(owner)  # before prepare: a key at its limit costs no rendering
-    prepared = await service.prepare(req)
+    # Preparing may fetch URL documents: a client that leaves stops it.
+    prepared = await unless_client_leaves(request, service.prepare(req))
     limiter.admit_input(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
     if req.stream:
@@ -74,7 +75,7 @@ async def count_tokens(
     body = await read_body(request, state.settings.max_body_bytes)
     req = parse(wr.CountTokensRequest, body)
     limiter.admit_request(owner)  # before rendering, as for Messages
-    return json_response(await state.messages.count_tokens(req))
+    return json_response(await unless_client_leaves(request, state.messages.count_tokens(req)))
 
 
 async def _sse(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from parley import datadir
 from parley.batches.queue import Claimed, WorkQueue
 from parley.batches.schema import ACTIVE, RequestStatus, batch_requests, batches
 from parley.errors import InvalidRequestError, NotFoundError
@@ -57,8 +58,13 @@ class BatchRow:
 class BatchStore(WorkQueue):
     @classmethod
     def in_data_dir(cls, data_dir: Path, **kwargs: Any) -> BatchStore:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_dir / 'parley.db'}", **kwargs)
+        """The store in ``data_dir/parley.db``, readable by this user only: the
+        file is created 0600 before SQLite opens it (SQLite gives its ``-wal``
+        and ``-shm`` files the database's mode) and older files are tightened."""
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in datadir.DATABASE_FILES:
+            datadir.private_file(data_dir / name, create=name == datadir.DATABASE)
+        return cls(f"sqlite:///{data_dir / datadir.DATABASE}", **kwargs)
 
     # --- batches --------------------------------------------------------------------
 
