@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import random
+import secrets
 
-# Ids are unique, not secret (nothing is authorised by knowing one): a PRNG
-# seeded from the OS is enough, and far cheaper than a syscall per id.
-_random = random.Random(os.urandom(32))
+# Access is checked by key, never by knowing an id; ids still come from the
+# OS's generator, so one id says nothing about the next (a batch id is not
+# guessable from another). A few microseconds an id.
 _ALPHABET = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
 def _token(length: int = 24) -> str:
     """``length`` base-58 digits of a random number (140 bits for the default 24)."""
-    n = _random.getrandbits(length * 585 // 100)  # 58**length > 2**bits
+    n = secrets.randbits(length * 585 // 100)  # 58**length > 2**bits
     digits = []
     for _ in range(length):
         n, r = divmod(n, 58)

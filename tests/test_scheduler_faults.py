@@ -212,3 +212,28 @@ def test_health_checks_say_when_an_engine_is_broken(tmp_path: Any) -> None:
                 }
 
     asyncio.run(check())
+
+
+def test_no_trailing_slash_redirect_and_unpredictable_ids(tmp_path: Any) -> None:
+    """Item 12 of the hardening issue: no redirect built from the client's Host,
+    ids from the OS's generator (consecutive ids share nothing)."""
+    from parley import ids
+    from parley.api.app import create_app
+
+    card = ModelCard("m", "m", "2026-01-01T00:00:00Z", 1000, 1000, Capabilities())
+    app = create_app(Settings(engine="scripted", data_dir=tmp_path), engines=[_BrokenEngine(card)])
+
+    async def check() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://evil.example") as client,
+        ):
+            response = await client.post("/v1/messages/", json={})
+            assert response.status_code == 404
+            assert "location" not in response.headers
+            assert response.json()["error"]["type"] == "not_found_error"
+
+    asyncio.run(check())
+    a, b = ids.message_id(), ids.message_id()
+    assert a != b and len(a) == len(b) == 30

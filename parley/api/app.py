@@ -111,8 +111,15 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             for engine in chosen:
                 await engine.close()
 
+    # No trailing-slash redirects: Starlette builds their Location from the
+    # client's Host header; /v1/messages/ is a 404 like any unknown path.
     app = FastAPI(
-        title="parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="parley",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.draining = Draining()  # the CLI's server starts it on SIGTERM
     errors.install(app)
