@@ -192,3 +192,14 @@ def test_every_schema_gives_a_grammar_llama_cpp_accepts(
     assert grammar is not None
     assert len(grammar.text) < 200_000
     assert native.grammar_ok(grammar), grammar.text[:2000]
+
+
+@pytest.mark.model
+def test_a_refused_grammar_is_not_printed(native: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp prints a grammar it cannot parse, whole, to standard error:
+    tool names and enum values, prompt text that logs must not hold."""
+    from parley.engines.base import Grammar
+
+    assert not native.grammar_ok(Grammar('root ::= "secret-tool-name" (unclosed'))
+    assert native.grammar_ok(Grammar('root ::= "fine"'))
+    assert "secret-tool-name" not in capfd.readouterr().err

@@ -237,3 +237,18 @@ def test_no_trailing_slash_redirect_and_unpredictable_ids(tmp_path: Any) -> None
     asyncio.run(check())
     a, b = ids.message_id(), ids.message_id()
     assert a != b and len(a) == len(b) == 30
+
+
+def test_a_native_crash_leaves_a_trace_in_the_log(server_factory: Any) -> None:
+    """A segfault in native code (here: the signal itself) is written to the log
+    with every thread's Python stack before the process dies."""
+    import signal
+
+    from tests.conftest import RULES
+
+    server = server_factory("--engine", "scripted", "--script", str(RULES))
+    server.process.send_signal(signal.SIGSEGV)
+    assert server.process.wait(timeout=60) == -signal.SIGSEGV
+    log = server.log()
+    assert "Fatal Python error: Segmentation fault" in log
+    assert "parley" in log.split("Fatal Python error", 1)[1]  # the stacks follow
