@@ -71,6 +71,9 @@ class Settings:
     rate_input_tokens: int = 0  # per API key and minute; 0: no limit
     rate_output_tokens: int = 0  # per API key and minute; 0: no limit
     slow_reader_timeout: float = 60.0  # seconds a response may wait for a client to read
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    body_timeout: float = 30.0  # seconds a request body may go without data (and see http.py)
+    max_connections: int = 1000  # open connections; beyond them new ones get 529 and close
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
     url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard
@@ -167,4 +170,8 @@ def load_settings(
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
+    if settings.header_timeout <= 0 or settings.body_timeout <= 0:
+        raise ConfigError("settings 'header_timeout' and 'body_timeout' must be more than 0")
+    if settings.max_connections < 1:
+        raise ConfigError("setting 'max_connections' must be at least 1")
     return settings

@@ -10,6 +10,7 @@ these; one handler (``parley.api.errors``) renders the Anthropic envelope
     ├── AuthenticationError        401 authentication_error
     ├── PermissionDeniedError      403 permission_error
     ├── NotFoundError              404 not_found_error
+    ├── RequestTimeoutError        408 timeout_error (the body did not arrive in time)
     ├── RequestTooLargeError       413 request_too_large
     ├── RateLimitError             429 rate_limit_error
     ├── APIError                   500 api_error
@@ -60,6 +61,11 @@ class PermissionDeniedError(ParleyError):
 class NotFoundError(ParleyError):
     status_code = 404
     error_type = "not_found_error"
+
+
+class RequestTimeoutError(ParleyError):
+    status_code = 408
+    error_type = "timeout_error"
 
 
 class RequestTooLargeError(ParleyError):

@@ -31,9 +31,9 @@ _COUNT_BODY = openapi.body(wr.CountTokensRequest)
 async def create_message(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    body = await read_body(request, state.settings.max_body_bytes)
+    settings, service, limiter = state.settings, state.messages, state.limiter
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
     req = parse(wr.CreateMessageRequest, body)
-    service, limiter = state.messages, state.limiter
     owner = key_owner(request)
     prepared = await service.prepare(req)
     limiter.admit(owner, prepared.prompt.n_tokens)
@@ -65,9 +65,10 @@ async def create_message(
 async def count_tokens(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    body = await read_body(request, state.settings.max_body_bytes)
+    settings, service = state.settings, state.messages
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
     req = parse(wr.CountTokensRequest, body)
-    return json_response(await state.messages.count_tokens(req))
+    return json_response(await service.count_tokens(req))
 
 
 async def _sse(
