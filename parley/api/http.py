@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from parley.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError
+from parley.offload import Offload
 from parley.wire.common import error_path
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,11 +90,16 @@ def parse(model: type[M], body: bytes) -> M:
     return parsed
 
 
+async def parse_body(model: type[M], body: bytes, offload: Offload) -> M:
+    """``parse``, in a worker thread when the body is big (see ``parley.offload``)."""
+    return await offload.run(len(body), lambda: parse(model, body))
+
+
 def _refuse_duplicate_keys(body: bytes) -> None:
     """JSON parsers keep the last of two equal keys; a request that has them is
     ambiguous, so it is refused rather than guessed at."""
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    def pairs(items: list[tuple[str, Any]]) -> None:
         seen: set[str] = set()
         for key, _ in items:
             if key in seen:
@@ -102,7 +108,9 @@ def _refuse_duplicate_keys(body: bytes) -> None:
                     "each key may appear once"
                 )
             seen.add(key)
-        return dict(items)
+        # Only the keys matter: keeping no objects keeps a big body's check from
+        # building (and the garbage collector from walking) a second copy of it.
+        return None
 
     with contextlib.suppress(ValueError, RecursionError):  # already validated by pydantic
         json.loads(body, object_pairs_hook=pairs)

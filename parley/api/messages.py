@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
-from parley.api.http import json_response, parse, read_body
+from parley.api.http import json_response, parse_body, read_body
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
@@ -33,9 +33,12 @@ async def create_message(
 ) -> Response:
     settings, service, limiter = state.settings, state.messages, state.limiter
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-    req = parse(wr.CreateMessageRequest, body)
+    size = len(body)
+    async with service.offload.slot(size):  # a big body: parsed and rendered off the loop
+        req = await parse_body(wr.CreateMessageRequest, body, service.offload)
+        del body  # not kept alive beside its parsed request
+        prepared = await service.prepare(req, size=size)
     owner = key_owner(request)
-    prepared = await service.prepare(req)
     limiter.admit(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
     if req.stream:
@@ -67,8 +70,12 @@ async def count_tokens(
 ) -> Response:
     settings, service = state.settings, state.messages
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-    req = parse(wr.CountTokensRequest, body)
-    return json_response(await service.count_tokens(req))
+    size = len(body)
+    async with service.offload.slot(size):
+        req = await parse_body(wr.CountTokensRequest, body, service.offload)
+        del body
+        count = await service.count_tokens(req, size=size)
+    return json_response(count)
 
 
 async def _sse(

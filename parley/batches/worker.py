@@ -24,7 +24,7 @@ from typing import Literal
 
 import anyio
 
-from parley.api.http import parse
+from parley.api.http import parse_body
 from parley.batches.store import BatchStore, Claimed, RequestStatus
 from parley.errors import InvalidRequestError, OverloadedError, ParleyError
 from parley.service import MessagesService
@@ -204,10 +204,14 @@ class BatchWorker:
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
         service = self._service
         try:
-            req = parse(wr.CreateMessageRequest, item.params.encode())
-            if req.stream:
-                raise InvalidRequestError("stream: streaming is not supported in message batches")
-            prepared = await service.prepare(req)
+            body = item.params.encode()
+            async with service.offload.slot(len(body)):
+                req = await parse_body(wr.CreateMessageRequest, body, service.offload)
+                if req.stream:
+                    raise InvalidRequestError(
+                        "stream: streaming is not supported in message batches"
+                    )
+                prepared = await service.prepare(req, size=len(body))
             params = dataclasses.replace(prepared.params, priority=BATCH_PRIORITY)
             generation, state = service.submit(dataclasses.replace(prepared, params=params))
             message = await service.run(generation, state)
