@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
+import sys
 from asyncio import TimerHandle
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +51,10 @@ class ConnectionLimits:
 def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> int:
     """The connection cap to use: ``wanted``, raising the soft descriptor limit
     towards the hard one if it is too low for it, else lowered to fit."""
+    if sys.platform == "win32":  # no RLIMIT_NOFILE to fit
+        return wanted
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + reserve
     if soft != resource.RLIM_INFINITY and soft < need:
@@ -66,6 +70,8 @@ def connection_cap(wanted: int, reserve: int = FD_RESERVE) -> int:
 
 def fit_cap(wanted: int, soft_limit: int, reserve: int = FD_RESERVE) -> int:
     """``wanted``, or fewer when the descriptor limit leaves no room for it."""
+    import resource
+
     if soft_limit == resource.RLIM_INFINITY:
         return wanted
     room = max(1, soft_limit - reserve)
