@@ -91,6 +91,21 @@ def _parser() -> argparse.ArgumentParser:
         "--shutdown-grace", type=float, help="seconds open streams may go on after SIGTERM"
     )
     serve.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds a connection may take to send a request's headers (then it is closed)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds a request body may go without data (then 408)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections; beyond them a new one is answered 529 and closed",
+    )
+    serve.add_argument(
         "--allow-url-sources", action="store_true", help="fetch documents given by URL"
     )
     serve.add_argument(
@@ -143,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "grammar_step_timeout": args.grammar_step_timeout,
         "batch_workers": args.batch_workers,
         "shutdown_grace": args.shutdown_grace,
+        "header_timeout": args.header_timeout,
+        "body_timeout": args.body_timeout,
+        "max_connections": args.max_connections,
         "rate_requests": args.rate_requests,
         "rate_input_tokens": args.rate_input_tokens,
         "rate_output_tokens": args.rate_output_tokens,
@@ -173,6 +191,7 @@ def _serve(settings: Any) -> int:
     import uvicorn
 
     from parley.api.app import create_app
+    from parley.api.protocol import ConnectionLimits, connection_cap, protocol_class
 
     try:
         app = create_app(settings)
@@ -188,6 +207,13 @@ def _serve(settings: Any) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # uvicorn's httptools protocol, with a header timeout and a connection cap.
+        http=protocol_class(
+            ConnectionLimits(
+                header_timeout=settings.header_timeout,
+                max_connections=connection_cap(settings.max_connections),
+            )
+        ),
         # Open streams get shutdown_grace to finish, then an error event; this
         # leaves them time to send it before uvicorn gives up on connections.
         timeout_graceful_shutdown=settings.shutdown_grace + 5,

@@ -75,6 +75,9 @@ class Settings:
     # None: twice rate_requests (the API's ratio at most tiers), 0: no limit
     rate_count_tokens: int | None = None
     slow_reader_timeout: float = 60.0  # seconds a response may wait for a client to read
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    body_timeout: float = 30.0  # seconds a request body may go without data (and see http.py)
+    max_connections: int = 1000  # open connections; beyond them new ones get 529 and close
     shutdown_grace: float = 8.0  # seconds open streams may go on after SIGTERM
     url_sources: bool = False  # fetch documents given by URL (SSRF-guarded)
     url_allow: tuple[str, ...] = ()  # hosts or networks exempt from the SSRF guard
@@ -183,4 +186,8 @@ def load_settings(
     for name in ("url_max_bytes", "url_max_total_bytes", "url_max_documents", "url_timeout"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"setting '{name}' must be more than 0")
+    if settings.header_timeout <= 0 or settings.body_timeout <= 0:
+        raise ConfigError("settings 'header_timeout' and 'body_timeout' must be more than 0")
+    if settings.max_connections < 1:
+        raise ConfigError("setting 'max_connections' must be at least 1")
     return settings

@@ -6,10 +6,12 @@ these; one handler (``parley.api.errors``) renders the Anthropic envelope
 
     ParleyError
     ├── InvalidRequestError        400 invalid_request_error
-    │   └── UnsupportedFeatureError    (known to the API, not served here yet)
+    │   ├── UnsupportedFeatureError    (known to the API, not served here yet)
+    │   └── PromptTooLongError         (the prompt does not fit the context window)
     ├── AuthenticationError        401 authentication_error
     ├── PermissionDeniedError      403 permission_error
     ├── NotFoundError              404 not_found_error
+    ├── RequestTimeoutError        408 timeout_error (the body did not arrive in time)
     ├── RequestTooLargeError       413 request_too_large
     ├── RateLimitError             429 rate_limit_error
     ├── APIError                   500 api_error
@@ -47,6 +49,26 @@ class UnsupportedFeatureError(InvalidRequestError):
     """A feature of the Anthropic API that parley, or the served model, cannot do."""
 
 
+class PromptTooLongError(InvalidRequestError):
+    """The prompt has ``tokens`` tokens or more, and the context window holds
+    ``context`` (prompt and output together). With ``exact`` false, ``tokens``
+    is a proven lower bound: the prompt was refused without tokenizing it whole.
+
+    The message starts as the API's does (``prompt is too long: N tokens > M
+    maximum``), which clients parse to decide when to compact a conversation.
+    """
+
+    def __init__(self, tokens: int, *, context: int, model: str, exact: bool = True) -> None:
+        counted = "" if exact else "a lower bound, counted without tokenizing it whole; "
+        super().__init__(
+            f"prompt is too long: {tokens} tokens > {context - 1} maximum ({counted}the context "
+            f"window of {model} is {context} tokens, prompt and output together)"
+        )
+        self.tokens = tokens
+        self.context = context
+        self.exact = exact
+
+
 class AuthenticationError(ParleyError):
     status_code = 401
     error_type = "authentication_error"
@@ -60,6 +82,11 @@ class PermissionDeniedError(ParleyError):
 class NotFoundError(ParleyError):
     status_code = 404
     error_type = "not_found_error"
+
+
+class RequestTimeoutError(ParleyError):
+    status_code = 408
+    error_type = "timeout_error"
 
 
 class RequestTooLargeError(ParleyError):

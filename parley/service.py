@@ -1,8 +1,9 @@
 """The messages service: what ``/v1/messages`` and ``count_tokens`` do, without HTTP.
 
 ``prepare`` resolves the model, builds the conversation, renders and counts
-the prompt off the event loop and checks the limits; ``run`` collects a whole
-message; ``stream`` yields Anthropic stream events with pings while the engine
+the prompt off the event loop (all of it in a worker thread, in the caller's
+``parley.offload`` slot, for a big request) and checks the limits; ``run``
+collects a whole message; ``stream`` yields Anthropic stream events with pings while the engine
 is busy. Both go through ``MessageState``, so they agree exactly.
 """
 
@@ -17,11 +18,18 @@ from typing import Any
 import anyio
 
 from parley.catalog import Catalog
-from parley.conversation import build_conversation
+from parley.conversation import Conversation, build_conversation
 from parley.engines.base import Engine, Generation, Prompt, SamplingParams
-from parley.errors import APIError, InvalidRequestError, OverloadedError, ParleyError
+from parley.errors import (
+    APIError,
+    InvalidRequestError,
+    OverloadedError,
+    ParleyError,
+    PromptTooLongError,
+)
 from parley.fetch import FetchPolicy, fetch_all
 from parley.ids import message_id
+from parley.offload import Offload
 from parley.streaming.state import MessageState
 from parley.thinking import Signer
 from parley.wire import content as wc
@@ -67,7 +75,9 @@ class MessagesService:
         draining: Draining | None = None,
         fetch: FetchPolicy | None = None,
         default_temperature: float = 1.0,
+        offload: Offload | None = None,
     ) -> None:
+        self.offload = offload or Offload()  # big requests' parsing and rendering
         self._temperature = default_temperature  # for requests that send none (the API's is 1)
         self._draining = draining or Draining()
         self._fetch = fetch or FetchPolicy()
@@ -92,20 +102,31 @@ class MessagesService:
             source = wc.PlainTextSource(type="text", media_type="text/plain", data=text)
             content[j] = block.model_copy(update={"source": source})
 
-    async def _render(self, engine: Engine, req: wr.CountTokensRequest) -> Prompt:
+    async def _render(
+        self, engine: Engine, req: wr.CountTokensRequest, *, size: int, limit: int | None = None
+    ) -> Prompt:
+        """The prompt of ``req`` (a body of ``size`` bytes); with ``limit``, the
+        engine may refuse a prompt it can prove has ``limit`` tokens or more."""
         await self._fetch_documents(req)
-        conversation = build_conversation(
-            req, engine.card.capabilities, model=req.model, signer=self._signer
-        )
-        if not engine.prepare_off_loop:
-            return engine.prepare(conversation)
-        return await anyio.to_thread.run_sync(engine.prepare, conversation)
 
-    async def count_tokens(self, req: wr.CountTokensRequest) -> wresp.TokenCount:
-        prompt = await self._render(self._catalog.resolve(req.model), req)
+        def build() -> Conversation:
+            return build_conversation(
+                req, engine.card.capabilities, model=req.model, signer=self._signer
+            )
+
+        if self.offload.heavy(size):  # in the caller's slot (parley.offload)
+            return await self.offload.run(size, lambda: engine.prepare(build(), limit=limit))
+        conversation = build()
+        if not engine.prepare_off_loop:
+            return engine.prepare(conversation, limit=limit)
+        return await anyio.to_thread.run_sync(lambda: engine.prepare(conversation, limit=limit))
+
+    async def count_tokens(self, req: wr.CountTokensRequest, *, size: int = 0) -> wresp.TokenCount:
+        prompt = await self._render(self._catalog.resolve(req.model), req, size=size)
         return wresp.TokenCount(input_tokens=prompt.n_tokens)
 
-    async def prepare(self, req: wr.CreateMessageRequest) -> Prepared:
+    async def prepare(self, req: wr.CreateMessageRequest, *, size: int = 0) -> Prepared:
+        """Everything before ``submit``, for a request whose body had ``size`` bytes."""
         engine = self._catalog.resolve(req.model)
         card = engine.card
         # A Claude model id (an alias here) allows more output than the local model
@@ -116,13 +137,15 @@ class MessagesService:
                 f"max_tokens: {req.max_tokens} > {card.max_output_tokens}, which is the maximum "
                 f"allowed number of output tokens for {req.model}"
             )
-        prompt = await self._render(engine, req)
-        if prompt.n_tokens >= card.context_length:
-            raise InvalidRequestError(
-                f"prompt is too long: {prompt.n_tokens} tokens > {card.context_length - 1} "
-                f"maximum (the context window of {req.model} is {card.context_length} tokens, "
-                "prompt and output together)"
-            )
+        context = card.context_length
+        try:
+            prompt = await self._render(engine, req, size=size, limit=context)
+        except PromptTooLongError as exc:  # the engine's early refusal, named as the client did
+            raise PromptTooLongError(
+                exc.tokens, context=context, model=req.model, exact=exc.exact
+            ) from None
+        if prompt.n_tokens >= context:
+            raise PromptTooLongError(prompt.n_tokens, context=context, model=req.model)
         params = SamplingParams(
             max_tokens=req.max_tokens,
             temperature=self._temperature if req.temperature is None else req.temperature,

@@ -142,7 +142,7 @@ def envelope(body: bytes) -> list[tuple[str, str]]:
 async def create_batch(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    body = await read_body(request, state.settings.max_batch_bytes)
+    body = await read_body(request, state.settings.max_batch_bytes, state.settings.body_timeout)
     items = await anyio.to_thread.run_sync(envelope, body)
     del body
     store = state.batch_store()

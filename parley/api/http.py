@@ -11,18 +11,29 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from parley.api import json_body
-from parley.errors import InvalidRequestError, RequestTooLargeError
+from parley.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError
+from parley.offload import Offload
 from parley.wire.common import error_path
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing with 413 as soon as it exceeds ``limit`` bytes.
+# A body must also arrive at this rate on average (after its first
+# ``idle`` seconds): a client sending a byte every few seconds would
+# otherwise hold its connection for days within the per-gap timeout.
+MIN_BODY_RATE = 64 * 1024  # bytes a second
+
+
+async def read_body(request: Request, limit: int, idle: float = 30.0) -> bytes:
+    """The request body, refusing with 413 as soon as it exceeds ``limit`` bytes,
+    and with 408 (closing the connection) when it stops arriving.
 
     A declared ``Content-Length`` over the limit is refused before reading; a
     chunked body is counted while it streams, never buffered past the limit.
+    The body may go at most ``idle`` seconds without data, and must be
+    complete within ``idle`` seconds plus one for every ``MIN_BODY_RATE``
+    bytes received.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -32,18 +43,31 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise InvalidRequestError(f"Content-Type must be application/json, not '{ctype}'")
     chunks: list[bytes] = []
     size = 0
+    started = anyio.current_time()
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLargeError(
-                    f"Request exceeds the maximum allowed number of bytes ({limit})"
+        with anyio.CancelScope(deadline=started + idle) as waiting:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(
+                        f"Request exceeds the maximum allowed number of bytes ({limit})"
+                    )
+                chunks.append(chunk)
+                waiting.deadline = min(
+                    anyio.current_time() + idle, started + idle + size / MIN_BODY_RATE
                 )
-            chunks.append(chunk)
     except ClientDisconnect:
         raise InvalidRequestError(
             "the client closed the connection before the body arrived"
         ) from None
+    if waiting.cancelled_caught:
+        of = f" of {declared}" if declared is not None else ""
+        raise RequestTimeoutError(
+            f"the request body did not arrive in time: {size}{of} bytes in "
+            f"{anyio.current_time() - started:.0f} s (at most {idle:g} s without data, "
+            f"and {MIN_BODY_RATE // 1024} KB/s on average); nothing was done",
+            headers={"connection": "close"},  # the rest of the body is not read
+        )
     return b"".join(chunks)
 
 
@@ -65,6 +89,11 @@ def parse(model: type[M], body: bytes) -> M:
         raise InvalidRequestError(message) from None
     json_body.refuse_duplicate_keys(body)
     return parsed
+
+
+async def parse_body(model: type[M], body: bytes, offload: Offload) -> M:
+    """``parse``, in a worker thread when the body is big (see ``parley.offload``)."""
+    return await offload.run(len(body), lambda: parse(model, body))
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

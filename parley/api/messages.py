@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
-from parley.api.http import json_response, parse, read_body, unless_client_leaves
+from parley.api.http import json_response, parse_body, read_body, unless_client_leaves
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
@@ -31,13 +31,16 @@ _COUNT_BODY = openapi.body(wr.CountTokensRequest)
 async def create_message(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    body = await read_body(request, state.settings.max_body_bytes)
-    req = parse(wr.CreateMessageRequest, body)
-    service, limiter = state.messages, state.limiter
+    settings, service, limiter = state.settings, state.messages, state.limiter
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+    size = len(body)
     owner = key_owner(request)
-    limiter.admit_request(owner)  # before prepare: a key at its limit costs no rendering
-    # Preparing may fetch URL documents: a client that leaves stops it.
-    prepared = await unless_client_leaves(request, service.prepare(req))
+    async with service.offload.slot(size):  # a big body: parsed and rendered off the loop
+        req = await parse_body(wr.CreateMessageRequest, body, service.offload)
+        del body  # not kept alive beside its parsed request
+        limiter.admit_request(owner)  # before prepare: a key at its limit costs no rendering
+        # Preparing may fetch URL documents: a client that leaves stops it.
+        prepared = await unless_client_leaves(request, service.prepare(req, size=size))
     limiter.admit_input(owner, prepared.prompt.n_tokens)
     generation, message_state = service.submit(prepared)
     if req.stream:
@@ -70,12 +73,17 @@ async def count_tokens(
     # Token counting is metered apart from Messages, by its own request limit (as
     # the API does): it spends none of the key's Messages requests or tokens, and
     # its responses carry the headers of its own bucket.
+    settings, service = state.settings, state.messages
     limiter, owner = state.count_limiter, key_owner(request)
     request.state.rate_limited = limiter.headers_for(owner) if limiter.enabled else None
-    body = await read_body(request, state.settings.max_body_bytes)
-    req = parse(wr.CountTokensRequest, body)
-    limiter.admit_request(owner)  # before rendering, as for Messages
-    return json_response(await unless_client_leaves(request, state.messages.count_tokens(req)))
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
+    size = len(body)
+    async with service.offload.slot(size):
+        req = await parse_body(wr.CountTokensRequest, body, service.offload)
+        del body
+        limiter.admit_request(owner)  # before rendering, as for Messages
+        count = await unless_client_leaves(request, service.count_tokens(req, size=size))
+    return json_response(count)
 
 
 async def _sse(

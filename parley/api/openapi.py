@@ -24,6 +24,7 @@ ERROR_STATUSES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error (method not allowed)",
+    408: "timeout_error (the request body did not arrive in time)",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",

@@ -38,7 +38,7 @@ from typing import Literal
 
 import anyio
 
-from parley.api.http import parse
+from parley.api.http import parse_body
 from parley.batches.store import BatchStore, Claimed, RequestStatus
 from parley.errors import InvalidRequestError, OverloadedError, ParleyError, RateLimitError
 from parley.ratelimit import RateLimiter
@@ -309,10 +309,14 @@ class BatchWorker:
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
         service, limiter = self._service, self._limiter
         try:
-            req = parse(wr.CreateMessageRequest, item.params.encode())
-            if req.stream:
-                raise InvalidRequestError("stream: streaming is not supported in message batches")
-            prepared = await service.prepare(req)
+            body = item.params.encode()
+            async with service.offload.slot(len(body)):
+                req = await parse_body(wr.CreateMessageRequest, body, service.offload)
+                if req.stream:
+                    raise InvalidRequestError(
+                        "stream: streaming is not supported in message batches"
+                    )
+                prepared = await service.prepare(req, size=len(body))
             tokens = prepared.prompt.n_tokens
             try:
                 limiter.admit_input(item.owner, tokens)

@@ -8,6 +8,10 @@ generations that yield ``EngineEvent`` values. Everything Anthropic-shaped
 Obligations of an implementation:
 
 * ``prepare`` is synchronous and thread-safe; callers run it off the event loop.
+  Given a ``limit``, it may raise ``PromptTooLongError(n, ..., exact=False)`` instead
+  of tokenizing a prompt it can *prove* has ``n >= limit`` tokens (a cheap
+  check, so a huge prompt is not tokenized only to be refused); it must never
+  do so for a prompt with fewer. Ignoring ``limit`` is always correct.
 * ``submit`` never blocks: it admits the request or raises ``OverloadedError``.
 * A ``Generation`` yields events ending with exactly one ``Finished``;
   ``cancel()`` (or leaving the iteration early) frees the engine promptly.
@@ -210,8 +214,9 @@ class Engine(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def prepare(self, conversation: Conversation) -> Prompt:
-        """Render and tokenize exactly what ``submit`` would decode from."""
+    def prepare(self, conversation: Conversation, *, limit: int | None = None) -> Prompt:
+        """Render and tokenize exactly what ``submit`` would decode from (or, with
+        ``limit``, refuse a prompt proven to have that many tokens: see above)."""
 
     @abc.abstractmethod
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:

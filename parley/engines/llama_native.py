@@ -183,6 +183,30 @@ class LlamaNative:
             raise EngineError("llama.cpp could not tokenize the prompt")
         return list(buf[:n])
 
+    def longest_token_bytes(self) -> int | None:
+        """The most bytes of text one token stands for, or None when the
+        vocabulary gives no such bound. A text of B bytes then has at least
+        B / this many tokens (``LlamaCppEngine.prepare`` refuses on it).
+
+        In byte-level BPE and SentencePiece vocabularies each token consumes
+        exactly the bytes of its text (special tokens: their text; ``▁``: one
+        space; an unknown character: at most 4 bytes), unless it strips the
+        whitespace beside it (LSTRIP/RSTRIP), which it does not show. WordPiece
+        and Unigram normalize the text (lowercase, drop accents, NFKC) first, so
+        their tokens may stand for more than they show: no bound for them.
+        """
+        if L.llama_vocab_type(self._vocab) not in (L.LLAMA_VOCAB_TYPE_SPM, L.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        strips = L.LLAMA_TOKEN_ATTR_LSTRIP | L.LLAMA_TOKEN_ATTR_RSTRIP
+        buf = ctypes.create_string_buffer(256)
+        longest = 4
+        for token in range(self._n_vocab):
+            if L.llama_vocab_get_attr(self._vocab, token) & strips:
+                return None
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+            longest = max(longest, abs(n))  # negative: the length that did not fit
+        return longest
+
     def piece(self, token: int) -> bytes:
         cached = self._pieces.get(token)
         if cached is None:

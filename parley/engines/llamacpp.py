@@ -34,6 +34,7 @@ from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfi
 from parley.engines.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.scheduler import BatchScheduler, common_prefix
 from parley.engines.tool_format import GrammarCheck, grammar_for
+from parley.errors import PromptTooLongError
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -98,6 +99,7 @@ class LlamaCppEngine(Engine):
         self._template: ChatTemplate | None = None
         self._bos_text = ""
         self._add_bos = False
+        self._token_bytes: int | None = None  # most bytes one token stands for
         self.card = ModelCard(
             id=model_id,
             display_name=model_id,
@@ -120,6 +122,7 @@ class LlamaCppEngine(Engine):
         name = native.metadata("general.name") or self.model_path.stem
         self._bos_text = native.token_text(native.bos)
         self._add_bos = native.add_bos
+        self._token_bytes = native.longest_token_bytes()
         self._template = ChatTemplate(
             self._template_override or native.chat_template(),
             bos_token=self._bos_text,
@@ -166,7 +169,7 @@ class LlamaCppEngine(Engine):
             self._native.close()
             self._native = None
 
-    def prepare(self, conversation: Conversation) -> Prompt:
+    def prepare(self, conversation: Conversation, *, limit: int | None = None) -> Prompt:
         """Render, then tokenize: the template's own text may hold special tokens
         (``<|im_start|>``); text that came from the request never does, so a
         user cannot forge a turn by writing one."""
@@ -177,6 +180,13 @@ class LlamaCppEngine(Engine):
         segments, offsets = _segments(rendered, conversation, guard)
         text = "".join(seg for seg, _ in segments)
         add_bos = self._add_bos and not text.startswith(self._bos_text)
+        if limit is not None and self._token_bytes:
+            # A character is at least a byte: a lower bound, known without tokenizing.
+            at_least = -(-len(text) // self._token_bytes)
+            if at_least >= limit:
+                raise PromptTooLongError(
+                    at_least, context=self.card.context_length, model=self.card.id, exact=False
+                )
         tokens = self._tokenize(segments, add_bos)
         # A breakpoint's position: the tokens the prompt shares with its text up to the tag.
         breakpoints = tuple(

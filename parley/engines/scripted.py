@@ -62,7 +62,7 @@ from parley.engines.base import (
     ToolInputChunk,
 )
 from parley.engines.stops import StopMatcher
-from parley.errors import EngineError, OverloadedError, ParleyError
+from parley.errors import EngineError, OverloadedError, ParleyError, PromptTooLongError
 from parley.ids import tool_use_id
 
 if TYPE_CHECKING:
@@ -291,8 +291,17 @@ class ScriptedEngine(Engine):
             capabilities=Capabilities(images=False, tools=True),
         )
 
-    def prepare(self, conversation: Conversation) -> Prompt:
-        pieces = tokenize(render(conversation))
+    def prepare(self, conversation: Conversation, *, limit: int | None = None) -> Prompt:
+        text = render(conversation)
+        # Every token has a character, so a shorter text cannot reach the limit;
+        # a longer one is counted only until it does.
+        if limit is not None and len(text) >= limit:
+            for counted, _ in enumerate(_TOKEN.finditer(text), 1):
+                if counted >= limit:
+                    raise PromptTooLongError(
+                        counted, context=self.card.context_length, model=self.card.id, exact=False
+                    )
+        pieces = tokenize(text)
         return Prompt(conversation, "".join(pieces), list(range(len(pieces))))
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
