@@ -27,8 +27,8 @@ import httpx
 import psutil
 
 from bench.common import Section, serve, write_section
-from parley.engines.llama_native import GGML_TYPE_Q8_0
 from parley.engines.llamacpp import embedded_model_path
+from parley.engines.llamacpp.native import GGML_TYPE_Q8_0
 
 REPS = int(os.environ.get("BENCH_REPS", "7"))
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "200"))
@@ -55,7 +55,7 @@ def prompt(rep: int) -> str:
 
 def direct_run(llm: Any, rep: int) -> Run:
     from parley.conversation import Conversation, TextPart, Turn
-    from parley.engines.chat_template import ChatTemplate
+    from parley.engines.llamacpp.chat_template import ChatTemplate
 
     template = ChatTemplate(llm.metadata.get("tokenizer.chat_template"), bos_token="", eos_token="")
     conv = Conversation(system=None, turns=(Turn("user", (TextPart(prompt(rep)),)),))

@@ -181,8 +181,8 @@ def test_a_30mb_prompt_on_the_model_is_refused_before_tokenizing(model_server: S
 def test_the_model_bound_is_below_every_exact_count() -> None:
     """The proof's premise on the real vocabulary: no text has fewer tokens than
     its length over the longest token, whatever it is made of."""
-    from parley.engines.llama_native import LlamaNative, NativeConfig
     from parley.engines.llamacpp import embedded_model_path
+    from parley.engines.llamacpp.native import LlamaNative, NativeConfig
 
     native = LlamaNative(
         embedded_model_path(), NativeConfig(n_ctx=256, n_seq_max=1, n_batch=64, n_threads=1)

@@ -15,8 +15,8 @@ from parley.conversation import (
     ToolResultPart,
     Turn,
 )
-from parley.engines.chat_template import ChatTemplate
 from parley.engines.llamacpp import embedded_model_path
+from parley.engines.llamacpp.chat_template import ChatTemplate
 
 
 @pytest.fixture(scope="module")

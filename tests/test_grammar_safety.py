@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.conversation import Conversation, ToolSpec
-from parley.engines import grammar_repeat
-from parley.engines.json_grammar import SafeConverter
-from parley.engines.regex_grammar import pattern_rule
-from parley.engines.tool_format import grammar_for
+from parley.engines.llamacpp import grammar_repeat
+from parley.engines.llamacpp.grammar import grammar_for
+from parley.engines.llamacpp.grammar_json import SafeConverter
+from parley.engines.llamacpp.grammar_regex import pattern_rule
 
 # Patterns that make backtracking or stack-set matchers explode, or that a
 # grammar cannot express; each is left out (the string keeps its length bounds).
@@ -169,8 +169,8 @@ def _schemas() -> st.SearchStrategy[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def native() -> Any:
-    from parley.engines.llama_native import LlamaNative, NativeConfig
     from parley.engines.llamacpp import embedded_model_path
+    from parley.engines.llamacpp.native import LlamaNative, NativeConfig
 
     n = LlamaNative(
         embedded_model_path(), NativeConfig(n_ctx=256, n_seq_max=1, n_batch=32, n_threads=1)
@@ -198,7 +198,7 @@ def test_every_schema_gives_a_grammar_llama_cpp_accepts(
 def test_a_refused_grammar_is_not_printed(native: Any, capfd: pytest.CaptureFixture[str]) -> None:
     """llama.cpp prints a grammar it cannot parse, whole, to standard error:
     tool names and enum values, prompt text that logs must not hold."""
-    from parley.engines.base import Grammar
+    from parley.engines.llamacpp.output import Grammar
 
     assert not native.grammar_ok(Grammar('root ::= "secret-tool-name" (unclosed'))
     assert native.grammar_ok(Grammar('root ::= "fine"'))

@@ -133,8 +133,8 @@ def test_claude_codes_own_tools_decode_on_the_real_engine(tmp_path: Path) -> Non
 
     from parley.conversation import Conversation, ToolSpec, Turn
     from parley.engines.base import Finished, Prompt, SamplingParams, ToolCallStart
-    from parley.engines.llama_native import NativeConfig
     from parley.engines.llamacpp import LlamaCppEngine, embedded_model_path
+    from parley.engines.llamacpp.native import NativeConfig
 
     config = NativeConfig(n_ctx=32768, n_seq_max=2, n_batch=256, n_threads=2)
     engine = LlamaCppEngine(embedded_model_path(), model_id=MODEL, config=config)

@@ -14,7 +14,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from parley.engines.prefix_cache import Breakpoint, CacheUsage, PrefixCache
+from parley.engines.base import CacheUsage
+from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
 from tests.conftest import MODEL, Server
 
 # --- the cache itself, with an injected clock ---------------------------------------

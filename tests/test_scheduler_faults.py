@@ -9,7 +9,6 @@ engine reports itself broken instead of leaving every later request hanging.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -17,16 +16,12 @@ import pytest
 
 from parley.config import Settings
 from parley.conversation import Capabilities, Conversation, Turn
-from parley.engines.base import Engine, Finished, Grammar, ModelCard, Prompt, SamplingParams
-from parley.engines.scheduler import BatchScheduler
+from parley.engines.base import Engine, Finished, ModelCard, Prompt, SamplingParams
+from parley.engines.llamacpp.output import Grammar, LlamaPrompt
+from parley.engines.llamacpp.scheduler import BatchScheduler
 from parley.errors import EngineError, InvalidRequestError, ParleyError
 
 EOS = 0
-
-
-@dataclass(frozen=True)
-class _Config:
-    n_batch: int = 64
 
 
 class FakeNative:
@@ -36,8 +31,8 @@ class FakeNative:
     refusing a grammar does. ``fail_forget``: the next N ``forget`` calls raise
     a foreign exception (a bug in the loop outside a step)."""
 
-    config = _Config()
     n_ctx = 4096
+    n_batch = 64
 
     def __init__(self) -> None:
         self.refuse_grammar = False
@@ -85,9 +80,9 @@ class FakeNative:
         self.samplers.discard(sampler)
 
 
-def prompt(grammar: Grammar | None = None) -> Prompt:
+def prompt(grammar: Grammar | None = None) -> LlamaPrompt:
     conversation = Conversation(system=None, turns=(Turn("user", ()),))
-    return Prompt(conversation, "hi", [1, 2, 3], grammar)
+    return LlamaPrompt(conversation, "hi", [1, 2, 3], grammar)
 
 
 GRAMMAR = Grammar('root ::= "x"*')
@@ -112,7 +107,7 @@ def native() -> FakeNative:
 
 @pytest.fixture
 def scheduler(native: FakeNative) -> Any:
-    scheduler = BatchScheduler(native, n_parallel=2, max_queue=8, prefill_chunk=16)  # type: ignore[arg-type]
+    scheduler = BatchScheduler(native, n_parallel=2, max_queue=8, prefill_chunk=16)
     scheduler.start()
     yield scheduler
     scheduler.stop()
@@ -145,7 +140,7 @@ def test_a_grammar_step_over_the_budget_fails_that_request_alone(
     # Every reading of the clock is a second later than the one before: each
     # constrained sampling step "takes" one second, over a budget of half that.
     ticks = iter(range(10**6))
-    monkeypatch.setattr("parley.engines.scheduler.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("parley.engines.llamacpp.scheduler.time.perf_counter", lambda: next(ticks))
     scheduler._grammar_step_budget = 0.5
     slow, plain = together(
         outcome(scheduler, prompt(GRAMMAR), 50), outcome(scheduler, prompt(), 50)

@@ -144,7 +144,7 @@ def test_joining_chunks_between_hand_overs_keeps_the_message(
 ) -> None:
     # The scheduler hands events over in groups (--stream-interval-ms) and joins
     # adjacent same-kind chunks of a group: the message must not change.
-    from parley.engines.scheduler import _joined
+    from parley.engines.llamacpp.delivery import joined as _joined
 
     cuts = sorted(data.draw(st.sets(st.integers(0, len(stream)), max_size=5)))
     grouped: list[EngineEvent] = []

@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from parley.conversation import Conversation, TextPart, ToolSpec, Turn
-from parley.engines.base import CallSyntax, EngineEvent, TextChunk, ToolCallStart, ToolInputChunk
-from parley.engines.tool_format import FALLBACK, HERMES, ToolCallParser, grammar_for
+from parley.engines.base import EngineEvent, TextChunk, ToolCallStart, ToolInputChunk
+from parley.engines.llamacpp.grammar import grammar_for
+from parley.engines.llamacpp.output import FALLBACK, HERMES, CallSyntax, ToolCallParser
 
 TOOLS = (ToolSpec("a", "", {"type": "object"}), ToolSpec("b", "", {"type": "object"}))
 

@@ -381,7 +381,7 @@ def test_native_template_renders_tools_and_history() -> None:
         ToolSpec,
         Turn,
     )
-    from parley.engines.chat_template import ChatTemplate
+    from parley.engines.llamacpp.chat_template import ChatTemplate
 
     template = ChatTemplate(HERMES.read_text(), bos_token="", eos_token="")
     assert template.native_tools

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from parley.conversation import Capabilities, Conversation
-from parley.engines.prefix_cache import Breakpoint, CacheUsage
 
 
 @dataclass(frozen=True)
@@ -45,37 +44,25 @@ class ModelCard:
 
 
 @dataclass(frozen=True)
-class CallSyntax:
-    """How a model writes a tool call: ``open NAME name_end INPUT close``.
+class CacheUsage:
+    read: int = 0
+    created_5m: int = 0
+    created_1h: int = 0
 
-    Consecutive calls are separated by ``separator``; ``trigger`` is the text
-    that wakes a lazy grammar when the model decides to call on its own.
-    """
-
-    open: str
-    name_end: str
-    close: str
-    trigger: str
-    separator: str = "\n"
-
-
-@dataclass(frozen=True)
-class Grammar:
-    """A decoding constraint in llama.cpp's GBNF, optionally woken by a trigger text."""
-
-    text: str
-    root: str = "root"
-    lazy_trigger: str | None = None  # None: constrain from the first token
-    syntax: CallSyntax | None = None  # the tool-call syntax the grammar writes
+    @property
+    def created(self) -> int:
+        return self.created_5m + self.created_1h
 
 
 @dataclass(frozen=True)
 class Prompt:
+    """What ``prepare`` made of a conversation: exactly the tokens ``submit``
+    decodes from. Engines subclass it for what only they read (llama.cpp: the
+    tool grammar, cache breakpoints); above the engine only ``n_tokens`` is."""
+
     conversation: Conversation
     text: str
     tokens: Sequence[int]
-    grammar: Grammar | None = None
-    breakpoints: tuple[Breakpoint, ...] = ()  # cache_control breakpoints as token positions
 
     @property
     def n_tokens(self) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from parley.engines.base import (
+    CacheUsage,
     EngineEvent,
     Finished,
     TextChunk,
@@ -23,7 +24,6 @@ from parley.engines.base import (
     ToolCallStart,
     ToolInputChunk,
 )
-from parley.engines.prefix_cache import CacheUsage
 from parley.errors import EngineError, ParleyError
 from parley.wire import events as ev
 from parley.wire import responses as wr

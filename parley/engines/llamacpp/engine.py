@@ -29,11 +29,13 @@ from parley.conversation import (
     Turn,
 )
 from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingParams
-from parley.engines.chat_template import ChatTemplate
-from parley.engines.llama_native import LlamaNative, ModelLoadError, NativeConfig
-from parley.engines.prefix_cache import Breakpoint, PrefixCache
-from parley.engines.scheduler import BatchScheduler, common_prefix
-from parley.engines.tool_format import GrammarCheck, grammar_for
+from parley.engines.llamacpp.chat_template import ChatTemplate
+from parley.engines.llamacpp.grammar import GrammarCheck, grammar_for
+from parley.engines.llamacpp.native import LlamaNative, ModelLoadError, NativeConfig
+from parley.engines.llamacpp.output import LlamaPrompt
+from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
+from parley.engines.llamacpp.scheduler import BatchScheduler
+from parley.engines.llamacpp.slots import common_prefix
 from parley.errors import PromptTooLongError
 
 if TYPE_CHECKING:
@@ -197,7 +199,7 @@ class LlamaCppEngine(Engine):
         grammar = grammar_for(
             conversation, self._template.syntax, lambda g: self._grammars.usable(native, g)
         )
-        return Prompt(conversation, text, tokens, grammar, breakpoints)
+        return LlamaPrompt(conversation, text, tokens, grammar, breakpoints)
 
     def _tokenize(
         self, segments: list[tuple[str, bool]], add_bos: bool, upto: int | None = None
@@ -220,6 +222,7 @@ class LlamaCppEngine(Engine):
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
+        assert isinstance(prompt, LlamaPrompt), "a prompt from this engine's prepare"
         return self._scheduler.submit(prompt, params)
 
     @property

@@ -18,8 +18,8 @@ from typing import Any
 
 from llama_cpp import llama_grammar
 
-from parley.engines.grammar_repeat import repeat
-from parley.engines.regex_grammar import pattern_rule
+from parley.engines.llamacpp.grammar_regex import pattern_rule
+from parley.engines.llamacpp.grammar_repeat import repeat
 
 _Base: Any = llama_grammar.SchemaConverter  # untyped upstream
 

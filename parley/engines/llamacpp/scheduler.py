@@ -11,19 +11,10 @@ fit, so a decode never runs out of cells. Waiting requests are ordered by
 priority (interactive before batch work), then arrival; beyond ``max_queue``
 waiting ones, ``submit`` raises 529.
 
-Prefix reuse: a finished sequence leaves its KV cells in its slot. A new
-request takes the idle slot sharing the longest prefix with its prompt, when
-that is at least half the prompt, and prefills only the rest (llama-server's
-slot reuse); otherwise an empty slot, or the least recently used one.
-
-Parking idle slots: llama.cpp attends over every used cell of the unified
-cache, masked or not, so the cells idle slots keep slow every running sequence
-(measured: -7% with one idle 280-token slot beside one stream, -17% with
-fifteen). When a request is admitted, the other idle slots' cells are copied
-to host memory (within ``park_budget`` bytes, least recently used dropped
-first) and cleared from the context; a later request sharing a parked slot's
-prefix copies them back (llama-server's ``--cache-idle-slots``). With a budget
-of 0 idle cells stay in the context.
+Slots (``slots.py``): a request takes the idle slot sharing the longest prefix
+with its prompt, when that covers half of it, else an empty or the least
+recently used one; at admission the other idle slots' cells are parked in
+host memory, because llama.cpp attends over every used cell.
 
 Prompt caching: a request with ``cache_control`` breakpoints is planned
 against the ``PrefixCache`` when it is submitted (so its usage is known for
@@ -32,13 +23,14 @@ shared prefix is copied into the slot's sequence; during prefill, chunks end
 exactly at each breakpoint still to be written, and the sequence's KV state
 is copied out right after that step.
 
-Streaming cadence: a step's events go to the event loop right before the next
-``llama_decode``, at most once every ``stream_interval`` seconds; a job's
-first events, its end and errors go at once. Adjacent text (thinking, tool
-input) chunks of one job that wait together are joined into one, so a client
-gets one delta per interval rather than one per token: fewer wake-ups, writes
-and parses on a machine whose cores are all decoding (the API's own deltas
-also carry several tokens).
+Events reach the event loop through an ``Outbox`` (``delivery.py``): once a
+step, right before the next ``llama_decode``, at most every
+``stream_interval`` seconds unless a job's first events, end or error wait.
+
+Faults: a sampler that cannot be built, or a grammar step over the budget,
+fails that request alone; an exception anywhere else in the loop fails the
+requests it holds and the loop starts again, and after ``_MAX_FAILURES`` in a
+minute it stops and the engine reports itself broken (``alive``).
 
 Cancellation (client gone, batch cancelled) is seen at the next step: the
 sequence leaves the batch and its sampler is freed; its cells stay cached
@@ -48,82 +40,30 @@ and accounted like any idle slot's.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import heapq
 import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from parley.engines.base import (
-    EngineEvent,
-    Finished,
-    FinishReason,
-    Generation,
-    Prompt,
-    SamplingParams,
-    TextChunk,
-    ThinkingChunk,
-    ToolInputChunk,
-)
-from parley.engines.jobs import END, Job, QueueGeneration
-from parley.engines.llama_native import BatchEntry, LlamaNative
-from parley.engines.prefix_cache import Breakpoint, PrefixCache
-from parley.engines.tool_format import THINK_FORCED_CLOSE, ToolCallParser
+from parley.engines.base import EngineEvent, Finished, FinishReason, Generation, SamplingParams
+from parley.engines.llamacpp.delivery import Outbox
+from parley.engines.llamacpp.jobs import Job, QueueGeneration
+from parley.engines.llamacpp.native import BatchEntry, NativeOps
+from parley.engines.llamacpp.output import LlamaPrompt, ToolCallParser
+from parley.engines.llamacpp.prefix_cache import PrefixCache
+from parley.engines.llamacpp.sequence import Running
+from parley.engines.llamacpp.slots import Slot, park, parked_bytes, pick_slot
 from parley.errors import EngineError, InvalidRequestError, OverloadedError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
 
 
-@dataclass
-class Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV state the slot keeps
-    busy: bool = False
-    parked: tuple[Any, int] | None = None  # (that state, its bytes) in host memory
-    used_at: float = 0.0  # last admission, for dropping parked states least recently used
-
-    @property
-    def resident(self) -> int:
-        """Cells this slot holds in the context."""
-        return 0 if self.parked is not None else len(self.cached)
-
-
-@dataclass
-class Running:
-    job: Job
-    slot: Slot
-    sampler: Any
-    budget: int
-    prompt_left: list[int]  # prompt tokens not yet decoded
-    pending: int | None = None  # sampled, not yet decoded
-    produced: int = 0
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    parser: ToolCallParser = field(default_factory=lambda: ToolCallParser(()))
-    think_left: int = 0  # thinking tokens left in the budget
-    writes: list[Breakpoint] = field(default_factory=list)  # cache snapshots still to take
-    started: bool = False  # its first event was emitted
-
-    @property
-    def reserved(self) -> int:
-        return len(self.slot.cached) + len(self.prompt_left) + self.budget - self.produced
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class BatchScheduler:
     def __init__(
         self,
-        native: LlamaNative,
+        native: NativeOps,
         *,
         n_parallel: int,
         max_queue: int,
@@ -136,12 +76,11 @@ class BatchScheduler:
     ) -> None:
         self._native = native
         self._park_budget = park_budget
-        self._stream_interval = stream_interval
         self._cache = cache
         self._queue_timeout = queue_timeout
         self._n_parallel = n_parallel
         self._max_queue = max_queue
-        self._n_batch = native.config.n_batch
+        self._n_batch = native.n_batch
         self._prefill_chunk = max(1, min(prefill_chunk, self._n_batch))
         self._capacity = native.n_ctx
         self._slots = [Slot(i) for i in range(n_parallel)]
@@ -163,10 +102,7 @@ class BatchScheduler:
             "unparks": 0,  # parked slots copied back for a request sharing their prefix
             "reused_tokens": 0,  # prompt tokens whose cells a slot already held (not prefilled)
         }
-        # Events of one step go to the event loop in one wake-up, not one per event.
-        self._outbox: list[tuple[Job, Any]] = []
-        self._urgent = False  # the outbox holds a first event, an end or an error
-        self._flushed_at = 0.0
+        self._outbox = Outbox(stream_interval)  # a step's events, in one wake-up per loop
         self._grammar_step_budget = grammar_step_budget
         self._admitting: Job | None = None
         self._failures: list[float] = []  # when the loop last failed outside a step
@@ -189,7 +125,7 @@ class BatchScheduler:
         """The decode loop runs (or has not been started yet)."""
         return self.dead is None and (self._thread.is_alive() or not self._thread.ident)
 
-    def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
+    def submit(self, prompt: LlamaPrompt, params: SamplingParams) -> Generation:
         if not self.alive:
             raise EngineError(f"the engine is not running: {self.dead or 'its thread ended'}")
         job = Job(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
@@ -228,7 +164,7 @@ class BatchScheduler:
                 "kv_capacity": self._capacity,
                 "kv_cached_tokens": sum(s.resident for s in self._slots),
                 "parked_tokens": sum(len(s.cached) - s.resident for s in self._slots),
-                "parked_bytes": self._parked_bytes(),
+                "parked_bytes": parked_bytes(self._slots),
                 "slots": [
                     {
                         "seq_id": s.seq_id,
@@ -263,13 +199,13 @@ class BatchScheduler:
                 with self._cond:
                     if self._admitting is not None:
                         self._release_plan(self._admitting)
-                        self._outbox.extend([(self._admitting, error), (self._admitting, END)])
+                        self._outbox.end(self._admitting, error)
                         self._admitting = None
                     self._fail_all(error, waiting=True)
                     if len(self._failures) >= _MAX_FAILURES:
                         self.dead = f"the decode loop failed {_MAX_FAILURES} times in a minute"
                         log.error("the decode loop stopped for good", extra={"error": repr(exc)})
-                self._flush()
+                self._outbox.flush()
                 if self.dead is not None:
                     return
 
@@ -279,13 +215,13 @@ class BatchScheduler:
                 self._reap_cancelled()
                 self._admit()
                 while not self._running and not self._stopping:
-                    self._flush()
+                    self._outbox.flush()
                     self._cond.wait()
                     self._reap_cancelled()
                     self._admit()
                 if self._stopping:
                     self._fail_all(EngineError("the server is shutting down"))
-                    self._flush()
+                    self._outbox.flush()
                     return
             try:
                 self._step()  # flushes the previous step's events itself
@@ -293,12 +229,12 @@ class BatchScheduler:
                 log.error("batch step failed", extra={"error": exc.message})
                 with self._cond:
                     self._fail_all(exc)
-                self._flush()
+                self._outbox.flush()
             except Exception:
                 log.exception("batch step failed")
                 with self._cond:
                     self._fail_all(EngineError("the engine failed while decoding"))
-                self._flush()
+                self._outbox.flush()
 
     def _reap_cancelled(self) -> None:
         # Runs before every step: rebuild the heap only when something left it.
@@ -312,8 +248,7 @@ class BatchScheduler:
                     "without starting; retry later",
                     headers={"retry-after": "5"},
                 )
-                self._outbox.extend([(job, error), (job, END)])
-                self._urgent = True
+                self._outbox.end(job, error)
         if any(job.cancelled.is_set() for _, _, job in self._waiting):
             for _, _, job in self._waiting:
                 if job.cancelled.is_set():
@@ -328,7 +263,7 @@ class BatchScheduler:
             _, _, job = self._waiting[0]
             tokens = list(job.prompt.tokens)
             budget = max(0, min(job.params.max_tokens, self._capacity - len(tokens)))
-            slot, reuse = self._pick_slot(tokens)
+            slot, reuse = pick_slot(self._slots, tokens)
             plan = job.cache
             # A cache entry longer than what the slot holds is copied in instead.
             restore = plan.read if plan.read is not None and plan.read.length > reuse else None
@@ -359,7 +294,8 @@ class BatchScheduler:
                 # sums cells changes the floats (a greedy answer could change). Parking
                 # after the admission loop was measured to break that.
                 for other in idle:
-                    self._park(other)
+                    if park(self._native, other, self._slots, self._park_budget):
+                        self._counters["parks"] += 1
             parked, slot.parked = slot.parked, None
             if restore is not None:
                 self._native.forget(slot.seq_id)
@@ -391,8 +327,7 @@ class BatchScheduler:
             except ParleyError as exc:  # this request's sampler: it fails alone
                 log.error("a sampler could not be built", extra={"error": exc.message})
                 self._counters["failed"] += 1
-                self._outbox.extend([(job, exc), (job, END)])
-                self._urgent = True
+                self._outbox.end(job, exc)
                 self._admitting = None
                 continue
             slot.busy = True
@@ -417,43 +352,6 @@ class BatchScheduler:
                     "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
                 )
                 self._finish(run, reason)
-
-    def _park(self, slot: Slot) -> None:
-        """Move an idle slot's cells out of the context into host memory."""
-        try:
-            state, nbytes = self._native.save_seq(slot.seq_id)
-        except EngineError:
-            state, nbytes = None, 0
-        self._native.forget(slot.seq_id)
-        if state is None or nbytes > self._park_budget:
-            slot.cached = []  # nothing kept: a later request prefills
-            return
-        slot.parked = (state, nbytes)
-        self._counters["parks"] += 1
-        while self._parked_bytes() > self._park_budget:
-            oldest = min((s for s in self._slots if s.parked is not None), key=lambda s: s.used_at)
-            oldest.parked, oldest.cached = None, []
-
-    def _parked_bytes(self) -> int:
-        return sum(s.parked[1] for s in self._slots if s.parked is not None)
-
-    def _pick_slot(self, tokens: list[int]) -> tuple[Slot, int]:
-        """The idle slot for ``tokens``, and how many of its cached tokens it reuses.
-
-        The slot sharing the longest prefix, when that covers at least half the
-        prompt (a conversation's next turn, the same prompt again); otherwise an
-        empty slot, or else the one used least recently, so a prefix shared only
-        by accident (the chat template's first tokens) does not cost another
-        conversation its cache.
-        """
-        idle = [(common_prefix(slot.cached, tokens), slot) for slot in self._slots if not slot.busy]
-        assert idle, "admission runs only with a free slot"
-        shared, slot = max(idle, key=lambda pair: pair[0])
-        if shared * 2 < len(tokens):
-            empty = [pair for pair in idle if not pair[1].cached]
-            shared, slot = empty[0] if empty else min(idle, key=lambda pair: pair[1].used_at)
-        # The last prompt token must be decoded again to get its logits.
-        return slot, min(shared, max(0, len(tokens) - 1))
 
     def _step(self) -> None:
         with self._cond:
@@ -488,13 +386,13 @@ class BatchScheduler:
             fed.append((run, chunk))
             room -= len(chunk)
         if not entries:
-            self._flush()
+            self._outbox.flush()
             return
         # The previous steps' events go to the event loop now, so it handles them
         # while llama_decode runs without the GIL, not while this thread builds
         # the batch (which would make the two threads take turns on the GIL).
-        if self._urgent or time.monotonic() - self._flushed_at >= self._stream_interval:
-            self._flush()
+        if self._outbox.due:
+            self._outbox.flush()
         self._native.decode(entries)
         for run, tokens in fed:
             run.slot.cached.extend(tokens)
@@ -534,56 +432,18 @@ class BatchScheduler:
                 cache.put(prefix, None, 0, point.ttl)  # refreshes the entry already there
 
     def _accept(self, run: Running, token: int) -> None:
-        native = self._native
-        parser = run.parser
-        eog = native.is_eog(token)
-        if parser.state == "thinking" and (eog or run.think_left <= 0):
-            self._close_thinking(run)
-            return
-        if eog:
-            self._emit(run, parser.feed(run.decoder.decode(b"", final=True)) + parser.flush())
-            self._finish(run, "tool_use" if parser.calls else "end_turn")
-            return
-        run.produced += 1
-        if parser.state == "thinking":
-            run.think_left -= 1
-        self._emit(run, parser.feed(run.decoder.decode(native.piece(token))))
-        if parser.duplicate:
-            self._finish(run, "tool_use")
-            return
-        if parser.stop_hit is not None:
-            self._finish(run, "stop_sequence", parser.stop_hit)
-            return
-        if run.produced >= run.budget:
-            self._emit(run, parser.feed(run.decoder.decode(b"", final=True)) + parser.flush())
-            hit = run.produced >= run.job.params.max_tokens
-            self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
-            return
-        run.pending = token
-
-    def _close_thinking(self, run: Running) -> None:
-        """The budget is spent (or the model stopped while thinking): parley writes
-        the closing marker itself, and the answer is sampled after it."""
-        self._emit(run, run.parser.feed(run.decoder.decode(b"", final=True)))
-        self._emit(run, run.parser.end_thinking())
-        # The sampled token (if any) is dropped unseen: it was never decoded.
-        forced = self._native.tokenize(THINK_FORCED_CLOSE, add_bos=False)
-        run.prompt_left = forced
-        run.pending = None
-        run.produced += len(forced)
-        if run.produced >= run.budget:
-            hit = run.produced >= run.job.params.max_tokens
-            self._finish(run, "max_tokens" if hit else "model_context_window_exceeded")
+        events, end = run.accept(self._native, token)
+        self._emit(run, events)
+        if end is not None:
+            self._finish(run, *end)
 
     def _emit(self, run: Running, events: list[EngineEvent]) -> None:
-        if events and not run.started:
-            run.started = self._urgent = True
-        self._outbox.extend((run.job, event) for event in events)
+        first = bool(events) and not run.started
+        run.started = run.started or first
+        self._outbox.add(run.job, *events, urgent=first)
 
     def _finish(self, run: Running, reason: FinishReason, stop: str | None = None) -> None:
-        self._urgent = True
-        self._outbox.append((run.job, Finished(reason, run.produced, stop)))
-        self._outbox.append((run.job, END))
+        self._outbox.end(run.job, Finished(reason, run.produced, stop))
         with self._cond:
             self._counters["completed"] += 1
             self._release(run)
@@ -591,8 +451,7 @@ class BatchScheduler:
     def _fail(self, run: Running, error: ParleyError) -> None:
         """End one sequence with an error; the others run on."""
         log.warning("a request failed while decoding", extra={"error": error.message})
-        self._urgent = True
-        self._outbox.extend([(run.job, error), (run.job, END)])
+        self._outbox.end(run.job, error)
         with self._cond:
             self._counters["failed"] += 1
             self._release(run)
@@ -607,9 +466,8 @@ class BatchScheduler:
             self._cond.notify_all()
 
     def _fail_all(self, error: ParleyError, *, waiting: bool = False) -> None:
-        self._urgent = True
         for run in list(self._running):
-            self._outbox.extend([(run.job, error), (run.job, END)])
+            self._outbox.end(run.job, error)
             self._counters["failed"] += 1
             self._native.forget(run.slot.seq_id)
             run.slot.cached = []
@@ -617,30 +475,8 @@ class BatchScheduler:
         if self._stopping or waiting:
             for _, _, job in self._waiting:
                 self._release_plan(job)
-                self._outbox.extend([(job, error), (job, END)])
+                self._outbox.end(job, error)
             self._waiting.clear()
-
-    def _flush(self) -> None:
-        """Hand the waiting events to their event loops, one wake-up per loop."""
-        self._urgent = False
-        self._flushed_at = time.monotonic()
-        if not self._outbox:
-            return
-        # Jobs are keyed by identity (a dataclass job is not hashable).
-        by_loop: dict[asyncio.AbstractEventLoop, dict[int, tuple[Job, list[Any]]]] = {}
-        for job, event in self._outbox:
-            by_loop.setdefault(job.loop, {}).setdefault(id(job), (job, []))[1].append(event)
-        for jobs in by_loop.values():
-            for _, events in jobs.values():
-                if len(events) > 1:
-                    events[:] = _joined(events)
-        self._outbox = []
-        for loop, jobs in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, jobs)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                for job, _ in jobs.values():
-                    job.cancelled.set()
 
 
 _MAX_FAILURES = 5
@@ -652,25 +488,3 @@ def _too_slow(took: float, budget: float) -> ParleyError:
         f"(one token took {took:.1f} s, the limit is {budget:g} s); simplify the "
         "schemas' patterns or bounds"
     )
-
-
-_JOINABLE = (TextChunk, ThinkingChunk, ToolInputChunk)
-
-
-def _joined(events: list[Any]) -> list[Any]:
-    """The events with each run of same-kind text chunks joined into one."""
-    out: list[Any] = []
-    for kind, run in itertools.groupby(events, key=type):
-        if kind not in _JOINABLE:
-            out.extend(run)
-        elif kind is ToolInputChunk:
-            out.append(ToolInputChunk("".join(chunk.partial_json for chunk in run)))
-        else:
-            out.append(kind("".join(chunk.text for chunk in run)))
-    return out
-
-
-def _put_all(jobs: dict[int, tuple[Job, list[Any]]]) -> None:
-    for job, events in jobs.values():
-        for event in events:
-            job.events.put_nowait(event)

@@ -17,12 +17,12 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import llama_cpp as L
 import numpy as np
 
-from parley.engines.base import Grammar
+from parley.engines.llamacpp.output import Grammar
 from parley.errors import EngineError, ParleyError
 from parley.logs import stderr_muted
 
@@ -65,6 +65,34 @@ class BatchEntry:
     logits: bool
 
 
+class NativeOps(Protocol):
+    """What the scheduler asks of the native engine; ``LlamaNative`` is it, and
+    the tests' fake native (tests/test_scheduler_faults.py) stands in for it."""
+
+    n_ctx: int  # KV cells
+    n_batch: int  # tokens one decode may take
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None: ...
+    def sample(self, sampler: Any, index: int) -> int: ...
+    def is_eog(self, token: int) -> bool: ...
+    def piece(self, token: int) -> bytes: ...
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]: ...
+    def forget(self, seq_id: int, from_pos: int = 0) -> None: ...
+    def save_seq(self, seq_id: int) -> tuple[Any, int]: ...
+    def restore_seq(self, seq_id: int, state: Any, size: int) -> bool: ...
+    def seq_pos_max(self, seq_id: int) -> int: ...
+    def new_sampler(
+        self,
+        *,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        seed: int | None,
+        grammar: Grammar | None = None,
+    ) -> Any: ...
+    def free_sampler(self, sampler: Any) -> None: ...
+
+
 class LlamaNative:
     def __init__(self, path: Path, config: NativeConfig) -> None:
         if not path.is_file():
@@ -101,6 +129,7 @@ class LlamaNative:
         self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens appear
         self._eog: dict[int, bool] = {}
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self.n_batch = config.n_batch
         self._n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
         self._logits_row = ctypes.c_float * self._n_vocab
         # llama_get_logits_ith as an address, called without releasing the GIL: it

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from parley.engines.base import (
+    CacheUsage,
     EngineEvent,
     Finished,
     Generation,
-    Prompt,
     SamplingParams,
     next_or_tick,
 )
-from parley.engines.prefix_cache import CachePlan, CacheUsage
+from parley.engines.llamacpp.output import LlamaPrompt
+from parley.engines.llamacpp.prefix_cache import CachePlan
 
 
 class _EndOfStream:
@@ -36,7 +37,7 @@ END = _EndOfStream()
 
 @dataclass
 class Job:
-    prompt: Prompt
+    prompt: LlamaPrompt
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[EngineEvent | BaseException | _EndOfStream]

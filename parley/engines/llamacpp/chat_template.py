@@ -22,8 +22,14 @@ from parley.conversation import (
     ToolResultPart,
     Turn,
 )
-from parley.engines.base import CallSyntax
-from parley.engines.tool_format import FALLBACK, HERMES, THINK_CLOSE, THINK_OPEN, system_section
+from parley.engines.llamacpp.output import (
+    FALLBACK,
+    HERMES,
+    THINK_CLOSE,
+    THINK_OPEN,
+    CallSyntax,
+    system_section,
+)
 from parley.errors import InvalidRequestError
 
 FALLBACK_TEMPLATE = (

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from parley.engines.grammar_repeat import repeat
+from parley.engines.llamacpp.grammar_repeat import repeat
 
 MAX_ACTIVE = 6  # positions alive at once; beyond it a step's cost grows too fast
 _UNROLL = 24  # counted repeats are unrolled this far for the check

@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from parley.engines.base import CacheUsage
+
 Ttl = Literal["5m", "1h"]
 TTL_SECONDS: dict[Ttl, float] = {"5m": 300.0, "1h": 3600.0}
 
@@ -37,17 +39,6 @@ TTL_SECONDS: dict[Ttl, float] = {"5m": 300.0, "1h": 3600.0}
 class Breakpoint:
     pos: int  # the prefix is tokens[:pos]
     ttl: Ttl = "5m"
-
-
-@dataclass(frozen=True)
-class CacheUsage:
-    read: int = 0
-    created_5m: int = 0
-    created_1h: int = 0
-
-    @property
-    def created(self) -> int:
-        return self.created_5m + self.created_1h
 
 
 @dataclass(eq=False)

@@ -1,0 +1,27 @@
+"""The embedded engine: llama.cpp through llama-cpp-python, with continuous batching.
+
+What lives here is private to the engine: the native bindings (``native``),
+the decode loop (``scheduler``, its jobs in ``jobs``), the prompt cache
+(``prefix_cache``), the chat template (``chat_template``), the model's output
+protocol (``output``: thinking, text, tool calls) and its grammar
+(``grammar`` over ``grammar_json``, ``grammar_regex``, ``grammar_repeat``).
+The rest of parley sees ``LlamaCppEngine`` through ``parley.engines.base``.
+"""
+
+from parley.engines.llamacpp.engine import (
+    EMBEDDED_ID,
+    LlamaCppEngine,
+    check_gguf,
+    embedded_model_path,
+    from_settings,
+)
+from parley.engines.llamacpp.native import ModelLoadError
+
+__all__ = [
+    "EMBEDDED_ID",
+    "LlamaCppEngine",
+    "ModelLoadError",
+    "check_gguf",
+    "embedded_model_path",
+    "from_settings",
+]

@@ -1,0 +1,171 @@
+"""The tool-call grammar: the offered tools' JSON Schemas as one llama.cpp grammar.
+
+One alternative per allowed tool name, written in the model's call syntax
+(``output.FALLBACK`` or ``output.HERMES``); ``auto`` gets a lazy grammar that
+wakes at the syntax's trigger, ``any``/``tool`` constrain from the first
+token. Schemas go through ``grammar_json.SafeConverter`` (bounds of any size,
+safe patterns); a grammar llama.cpp refuses is retried tool by tool, and a
+refused tool is constrained to a JSON object only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from parley.conversation import Conversation, ToolSpec
+from parley.engines.llamacpp.output import FALLBACK, CallSyntax, Grammar
+from parley.errors import EngineError
+
+if TYPE_CHECKING:
+    from parley.engines.llamacpp.native import LlamaNative
+
+log = logging.getLogger("parley.engine.tools")
+
+
+def grammar_for(
+    conv: Conversation,
+    syntax: CallSyntax = FALLBACK,
+    usable: Callable[[Grammar], bool] | None = None,
+) -> Grammar | None:
+    """The constraint for this request's tool calls, in ``syntax``; None for no calls.
+
+    ``usable`` tells whether llama.cpp accepts a grammar. When it refuses the
+    whole, each tool is tried alone and the ones it refuses are constrained to
+    a JSON object only, so one schema never costs the request its tools."""
+    if not conv.tools or conv.tool_choice == "none":
+        return None
+    allowed = [t for t in conv.tools if conv.tool_choice != "tool" or t.name == conv.tool_name]
+    grammar = _grammar(conv, syntax, allowed, set())
+    if usable is None or usable(grammar):
+        return grammar
+    plain = {
+        i for i, tool in enumerate(allowed) if not usable(_grammar(conv, syntax, [tool], set()))
+    }
+    log.warning(
+        "llama.cpp refused the grammar of some tool schemas; their inputs are constrained "
+        "to a JSON object only",
+        extra={"tools": len(plain)},
+    )
+    grammar = _grammar(conv, syntax, allowed, plain)
+    if not usable(grammar):
+        raise EngineError("llama.cpp refused the grammar built from the tool schemas")
+    return grammar
+
+
+def _grammar(
+    conv: Conversation, syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int]
+) -> Grammar:
+    from parley.engines.llamacpp.grammar_json import SafeConverter
+
+    converter = SafeConverter()
+    alternatives = []
+    for i, tool in enumerate(allowed):
+        relaxed = len(converter.relaxed)
+        try:
+            if i in plain:
+                raise ValueError("refused by llama.cpp")
+            schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
+            rule = converter.visit(schema, f"tool-{i}")
+        except Exception as exc:  # the converter asserts on what it cannot express
+            log.warning(
+                "tool schema not expressible as a grammar; its input is constrained to a "
+                "JSON object only",
+                extra={"tool_index": i, "error_type": type(exc).__name__},
+            )
+            rule = converter.visit({"type": "object"}, f"tool-{i}-any")
+        if len(converter.relaxed) > relaxed:
+            log.info(
+                "a string pattern is too ambiguous or unsupported for a grammar; those "
+                "strings are constrained by their length only",
+                extra={"tool_index": i, "patterns": len(converter.relaxed) - relaxed},
+            )
+        alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
+    body = converter.format_grammar()
+    # JSON strings may not hold raw control characters; the converter's rule allows them.
+    body = body.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    call = "call ::= (" + " | ".join(alternatives) + ") " + _literal(syntax.close)
+    again = _literal(syntax.separator + syntax.open)
+    more = "" if conv.disable_parallel_tool_use else f" ({again} call)*"
+    root = f"root ::= {_literal(syntax.open)} call{more}"
+    lazy = syntax.trigger if conv.tool_choice == "auto" else None
+    return Grammar(f"{root}\n{call}\n{body}", "root", lazy, syntax)
+
+
+class GrammarCheck:
+    """Remembers which grammars llama.cpp accepts (building one costs a parse)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._known: OrderedDict[str, bool] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def usable(self, native: LlamaNative, grammar: Grammar) -> bool:
+        key = hashlib.sha256(grammar.text.encode()).hexdigest()
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        verdict = native.grammar_ok(grammar)
+        with self._lock:
+            self._known[key] = verdict
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return verdict
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)
+
+
+# Keys that describe a schema without constraining it; a schema of only these
+# (or an empty one) admits any JSON value.
+_ANNOTATIONS = frozenset(
+    {
+        "description",
+        "title",
+        "default",
+        "examples",
+        "$comment",
+        "$schema",
+        "$id",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+_SCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_SCHEMA_ONE = frozenset({"items", "additionalProperties", "not", "contains", "propertyNames"})
+_ANY_VALUE: dict[str, Any] = {
+    "anyOf": [{"type": t} for t in ("string", "number", "boolean", "object", "array", "null")]
+}
+
+
+def _gbnf_safe(schema: Any) -> Any:
+    """A copy the converter accepts: annotations dropped, an unconstrained schema
+    spelled out as any value, ``additionalProperties`` closed by default."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _ANNOTATIONS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _gbnf_safe(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_gbnf_safe(sub) for sub in value]
+        elif key in _SCHEMA_ONE:
+            out[key] = _gbnf_safe(value)
+        else:
+            out[key] = value
+    if not out:
+        return dict(_ANY_VALUE)
+    if out.get("type") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
