@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley.api.http import parse
 from parley.conversation import Capabilities, build_conversation
 from parley.errors import InvalidRequestError
+from parley.wire.parse import parse
 from parley.wire.requests import CreateMessageRequest
 
 json_values = st.recursive(

@@ -18,12 +18,13 @@ from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from parley.api import json_body, openapi
+from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.http import json_response, read_body
 from parley.batches.store import BatchRow
 from parley.errors import InvalidRequestError
 from parley.ids import batch_id
+from parley.wire import json_body
 from parley.wire.batches import DeletedMessageBatch, MessageBatch, MessageBatchPage, RequestCounts
 
 router = APIRouter(responses=openapi.error_responses())

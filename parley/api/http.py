@@ -1,4 +1,6 @@
-"""HTTP helpers shared by the resource modules: bodies, parsing, JSON responses."""
+"""HTTP helpers shared by the resource modules: bodies, disconnects, JSON responses.
+
+Parsing a body into wire models is ``parley.wire.parse`` (the batch worker uses it too)."""
 
 from __future__ import annotations
 
@@ -6,14 +8,11 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import anyio
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from parley.api import json_body
 from parley.errors import InvalidRequestError, RequestTimeoutError, RequestTooLargeError
-from parley.offload import Offload
-from parley.wire.common import error_path
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -69,31 +68,6 @@ async def read_body(request: Request, limit: int, idle: float = 30.0) -> bytes:
             headers={"connection": "close"},  # the rest of the body is not read
         )
     return b"".join(chunks)
-
-
-def parse(model: type[M], body: bytes) -> M:
-    """Validate a JSON body; the first problem becomes a 400 naming its path."""
-    if not body.strip():
-        raise InvalidRequestError("the request body is empty; expected a JSON object")
-    try:
-        parsed = model.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        if first["type"] == "json_invalid":
-            detail = str(first["msg"]).removeprefix("Invalid JSON: ")
-            raise InvalidRequestError(f"the request body is not valid JSON: {detail}") from None
-        path = error_path(tuple(first["loc"]))
-        if first["type"] == "model_type" and not path:
-            raise InvalidRequestError("the request body must be a JSON object") from None
-        message = f"{path}: {first['msg']}" if path else str(first["msg"])
-        raise InvalidRequestError(message) from None
-    json_body.refuse_duplicate_keys(body)
-    return parsed
-
-
-async def parse_body(model: type[M], body: bytes, offload: Offload) -> M:
-    """``parse``, in a worker thread when the body is big (see ``parley.offload``)."""
-    return await offload.run(len(body), lambda: parse(model, body))
 
 
 async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:

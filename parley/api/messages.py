@@ -13,13 +13,14 @@ from starlette.responses import Response, StreamingResponse
 from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
-from parley.api.http import json_response, parse_body, read_body, unless_client_leaves
+from parley.api.http import json_response, read_body, unless_client_leaves
 from parley.engines.base import Generation
 from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
 from parley.wire.events import StreamEvent
+from parley.wire.parse import parse_body
 
 router = APIRouter(responses=openapi.error_responses())
 

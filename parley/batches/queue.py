@@ -14,7 +14,6 @@ the engine would otherwise crash it again after every restart) ends
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from parley.batches.schema import ACTIVE, Database, RequestStatus, batch_requests, batches
-from parley.wire.batches import ErroredResult
+from parley.wire.batches import EXPIRED, ErroredResult
 
 
 @dataclass(frozen=True)
@@ -196,7 +195,7 @@ class WorkQueue(Database):
             conn.execute(
                 batch_requests.update()
                 .where(batch_requests.c.batch_seq.in_(due), batch_requests.c.status == "pending")
-                .values(status="expired", result=json.dumps({"type": "expired"}))
+                .values(status="expired", result=EXPIRED)
             )
             for seq in due:
                 self._end_if_done(conn, seq, now)

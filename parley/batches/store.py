@@ -25,6 +25,7 @@ from parley import datadir
 from parley.batches.queue import Claimed, WorkQueue
 from parley.batches.schema import ACTIVE, RequestStatus, batch_requests, batches
 from parley.errors import InvalidRequestError, NotFoundError
+from parley.wire.batches import CANCELED, EXPIRED
 
 __all__ = ["ACTIVE", "BatchRow", "BatchStore", "Claimed", "RequestStatus", "owner_of"]
 
@@ -155,7 +156,7 @@ class BatchStore(WorkQueue):
                         batch_requests.c.batch_seq == row.seq,
                         batch_requests.c.status == "pending",
                     )
-                    .values(status="canceled", result=json.dumps({"type": "canceled"}))
+                    .values(status="canceled", result=CANCELED)
                 )
                 self._end_if_done(conn, row.seq, now)
         return self.get(batch_id, owner)
@@ -201,7 +202,7 @@ class BatchStore(WorkQueue):
             last = rows[-1].idx
             yield [
                 b'{"custom_id":%s,"result":%s}\n'
-                % (json.dumps(r.custom_id).encode(), (r.result or '{"type":"expired"}').encode())
+                % (json.dumps(r.custom_id).encode(), (r.result or EXPIRED).encode())
                 for r in rows
             ]
 

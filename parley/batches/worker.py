@@ -32,19 +32,18 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 from typing import Literal
 
 import anyio
 
-from parley.api.http import parse_body
 from parley.batches.store import BatchStore, Claimed, RequestStatus
 from parley.errors import InvalidRequestError, OverloadedError, ParleyError, RateLimitError
 from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 from parley.wire import requests as wr
-from parley.wire.batches import ErroredResult
+from parley.wire.batches import CANCELED, EXPIRED, ErroredResult, SucceededResult
+from parley.wire.parse import parse_body
 
 log = logging.getLogger("parley.batches")
 
@@ -276,7 +275,7 @@ class BatchWorker:
                             lambda: self._store.release([item], spent=spent)
                         )
                 else:
-                    self._record(item, why, json.dumps({"type": why}))
+                    self._record(item, why, CANCELED if why == "canceled" else EXPIRED)
             raise
         self._record(item, status, result)
 
@@ -335,4 +334,4 @@ class BatchWorker:
         except ParleyError as exc:
             return "errored", ErroredResult.of(exc.error_type, exc.message).model_dump_json()
         message.usage.service_tier = "batch"
-        return "succeeded", '{"type":"succeeded","message":' + message.model_dump_json() + "}"
+        return "succeeded", SucceededResult(message=message).model_dump_json()

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from parley.conversation import Capabilities, Conversation, TextPart, ToolCallPart, ToolResultPart
+from parley.engines import admission
 from parley.engines.base import (
     Engine,
     EngineEvent,
@@ -62,7 +63,7 @@ from parley.engines.base import (
     ToolInputChunk,
 )
 from parley.engines.stops import StopMatcher
-from parley.errors import EngineError, OverloadedError, ParleyError, PromptTooLongError
+from parley.errors import EngineError, ParleyError, PromptTooLongError
 from parley.ids import tool_use_id
 
 if TYPE_CHECKING:
@@ -191,11 +192,7 @@ class _ScriptedGeneration(Generation):
             try:
                 await asyncio.wait_for(engine._slots.acquire(), engine.queue_timeout)
             except TimeoutError:
-                raise OverloadedError(
-                    f"Overloaded: the request waited {engine.queue_timeout:g} s for capacity "
-                    "without starting; retry later",
-                    headers={"retry-after": "5"},
-                ) from None
+                raise admission.waited_too_long(engine.queue_timeout) from None
             try:
                 self._leave_queue()
                 engine._running += 1
@@ -307,10 +304,7 @@ class ScriptedEngine(Engine):
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         # Requests not yet holding a slot may still find one free: count all of them.
         if self._waiting + self._running >= self.script.slots + self.script.max_queue:
-            raise OverloadedError(
-                "Overloaded: the request queue is full; retry shortly",
-                headers={"retry-after": "1"},
-            )
+            raise admission.queue_full()
         self._waiting += 1
         return _ScriptedGeneration(self, prompt, params)
 

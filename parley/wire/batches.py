@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from parley.wire.common import ResponseModel
-from parley.wire.responses import ErrorDetail, ErrorEnvelope
+from parley.wire.responses import ErrorDetail, ErrorEnvelope, Message
 
 
 class RequestCounts(ResponseModel):
@@ -50,3 +50,28 @@ class ErroredResult(ResponseModel):
     @classmethod
     def of(cls, error_type: str, message: str) -> ErroredResult:
         return cls(error=ErrorEnvelope(error=ErrorDetail(type=error_type, message=message)))
+
+
+class SucceededResult(ResponseModel):
+    """A request's ``succeeded`` result (``MessageBatchSucceededResult``)."""
+
+    type: Literal["succeeded"] = "succeeded"
+    message: Message
+
+
+class CanceledResult(ResponseModel):
+    """``MessageBatchCanceledResult``: cancelled before it ran to the end."""
+
+    type: Literal["canceled"] = "canceled"
+
+
+class ExpiredResult(ResponseModel):
+    """``MessageBatchExpiredResult``: the batch expired before the request ran."""
+
+    type: Literal["expired"] = "expired"
+
+
+BatchResult = SucceededResult | ErroredResult | CanceledResult | ExpiredResult
+
+CANCELED = CanceledResult().model_dump_json()
+EXPIRED = ExpiredResult().model_dump_json()

@@ -47,6 +47,7 @@ import threading
 import time
 from typing import Any
 
+from parley.engines import admission
 from parley.engines.base import EngineEvent, Finished, FinishReason, Generation, SamplingParams
 from parley.engines.llamacpp.delivery import Outbox
 from parley.engines.llamacpp.jobs import Job, QueueGeneration
@@ -55,7 +56,7 @@ from parley.engines.llamacpp.output import LlamaPrompt, ToolCallParser
 from parley.engines.llamacpp.prefix_cache import PrefixCache
 from parley.engines.llamacpp.sequence import Running
 from parley.engines.llamacpp.slots import Slot, park, parked_bytes, pick_slot
-from parley.errors import EngineError, InvalidRequestError, OverloadedError, ParleyError
+from parley.errors import EngineError, InvalidRequestError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
 
@@ -136,10 +137,7 @@ class BatchScheduler:
             if len(self._waiting) + len(self._running) >= self._n_parallel + self._max_queue:
                 self._counters["rejected"] += 1
                 self._release_plan(job)
-                raise OverloadedError(
-                    "Overloaded: the request queue is full; retry shortly",
-                    headers={"retry-after": "1"},
-                )
+                raise admission.queue_full()
             heapq.heappush(self._waiting, (params.priority, next(self._order), job))
             self._cond.notify_all()
         return QueueGeneration(job, self._on_cancel)
@@ -243,11 +241,7 @@ class BatchScheduler:
             if job.queued_at < deadline and not job.cancelled.is_set():
                 job.cancelled.set()
                 self._counters["timed_out"] += 1
-                error = OverloadedError(
-                    f"Overloaded: the request waited {self._queue_timeout:g} s for capacity "
-                    "without starting; retry later",
-                    headers={"retry-after": "5"},
-                )
+                error = admission.waited_too_long(self._queue_timeout)
                 self._outbox.end(job, error)
         if any(job.cancelled.is_set() for _, _, job in self._waiting):
             for _, _, job in self._waiting:
