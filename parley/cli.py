@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", help="engine name: llamacpp (default), scripted, ...")
     serve.add_argument("--script", help="rules file of the scripted engine (YAML or JSON)")
     serve.add_argument(
+        "--engine-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option the served engine declares (repeatable; see README)",
+    )
+    serve.add_argument(
         "--alias", action="append", default=[], metavar="NAME=MODEL", help="extra model alias"
     )
     serve.add_argument(
@@ -130,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_opts(items: list[str]) -> dict[str, str] | None:
+    from parley.config import parse_pairs
+
+    return parse_pairs(items, "--engine-opt") or None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batch":
@@ -141,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_name": args.model_name,
         "chat_template": args.chat_template,
         "engine": args.engine,
+        "engine_opts": _engine_opts(args.engine_opt),
         "script": args.script,
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,

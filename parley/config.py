@@ -95,6 +95,9 @@ class Settings:
     batch_retention: float = 29 * 24 * 3600.0  # seconds from creation until a batch is deleted
     batch_max_attempts: int = 3  # times a batch request is started before it ends errored
     log_level: str = "info"
+    # Options engines declare for themselves (parley.engines.options), by engine name:
+    # the config file's [engines.NAME] tables, --engine-opt and PARLEY_ENGINE_OPTS.
+    engine_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _ENV_PREFIX = "PARLEY_"
@@ -121,6 +124,18 @@ def _coerce(name: str, raw: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting '{name}': cannot use {raw!r}: {exc}") from exc
+
+
+def parse_pairs(items: list[str], where: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        if not item.strip():
+            continue
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{where}: '{item}' is not of the form KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def parse_aliases(items: list[str]) -> dict[str, str]:
@@ -151,17 +166,30 @@ def load_settings(
             data = tomllib.loads(path.expanduser().read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        tables = data.pop("engines", {})
+        if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+            raise ConfigError(f"{path}: [engines.NAME] must be tables of engine options")
+        values["engine_options"] = {name: dict(t) for name, t in tables.items()}
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values.update({k: _coerce(k, v) for k, v in data.items()})
-    for name in names:
+    for name in names - {"engine_options"}:
         raw = env.get(_ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw)
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, raw) if name in names else raw
+    # --engine-opt / PARLEY_ENGINE_OPTS: options of the engine being served.
+    chosen = (overrides or {}).get("engine") or values.get("engine") or Settings.engine
+    pairs = dict(parse_pairs(env.get("PARLEY_ENGINE_OPTS", "").split(","), "PARLEY_ENGINE_OPTS"))
+    pairs.update((overrides or {}).get("engine_opts") or {})
+    if pairs:
+        tables = dict(values.get("engine_options", {}))
+        tables[chosen] = {**tables.get(chosen, {}), **pairs}
+        values["engine_options"] = tables
+    values.pop("engine_opts", None)
     settings = replace(Settings(), **values)
     if settings.n_ctx < 256:
         raise ConfigError("setting 'n_ctx' must be at least 256")

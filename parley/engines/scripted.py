@@ -312,8 +312,30 @@ class ScriptedEngine(Engine):
         return {"waiting": self._waiting, "running": self._running, "cancelled": self.cancelled}
 
 
+@dataclass(frozen=True)
+class ScriptedOptions:
+    """The scripted engine's options (``[engines.scripted]``, ``--engine-opt``);
+    defaults from the flat settings ``--script``, ``--model-name``, ``--queue-timeout``."""
+
+    script: str | None = None
+    model_name: str | None = None
+    queue_timeout: float = 300.0
+    context_length: int = 200_000
+
+
 def from_settings(settings: Settings) -> ScriptedEngine:
-    script = Script.load(Path(settings.script).expanduser() if settings.script else None)
+    from parley.engines.options import engine_options
+
+    base = {
+        "script": settings.script,
+        "model_name": settings.model_name,
+        "queue_timeout": settings.queue_timeout,
+    }
+    o = engine_options(settings, "scripted", ScriptedOptions, base)
+    script = Script.load(Path(o.script).expanduser() if o.script else None)
     return ScriptedEngine(
-        script, model_id=settings.model_name or "scripted", queue_timeout=settings.queue_timeout
+        script,
+        model_id=o.model_name or "scripted",
+        queue_timeout=o.queue_timeout,
+        context_length=o.context_length,
     )

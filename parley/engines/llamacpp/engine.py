@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,35 +321,76 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
 
 
+@dataclass(frozen=True)
+class LlamaOptions:
+    """The llama.cpp engine's options (``[engines.llamacpp]``, ``--engine-opt``).
+
+    Their defaults are the flat settings of the same names (``--n-ctx``,
+    ``--parallel``, ...), which keep working."""
+
+    model: str | None = None
+    model_name: str | None = None
+    chat_template: str | None = None
+    n_ctx: int = 8192
+    n_batch: int = 512
+    rope_scaling: str = "auto"
+    rope_scale: float | None = None
+    parallel: int = 8
+    prefill_chunk: int = 128
+    threads: int | None = None
+    max_queue: int = 64
+    queue_timeout: float = 300.0
+    stream_interval_ms: float = 20.0
+    cache_budget_mb: int = 1024
+    cache_min_tokens: int = 1024
+    idle_cache_mb: int = 1024
+    grammar_step_timeout: float = 3.0
+
+
 def from_settings(settings: Settings) -> LlamaCppEngine:
-    path = Path(settings.model).expanduser() if settings.model else embedded_model_path()
+    from parley.engines.options import engine_options
+
+    base = {f.name: getattr(settings, f.name) for f in dataclasses.fields(LlamaOptions)}
+    o = engine_options(settings, "llamacpp", LlamaOptions, base)
+    _check(o)
+    path = Path(o.model).expanduser() if o.model else embedded_model_path()
     check_gguf(path)
-    model_id = settings.model_name or (EMBEDDED_ID if not settings.model else path.stem.lower())
+    model_id = o.model_name or (EMBEDDED_ID if not o.model else path.stem.lower())
     config = NativeConfig(
-        n_ctx=settings.n_ctx,
-        n_seq_max=settings.parallel,
-        n_batch=settings.n_batch,
-        n_threads=settings.threads or max(1, os.cpu_count() or 1),
-        rope_scaling=settings.rope_scaling,
-        rope_scale=settings.rope_scale,
+        n_ctx=o.n_ctx,
+        n_seq_max=o.parallel,
+        n_batch=o.n_batch,
+        n_threads=o.threads or max(1, os.cpu_count() or 1),
+        rope_scaling=o.rope_scaling,
+        rope_scale=o.rope_scale,
     )
     return LlamaCppEngine(
         path,
         model_id=model_id,
         config=config,
-        max_queue=settings.max_queue,
-        prefill_chunk=settings.prefill_chunk,
-        chat_template=_read_template(settings.chat_template),
-        queue_timeout=settings.queue_timeout,
-        stream_interval=settings.stream_interval_ms / 1000,
-        park_budget=settings.idle_cache_mb << 20,
-        grammar_step_budget=settings.grammar_step_timeout,
-        cache=PrefixCache(
-            budget_bytes=settings.cache_budget_mb << 20, min_tokens=settings.cache_min_tokens
-        )
-        if settings.cache_budget_mb > 0
+        max_queue=o.max_queue,
+        prefill_chunk=o.prefill_chunk,
+        chat_template=_read_template(o.chat_template),
+        queue_timeout=o.queue_timeout,
+        stream_interval=o.stream_interval_ms / 1000,
+        park_budget=o.idle_cache_mb << 20,
+        grammar_step_budget=o.grammar_step_timeout,
+        cache=PrefixCache(budget_bytes=o.cache_budget_mb << 20, min_tokens=o.cache_min_tokens)
+        if o.cache_budget_mb > 0
         else None,
     )
+
+
+def _check(o: LlamaOptions) -> None:
+    """The same limits the flat settings are held to (an option may bypass them)."""
+    from parley.config import ConfigError
+
+    if o.n_ctx < 256 or not 1 <= o.parallel <= 64 or o.max_queue < 1:
+        raise ConfigError("llamacpp: n_ctx ≥ 256, parallel 1-64 and max_queue ≥ 1 are required")
+    if o.rope_scaling not in ("auto", "none", "linear", "yarn"):
+        raise ConfigError("llamacpp option 'rope_scaling' must be auto, none, linear or yarn")
+    if o.grammar_step_timeout <= 0 or o.idle_cache_mb < 0 or o.cache_budget_mb < 0:
+        raise ConfigError("llamacpp: grammar_step_timeout > 0, idle/cache budgets ≥ 0 required")
 
 
 def _read_template(path: str | None) -> str | None:

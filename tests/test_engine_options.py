@@ -1,0 +1,83 @@
+"""Engines declare their own options: ``[engines.NAME]``, ``--engine-opt``, ``PARLEY_ENGINE_OPTS``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from parley.config import ConfigError, Settings, load_settings
+from parley.engines.options import engine_options
+from tests.conftest import MODEL, RULES, Server
+
+SERVE = [sys.executable, "-m", "parley", "serve", "--port", "0"]
+
+
+@dataclass(frozen=True)
+class Options:
+    size: int = 3
+    name: str | None = None
+    fast: bool = False
+
+
+def test_sources_in_order(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text('[engines.demo]\nsize = 5\nname = "file"\n\n[engines.other]\nsize = 9\n')
+    settings = load_settings(
+        {"engine": "demo", "engine_opts": {"name": "flag"}},
+        environ={"PARLEY_ENGINE_OPTS": "fast=yes,size=6"},
+        config_file=config,
+    )
+    assert engine_options(settings, "demo", Options) == Options(size=6, name="flag", fast=True)
+    assert engine_options(settings, "other", Options, {"size": 1}) == Options(size=9)
+    assert engine_options(Settings(), "demo", Options, {"size": 1}) == Options(size=1)
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        ({"sise": "4"}, "engine 'demo' has no option 'sise'; did you mean 'size'?"),
+        ({"size": "four"}, "engine 'demo' option 'size': cannot use 'four'"),
+        ({"fast": "maybe"}, "option 'fast': cannot use 'maybe': expected true or false"),
+    ],
+)
+def test_bad_options_are_named(opts: dict[str, str], message: str) -> None:
+    settings = load_settings({"engine": "demo", "engine_opts": opts}, environ={})
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        engine_options(settings, "demo", Options)
+
+
+def test_the_scripted_engine_reads_its_options(server_factory: Callable[..., Server]) -> None:
+    server = server_factory(
+        "--engine", "scripted", "--script", str(RULES), "--engine-opt", "context_length=4321"
+    )
+    models = {m.id: m for m in server.client().models.list().data}
+    assert models["scripted"].max_input_tokens == 4321
+
+
+@pytest.mark.model
+def test_the_llama_engine_reads_its_options_and_old_flags_still_work(
+    server_factory: Callable[..., Server],
+) -> None:
+    server = server_factory("--n-ctx", "1024", "--engine-opt", "parallel=2")
+    models = {m.id: m for m in server.client().models.list().data}
+    assert models[MODEL].max_input_tokens == 1024
+    assert len(server.stats()[MODEL]["slots"]) == 2
+
+
+def test_an_unknown_engine_option_stops_start_up(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*SERVE, "--engine", "scripted", "--engine-opt", "contxt_length=5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PARLEY_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode != 0
+    assert "did you mean 'context_length'?" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
