@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from parley import __version__, datadir
 from parley.api import batches, errors, health, messages, models, openapi
 from parley.api.deps import AppState
-from parley.api.middleware import RequestIdMiddleware
+from parley.api.middleware import RequestIdMiddleware, SlowReaders
 from parley.batches.store import BatchStore
 from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
@@ -43,6 +43,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     # Checked before serving, so a bad data dir is a one-line start-up error.
     data_dir = datadir.prepare(settings.data_dir.expanduser())
     signer = Signer.from_data_dir(data_dir)
+    slow_readers = SlowReaders(settings.slow_reader_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +100,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             count_limiter=count_limiter,
         )
         worker.start()
+        slow_readers.start()
         if not settings.api_keys:
             log.warning("no API keys configured: parley accepts every request")
         log.info("serving", extra={"models": catalog.ids()[: len(chosen)]})
@@ -106,6 +108,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             yield
         finally:
             log.info("shutting down")
+            await slow_readers.stop()
             await worker.stop()
             store.close()
             for engine in chosen:
@@ -128,5 +131,5 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     app.include_router(messages.router)
     app.include_router(models.router)
     app.include_router(batches.router)
-    app.add_middleware(RequestIdMiddleware, slow_reader_timeout=settings.slow_reader_timeout)
+    app.add_middleware(RequestIdMiddleware, slow_readers=slow_readers)
     return app

@@ -10,6 +10,7 @@ slot nor a growing buffer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -29,25 +30,44 @@ class _Response:
     overdue: bool = False
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp, slow_reader_timeout: float = 60.0) -> None:
-        self.app = app
-        self.slow_reader_timeout = slow_reader_timeout
-        self._responses: set[_Response] = set()
-        self._watchdog: asyncio.Task[None] | None = None
+class SlowReaders:
+    """One timer for all responses: cancels those whose send has waited longer
+    than ``timeout`` (the per-token send path only notes when a send starts and
+    ends). Started and stopped by the app's lifespan."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.responses: set[_Response] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._watch(), name="parley-slow-readers"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def _watch(self) -> None:
-        """Cancel responses whose send has waited too long (one timer for all:
-        the per-token send path only notes when it starts and ends)."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(min(1.0, self.slow_reader_timeout / 4))
+            await asyncio.sleep(min(1.0, self.timeout / 4))
             now = loop.time()
-            for response in list(self._responses):
+            for response in list(self.responses):
                 since = response.since
-                if since is not None and now - since > self.slow_reader_timeout:
+                if since is not None and now - since > self.timeout:
                     response.overdue = True
                     response.task.cancel()
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp, slow_readers: SlowReaders) -> None:
+        self.app = app
+        self.slow_readers = slow_readers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,12 +78,10 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 0
         loop = asyncio.get_running_loop()
-        if self._watchdog is None:
-            self._watchdog = loop.create_task(self._watch(), name="parley-slow-readers")
         task = asyncio.current_task()
         assert task is not None
         tracked = _Response(task)
-        self._responses.add(tracked)
+        self.slow_readers.responses.add(tracked)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -96,10 +114,10 @@ class RequestIdMiddleware:
             task.uncancel()
             log.warning(
                 "client stopped reading; response abandoned",
-                extra={"request_id": rid, "seconds": self.slow_reader_timeout},
+                extra={"request_id": rid, "seconds": self.slow_readers.timeout},
             )
         finally:
-            self._responses.discard(tracked)
+            self.slow_readers.responses.discard(tracked)
             log.info(
                 "request",
                 extra={

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from parley.wire.responses import ErrorEnvelope
 
-_DEFS: dict[str, Any] = {}
 REF = "#/components/schemas/{model}"
+_DEFS_KEY = "x-parley-defs"  # an operation's schema definitions, moved to components
 
 ERROR_STATUSES = {
     400: "invalid_request_error",
@@ -35,8 +35,9 @@ ERROR_STATUSES = {
 def body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` for an operation whose JSON body is ``model``."""
     schema = model.model_json_schema(ref_template=REF)
-    _DEFS.update(schema.pop("$defs", {}))
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    defs = schema.pop("$defs", {})
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}, _DEFS_KEY: defs}
 
 
 def error_responses() -> dict[int | str, dict[str, Any]]:
@@ -51,8 +52,10 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, routes=app.routes)
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            for name, schema in _DEFS.items():
-                schemas.setdefault(name, schema)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    for name, schema in operation.pop(_DEFS_KEY, {}).items():
+                        schemas.setdefault(name, schema)
             app.openapi_schema = document
         return app.openapi_schema
 
