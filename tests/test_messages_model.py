@@ -7,6 +7,7 @@ never what SmolLM2 happens to say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -125,10 +126,11 @@ def test_stop_sequence_stop(model_client: anthropic.Anthropic) -> None:
 
 
 def test_end_turn_stop(model_client: anthropic.Anthropic) -> None:
-    # A prefill that closes the sentence makes the model end its turn quickly.
+    # A prefill that closes the sentence makes the model end its turn at once (greedy:
+    # the same few tokens every run); max_tokens bounds the run if it ever did not.
     message = model_client.messages.create(
         model=MODEL,
-        max_tokens=300,
+        max_tokens=16,
         extra_body=GREEDY,
         messages=[
             {"role": "user", "content": "Reply with the single word: yes"},
@@ -137,7 +139,7 @@ def test_end_turn_stop(model_client: anthropic.Anthropic) -> None:
     )
     assert message.stop_reason == "end_turn"
     assert message.stop_sequence is None
-    assert message.usage.output_tokens < 300
+    assert message.usage.output_tokens < 16
 
 
 def filler_of(client: anthropic.Anthropic, tokens: int) -> str:
@@ -388,7 +390,7 @@ def test_eight_concurrent_streams(model_server: Server) -> None:
 
 
 def test_disconnect_cancels_generation(model_server: Server) -> None:
-    before = model_server.stats()[MODEL]
+    before = model_server.wait_idle(MODEL)
     body = long_body(4000, stream=True)
     with httpx.stream("POST", model_server.url + "/v1/messages", json=body, timeout=60) as response:
         seen = 0
@@ -407,10 +409,19 @@ def test_disconnect_cancels_generation(model_server: Server) -> None:
 
 
 def test_non_streamed_disconnect_cancels_generation(model_server: Server) -> None:
-    before = model_server.stats()[MODEL]
-    body = long_body(4000)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(model_server.url + "/v1/messages", json=body, timeout=1.0)
+    before = model_server.wait_idle(MODEL)
+
+    async def leave_once_it_runs() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            post = asyncio.create_task(
+                http.post(model_server.url + "/v1/messages", json=long_body(4000))
+            )
+            await asyncio.to_thread(model_server.wait_stats, MODEL, running=1)
+            post.cancel()  # the client gives up: its connection closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await post
+
+    asyncio.run(leave_once_it_runs())
     after = model_server.wait_idle(MODEL)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["tokens"] - before["tokens"] < 1000
