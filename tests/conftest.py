@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,13 +69,18 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The SDK clients handed out, closed with the server (one left to the garbage
+    # collector leaves its sockets unclosed: a ResourceWarning, an error here).
+    clients: list[anthropic.Anthropic] = field(default_factory=list)
 
     def client(self, **kwargs: object) -> anthropic.Anthropic:
         options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
         options.update(kwargs)
-        return anthropic.Anthropic(base_url=self.url, **options)  # type: ignore[arg-type]
+        self.clients.append(anthropic.Anthropic(base_url=self.url, **options))  # type: ignore[arg-type]
+        return self.clients[-1]
 
     def async_client(self, **kwargs: object) -> anthropic.AsyncAnthropic:
+        """A client for one event loop: use it as ``async with server.async_client() as c``."""
         options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
         options.update(kwargs)
         return anthropic.AsyncAnthropic(base_url=self.url, **options)  # type: ignore[arg-type]
@@ -151,6 +156,9 @@ def start_server(
 
 
 def stop_server(server: Server) -> None:
+    for client in server.clients:
+        client.close()
+    server.clients.clear()
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:

@@ -84,8 +84,8 @@ def test_sixteen_concurrent_requests_match_their_unbatched_runs(wide_server: Ser
         )
 
     async def all_at_once() -> list[anthropic.types.Message]:
-        c = wide_server.async_client()
-        return await asyncio.gather(*(one(c, i) for i in range(16)))
+        async with wide_server.async_client() as c:
+            return await asyncio.gather(*(one(c, i) for i in range(16)))
 
     together = asyncio.run(all_at_once())
     for i, (ref, got) in enumerate(zip(alone, together, strict=True)):

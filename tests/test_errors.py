@@ -363,8 +363,8 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
         model="scripted", max_tokens=5, messages=HI
     )
     assert ok.type == "message"
-    bearer = anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0)
-    assert bearer.models.list().data
+    with anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0) as bearer:
+        assert bearer.models.list().data
     # A key may be configured by its SHA-256 only.
     assert server.client(api_key="secret-3").models.list().data
     # Health checks stay open.

@@ -41,10 +41,10 @@ def text_of(message: anthropic.types.Message) -> str:
 
 
 def test_create_returns_an_anthropic_message(model_client: anthropic.Anthropic) -> None:
-    message = greedy(model_client, model="claude-sonnet-4-5", max_tokens=12)
+    message = greedy(model_client, model="claude-sonnet-4-6", max_tokens=12)
     assert message.id.startswith("msg_")
     assert message.type == "message" and message.role == "assistant"
-    assert message.model == "claude-sonnet-4-5"
+    assert message.model == "claude-sonnet-4-6"
     assert message.content and message.content[0].type == "text"
     assert message.stop_reason in {"end_turn", "max_tokens"}
     usage = message.usage
@@ -368,8 +368,8 @@ def test_eight_concurrent_streams(model_server: Server) -> None:
             return events, await stream.get_final_message()
 
     async def main() -> list[tuple[list[Any], anthropic.types.Message]]:
-        client = model_server.async_client()
-        return await asyncio.gather(*(one(client, i) for i in range(8)))
+        async with model_server.async_client() as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
 
     results = asyncio.run(main())
     for i, (events, final) in enumerate(results):
