@@ -245,3 +245,29 @@ def test_a_gate_holds_replies_in_their_slots_until_it_opens(tmp_path: Path) -> N
                 assert "".join(e.text for e in got if isinstance(e, TextChunk)) == "a b c d"
 
     asyncio.run(main())
+
+
+def test_delay_paces_each_streamed_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, with the engine's sleep recorded instead of waited out."""
+    import asyncio
+
+    from parley.conversation import Conversation, TextPart, Turn
+    from parley.engines import scripted
+    from parley.engines.base import SamplingParams
+
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(scripted.asyncio, "sleep", record)
+    engine = scripted.ScriptedEngine(scripted.Script(delay=0.25))
+    conv = Conversation(system=None, turns=(Turn("user", (TextPart("a b c"),)),))
+
+    async def main() -> list[object]:
+        generation = engine.submit(engine.prepare(conv), SamplingParams(max_tokens=10))
+        return [event async for event in generation]
+
+    events = asyncio.run(main())
+    assert slept == [0.25, 0.25, 0.25]  # one pause before each word
+    assert len(events) == 5  # three words, the flushed rest, the finish
