@@ -2,6 +2,11 @@
 
 Servers are started by the tests and stopped by them. ``model_server`` runs
 the embedded llama.cpp model; ``scripted_server`` the deterministic engine.
+
+Tests synchronise on what they can observe, never on sleeps: ``wait_for``
+polls a condition (its timeout is a guard against a hang, not a schedule),
+and a ``Gate`` holds scripted replies in their slots until the test releases
+them (``reply: {hold: PATH}`` in the rules, see ``parley/engines/scripted.py``).
 """
 
 from __future__ import annotations
@@ -13,15 +18,50 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx
 import pytest
+import yaml
 
 RULES = Path(__file__).parent / "data" / "rules.yaml"
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T], what: str | Callable[[], str] = "", timeout: float = 60
+) -> T:
+    """``condition()``'s first truthy value, polled; fails after ``timeout`` s (a guard).
+
+    ``what`` names the condition in the failure (a callable: computed then)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out waiting for {described or condition}")
+        time.sleep(0.02)
+    return value
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A scripted engine's gate: replies with ``hold: <path>`` wait in their slots
+    until the test opens it (the file exists)."""
+
+    path: Path
+
+    def open(self) -> None:
+        self.path.touch()
+
+
+def write_rules(path: Path, rules: list[dict[str, Any]], **options: object) -> Path:
+    """A rules file of the scripted engine (``options``: ``slots``, ``max_queue``...)."""
+    path.write_text(yaml.safe_dump({**options, "rules": rules}))
+    return path
 
 
 @dataclass
@@ -29,13 +69,18 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The SDK clients handed out, closed with the server (one left to the garbage
+    # collector leaves its sockets unclosed: a ResourceWarning, an error here).
+    clients: list[anthropic.Anthropic] = field(default_factory=list)
 
     def client(self, **kwargs: object) -> anthropic.Anthropic:
         options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
         options.update(kwargs)
-        return anthropic.Anthropic(base_url=self.url, **options)  # type: ignore[arg-type]
+        self.clients.append(anthropic.Anthropic(base_url=self.url, **options))  # type: ignore[arg-type]
+        return self.clients[-1]
 
     def async_client(self, **kwargs: object) -> anthropic.AsyncAnthropic:
+        """A client for one event loop: use it as ``async with server.async_client() as c``."""
         options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
         options.update(kwargs)
         return anthropic.AsyncAnthropic(base_url=self.url, **options)  # type: ignore[arg-type]
@@ -46,15 +91,29 @@ class Server:
         data: dict[str, dict[str, Any]] = response.json()
         return data
 
-    def wait_idle(self, model: str, timeout: float = 60) -> dict[str, Any]:
+    def wait_idle(self, model: str, timeout: float = 60, key: str = "test-key") -> dict[str, Any]:
         """Engine stats once nothing runs or waits (polls; fails after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats: dict[str, Any] = self.stats()[model]
-            if stats["running"] == 0 and stats["waiting"] == 0:
-                return stats
-            assert time.monotonic() < deadline, stats
-            time.sleep(0.05)
+
+        last: dict[str, Any] = {}
+
+        def idle() -> dict[str, Any] | None:
+            last.update(self.stats(key)[model])
+            return dict(last) if last["running"] == 0 and last["waiting"] == 0 else None
+
+        return wait_for(idle, lambda: f"{model} to be idle: {last}", timeout)
+
+    def wait_stats(
+        self, model: str, timeout: float = 60, key: str = "test-key", **want: int
+    ) -> dict[str, Any]:
+        """Engine stats once each counter in ``want`` has its value (polls)."""
+
+        last: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            last.update(self.stats(key)[model])
+            return dict(last) if all(last.get(k) == v for k, v in want.items()) else None
+
+        return wait_for(reached, lambda: f"{model} stats {want}, last {last}", timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -97,6 +156,9 @@ def start_server(
 
 
 def stop_server(server: Server) -> None:
+    for client in server.clients:
+        client.close()
+    server.clients.clear()
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:

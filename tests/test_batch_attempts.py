@@ -20,10 +20,8 @@ from anthropic.types.messages import MessageBatchErroredResult, MessageBatchIndi
 
 from parley.batches.schema import batch_requests
 from parley.batches.store import BatchStore
-from tests.conftest import start_server, stop_server
+from tests.conftest import Gate, start_server, stop_server, write_rules
 from tests.test_batches import request, results, wait_ended
-
-CRASH = Path(__file__).parent / "data" / "crash.yaml"
 
 
 def params(text: str) -> str:
@@ -98,11 +96,17 @@ def test_a_request_that_crashes_the_server_ends_errored_and_takes_no_other_down(
 ) -> None:
     """The scripted engine kills its own process (SIGKILL) when it answers "poison
     pill". Each start runs it again until its attempts (3) are used; the requests
-    that were running beside it at the first crash rerun alone and succeed."""
+    that were running beside it at the first crash (held at a gate until then)
+    rerun alone and succeed."""
     env = {"PARLEY_DATA_DIR": str(tmp_path / "data")}
-    args = ["--engine", "scripted", "--script", str(CRASH)]
-    server = start_server(args, tmp_path, env)
+    gate = Gate(tmp_path / "gate")
     texts = [f"a b c d {i}" for i in range(6)]
+    rules = [{"match": {"user": t}, "reply": {"text": t, "hold": str(gate.path)}} for t in texts]
+    rules.append({"match": {"user": "poison pill"}, "reply": {"crash": True}})
+    # A slot for each: the pill is answered however the others are scheduled.
+    script = write_rules(tmp_path / "crash.yaml", rules, slots=8)
+    args = ["--engine", "scripted", "--script", str(script)]
+    server = start_server(args, tmp_path, env)
     texts.insert(2, "poison pill")
     batch = server.client().messages.batches.create(
         requests=[request(f"r{i}", text) for i, text in enumerate(texts)]  # type: ignore[misc]
@@ -117,6 +121,7 @@ def test_a_request_that_crashes_the_server_ends_errored_and_takes_no_other_down(
             # may crash again before it answers: the pill runs first at start-up.
             assert server.process.wait(timeout=60) == -signal.SIGKILL, server.log()
             crashes += 1
+            gate.open()  # the others were in flight when the pill struck: now they may end
             assert crashes <= 3, server.log()
             server = start_server(args, tmp_path, env, may_exit=True)
     try:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anthropic
@@ -19,9 +18,9 @@ import pytest
 
 from parley.config import load_settings
 from parley.conversation import Conversation, TextPart, Turn
-from parley.engines.base import Finished, SamplingParams, TextChunk
+from parley.engines.base import EngineEvent, Finished, Generation, SamplingParams, TextChunk
 from parley.engines.llamacpp import LlamaCppEngine, from_settings
-from tests.conftest import MODEL, Server, long_body
+from tests.conftest import LONG_MESSAGES, MODEL, Server, long_body
 
 pytestmark = pytest.mark.model
 
@@ -85,8 +84,8 @@ def test_sixteen_concurrent_requests_match_their_unbatched_runs(wide_server: Ser
         )
 
     async def all_at_once() -> list[anthropic.types.Message]:
-        c = wide_server.async_client()
-        return await asyncio.gather(*(one(c, i) for i in range(16)))
+        async with wide_server.async_client() as c:
+            return await asyncio.gather(*(one(c, i) for i in range(16)))
 
     together = asyncio.run(all_at_once())
     for i, (ref, got) in enumerate(zip(alone, together, strict=True)):
@@ -129,10 +128,7 @@ def test_cancelling_a_stream_lets_a_queued_request_start(
             )
         )
         waiter.start()
-        deadline = time.monotonic() + 30
-        while server.stats()[MODEL]["waiting"] != 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        server.wait_stats(MODEL, waiting=1)
         # ...and a third one finds the queue full.
         with pytest.raises(anthropic.OverloadedError):
             server.client().messages.create(
@@ -298,35 +294,45 @@ def test_short_requests_are_not_starved_by_a_long_one(
 
 
 def test_interactive_work_goes_before_batch_work() -> None:
-    async def main() -> list[str]:
+    async def main() -> tuple[list[str], dict[str, Any]]:
         engine: LlamaCppEngine = from_settings(load_settings({"parallel": 1}, environ={}))
         await engine.start()
         order: list[str] = []
-        started = asyncio.Event()
 
-        async def run(name: str, priority: int, max_tokens: int, text: str) -> None:
-            conv = Conversation(system=None, turns=(Turn("user", (TextPart(text),)),))
-            prompt = engine.prepare(conv)
+        def submit(text: str, priority: int, max_tokens: int, prefill: str = "") -> Generation:
+            turns = (Turn("user", (TextPart(text),)),)
+            conv = Conversation(system=None, turns=turns, prefill=prefill)
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0, priority=priority)
-            async for event in engine.submit(prompt, params):
-                started.set()
+            return engine.submit(engine.prepare(conv), params)
+
+        async def drain(name: str, events: AsyncIterator[EngineEvent]) -> None:
+            async for event in events:
                 if isinstance(event, Finished):
                     order.append(name)
 
         try:
-            # A long answer holds the only slot while the other two queue up.
-            poem = "Write a very long poem about the sea, in many verses."
-            first = asyncio.create_task(run("first", 0, 200, poem))
-            await started.wait()
-            batch = asyncio.create_task(run("batch", 10, 3, "Say batch"))
-            await asyncio.sleep(0.05)
-            interactive = asyncio.create_task(run("interactive", 0, 3, "Say interactive"))
-            await asyncio.gather(first, batch, interactive)
+            # Greedy counting runs far past its max_tokens: it holds the only slot...
+            (user, prefill) = (m["content"] for m in LONG_MESSAGES)
+            first = aiter(submit(user, 0, 64, prefill))
+            started = await anext(first)
+            # ...while a batch request and then an interactive one queue up behind it
+            # (submitting queues at once: nothing runs in between).
+            batch = submit("Say batch", 10, 3)
+            interactive = submit("Say interactive", 0, 3)
+            queued = engine.stats()
+            await asyncio.gather(
+                drain("first", first),
+                drain("batch", aiter(batch)),
+                drain("interactive", aiter(interactive)),
+            )
+            assert not isinstance(started, Finished)
         finally:
             await engine.close()
-        return order
+        return order, queued
 
-    assert asyncio.run(main()) == ["first", "interactive", "batch"]
+    order, queued = asyncio.run(main())
+    assert (queued["running"], queued["waiting"]) == (1, 2), queued
+    assert order == ["first", "interactive", "batch"]
 
 
 def test_engine_events_are_text_then_one_finish() -> None:

@@ -136,9 +136,10 @@ def test_a_plain_prompt_on_the_embedded_model(
 ) -> None:
     # Claude Code asks for temperature 1 and 32,000 tokens: a 135M model sampling at
     # 1.0 sometimes writes until its context is full (minutes on 2 cores). Claude
-    # Code's own cap keeps the run short; either ending is one the protocol allows:
-    # the model ends its turn (success), or it hits max_tokens and Claude Code says
-    # so (it read stop_reason "max_tokens" from the stream).
+    # Code's own cap bounds every request; either ending is one the protocol allows:
+    # the model ends its turn (success), or it hits max_tokens, Claude Code asks it to
+    # go on (up to three times, each capped too) and then says so (it read
+    # stop_reason "max_tokens" from the stream). So the run writes at most 4 x cap.
     cap = 96
     server = server_factory("--api-key", KEY)
     result, _ = run_claude(
@@ -158,6 +159,7 @@ def test_a_plain_prompt_on_the_embedded_model(
     )
     assert result["subtype"] == "success", result
     assert isinstance(result["result"], str) and result["usage"]["output_tokens"] > 0, result
+    assert result["usage"]["output_tokens"] <= 4 * cap, result
     if result["is_error"]:
         assert f"exceeded the {cap} output token maximum" in result["result"], result
     assert "status=400" not in server.log() and "status=500" not in server.log()
@@ -167,9 +169,13 @@ def test_a_plain_prompt_on_the_embedded_model(
 
 @pytest.mark.model
 def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server) -> None:
-    """What Claude Code sends (logged from a real run), scaled down to fit SmolLM2's context."""
+    """What Claude Code sends (logged from a real run), scaled down to fit SmolLM2's
+    context, with the small max_tokens Claude Code sends under
+    ``CLAUDE_CODE_MAX_OUTPUT_TOKENS``: adaptive thinking then gets half of it, so the
+    whole answer is bounded by max_tokens, never by the model deciding to stop."""
     from tests.test_tool_format import CLAUDE_CODE_LIKE
 
+    cap = 160
     billing = "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;"
     body = {
         "model": "claude-opus-4-8",
@@ -203,7 +209,7 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server
             {"name": "Fetch", "description": "Fetch a URL", "input_schema": CLAUDE_CODE_LIKE}
         ],
         "metadata": {"user_id": json.dumps({"device_id": "ab" * 32, "session_id": "s"})},
-        "max_tokens": 64000,
+        "max_tokens": cap,
         "thinking": {"type": "adaptive"},
         "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
         "output_config": {"effort": "low"},
@@ -223,23 +229,21 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server
         "POST", f"{model_server.url}/v1/messages?beta=true", json=body, headers=headers, timeout=300
     ) as response:
         assert response.status_code == 200, response.read()
-        lines = response.iter_lines()
-        for line in lines:
+        for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
-            # Thinking, then the first block of the answer: enough to see the shape.
-            # (Left alone, SmolLM2 may write until the context is full; leaving
-            # cancels the generation.)
-            starts = [e for e in events if e["type"] == "content_block_start"]
-            if len(starts) >= 2 or (events and events[-1]["type"] == "message_stop"):
-                break
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "message_start" and "error" not in kinds
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop", kinds
+    assert "error" not in kinds
     usage = events[0]["message"]["usage"]
     assert usage["input_tokens"] > 0
     first = next(e for e in events if e["type"] == "content_block_start")
     assert first["index"] == 0 and first["content_block"]["type"] == "thinking"
     assert any(e.get("delta", {}).get("type") == "signature_delta" for e in events)
+    final = events[-2]
+    assert final["type"] == "message_delta", final
+    assert final["delta"]["stop_reason"] in {"end_turn", "max_tokens", "tool_use"}, final
+    assert 0 < final["usage"]["output_tokens"] <= cap, final
 
 
 @pytest.mark.model

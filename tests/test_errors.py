@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Gate, Server, write_rules
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -364,8 +363,8 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
         model="scripted", max_tokens=5, messages=HI
     )
     assert ok.type == "message"
-    bearer = anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0)
-    assert bearer.models.list().data
+    with anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0) as bearer:
+        assert bearer.models.list().data
     # A key may be configured by its SHA-256 only.
     assert server.client(api_key="secret-3").models.list().data
     # Health checks stay open.
@@ -373,17 +372,19 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
     assert "secret-1" not in server.log() and "secret-3" not in server.log()
 
 
-def test_queue_full_is_529(server_factory: Callable[..., Server]) -> None:
-    rules = Path(__file__).parent / "data" / "overload.yaml"
+def test_queue_full_is_529(server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    gate = Gate(tmp_path / "gate")
+    # One slot, one waiting place; the answers wait at the gate until the test opens it.
+    hold = {"match": {"user": "occupy"}, "reply": {"text": "done", "hold": str(gate.path)}}
+    rules = write_rules(tmp_path / "overload.yaml", [hold], slots=1, max_queue=1)
     server = server_factory("--engine", "scripted", "--script", str(rules))
     client = server.client()
-    long_text = " ".join(["word"] * 200)
     results: list[str] = []
 
     def occupy() -> None:
         try:
             final = client.messages.create(
-                model="scripted", max_tokens=500, messages=[{"role": "user", "content": long_text}]
+                model="scripted", max_tokens=5, messages=[{"role": "user", "content": "occupy"}]
             )
             results.append(final.stop_reason or "")
         except Exception as exc:  # reported through `results`
@@ -392,16 +393,14 @@ def test_queue_full_is_529(server_factory: Callable[..., Server]) -> None:
     threads = [threading.Thread(target=occupy) for _ in range(2)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 60
-    while server.stats()["scripted"] != {"waiting": 1, "running": 1, "cancelled": 0}:
-        assert time.monotonic() < deadline, (server.stats(), results)
-        time.sleep(0.02)
-    # One request running, one waiting: the queue (max_queue 1) is full.
+    # One request running (held at the gate), one waiting: the queue is full.
+    server.wait_stats("scripted", running=1, held=1, waiting=1, cancelled=0)
     with pytest.raises(anthropic.OverloadedError) as caught:
         client.messages.create(model="scripted", max_tokens=5, messages=HI)
     assert caught.value.status_code == 529
     assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
     assert caught.value.response.headers.get("retry-after")
+    gate.open()
     for thread in threads:
         thread.join(timeout=60)
     assert results == ["end_turn", "end_turn"]

@@ -7,6 +7,7 @@ never what SmolLM2 happens to say.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -40,10 +41,10 @@ def text_of(message: anthropic.types.Message) -> str:
 
 
 def test_create_returns_an_anthropic_message(model_client: anthropic.Anthropic) -> None:
-    message = greedy(model_client, model="claude-sonnet-4-5", max_tokens=12)
+    message = greedy(model_client, model="claude-sonnet-4-6", max_tokens=12)
     assert message.id.startswith("msg_")
     assert message.type == "message" and message.role == "assistant"
-    assert message.model == "claude-sonnet-4-5"
+    assert message.model == "claude-sonnet-4-6"
     assert message.content and message.content[0].type == "text"
     assert message.stop_reason in {"end_turn", "max_tokens"}
     usage = message.usage
@@ -125,10 +126,11 @@ def test_stop_sequence_stop(model_client: anthropic.Anthropic) -> None:
 
 
 def test_end_turn_stop(model_client: anthropic.Anthropic) -> None:
-    # A prefill that closes the sentence makes the model end its turn quickly.
+    # A prefill that closes the sentence makes the model end its turn at once (greedy:
+    # the same few tokens every run); max_tokens bounds the run if it ever did not.
     message = model_client.messages.create(
         model=MODEL,
-        max_tokens=300,
+        max_tokens=16,
         extra_body=GREEDY,
         messages=[
             {"role": "user", "content": "Reply with the single word: yes"},
@@ -137,7 +139,7 @@ def test_end_turn_stop(model_client: anthropic.Anthropic) -> None:
     )
     assert message.stop_reason == "end_turn"
     assert message.stop_sequence is None
-    assert message.usage.output_tokens < 300
+    assert message.usage.output_tokens < 16
 
 
 def filler_of(client: anthropic.Anthropic, tokens: int) -> str:
@@ -366,8 +368,8 @@ def test_eight_concurrent_streams(model_server: Server) -> None:
             return events, await stream.get_final_message()
 
     async def main() -> list[tuple[list[Any], anthropic.types.Message]]:
-        client = model_server.async_client()
-        return await asyncio.gather(*(one(client, i) for i in range(8)))
+        async with model_server.async_client() as client:
+            return await asyncio.gather(*(one(client, i) for i in range(8)))
 
     results = asyncio.run(main())
     for i, (events, final) in enumerate(results):
@@ -388,7 +390,7 @@ def test_eight_concurrent_streams(model_server: Server) -> None:
 
 
 def test_disconnect_cancels_generation(model_server: Server) -> None:
-    before = model_server.stats()[MODEL]
+    before = model_server.wait_idle(MODEL)
     body = long_body(4000, stream=True)
     with httpx.stream("POST", model_server.url + "/v1/messages", json=body, timeout=60) as response:
         seen = 0
@@ -407,10 +409,19 @@ def test_disconnect_cancels_generation(model_server: Server) -> None:
 
 
 def test_non_streamed_disconnect_cancels_generation(model_server: Server) -> None:
-    before = model_server.stats()[MODEL]
-    body = long_body(4000)
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(model_server.url + "/v1/messages", json=body, timeout=1.0)
+    before = model_server.wait_idle(MODEL)
+
+    async def leave_once_it_runs() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            post = asyncio.create_task(
+                http.post(model_server.url + "/v1/messages", json=long_body(4000))
+            )
+            await asyncio.to_thread(model_server.wait_stats, MODEL, running=1)
+            post.cancel()  # the client gives up: its connection closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await post
+
+    asyncio.run(leave_once_it_runs())
     after = model_server.wait_idle(MODEL)
     assert after["cancelled"] == before["cancelled"] + 1
     assert after["tokens"] - before["tokens"] < 1000

@@ -68,5 +68,5 @@ def test_configured_aliases(server_factory: Callable[..., Server]) -> None:
     assert ids == ["scripted", "my-model"]
     with pytest.raises(anthropic.NotFoundError):
         server.client().messages.create(
-            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            model="claude-sonnet-4-6", max_tokens=5, messages=[{"role": "user", "content": "x"}]
         )

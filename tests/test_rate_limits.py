@@ -109,8 +109,11 @@ def test_every_response_carries_the_headers_and_429_comes_with_retry_after(
     assert headers["anthropic-ratelimit-input-tokens-limit"] == "2000"
     assert headers["anthropic-ratelimit-tokens-limit"] == "2000"
     assert headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    # The bucket refills one request a second: unless each request takes longer
+    # than that, it runs dry within the loop (61 requests were not always enough
+    # on a busy machine).
     with pytest.raises(anthropic.RateLimitError) as refused:
-        for _ in range(61):
+        for _ in range(1000):
             client.messages.create(model="scripted", max_tokens=5, messages=HI)
     error = refused.value
     assert error.status_code == 429
@@ -175,6 +178,7 @@ def origin() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/doc.txt"
     server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Gate, Server, write_rules
 
 WEATHER = {
     "name": "get_weather",
@@ -144,8 +144,14 @@ def test_failure_without_stream_is_500(scripted_client: anthropic.Anthropic) -> 
     assert message.content[0].text == "still here?"  # type: ignore[union-attr]
 
 
-def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:
-    rules = Path(__file__).parent / "data" / "slow.yaml"
+def held(gate: Gate, text: str, **reply: object) -> dict[str, Any]:
+    """A rule answering ``text`` with ``text``, held at ``gate``."""
+    return {"match": {"user": text}, "reply": {"text": text, "hold": str(gate.path), **reply}}
+
+
+def test_pings_while_the_engine_is_busy(server_factory: Any, tmp_path: Path) -> None:
+    gate = Gate(tmp_path / "gate")
+    rules = write_rules(tmp_path / "held.yaml", [held(gate, "one two three")])
     server: Server = server_factory(
         "--engine", "scripted", "--script", str(rules), "--ping-interval", "0.05"
     )
@@ -155,16 +161,16 @@ def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:
         "stream": True,
         "messages": [{"role": "user", "content": "one two three"}],
     }
+    names: list[str] = []
     with httpx.stream("POST", server.url + "/v1/messages", json=body, timeout=30) as response:
-        names = [
-            line.removeprefix("event: ")
-            for line in response.iter_lines()
-            if line.startswith("event: ")
-        ]
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                names.append(line.removeprefix("event: "))
+                if names.count("ping") == 3:
+                    gate.open()  # three pings while the answer was held: let it go
     assert names[0] == "message_start" and names[-1] == "message_stop"
-    assert names.count("ping") >= 3
     first_delta = names.index("content_block_delta")
-    assert "ping" in names[:first_delta]
+    assert names[:first_delta].count("ping") >= 3
     with server.client().messages.stream(
         model="scripted", max_tokens=10, messages=[{"role": "user", "content": "one two three"}]
     ) as stream:
@@ -174,17 +180,94 @@ def test_pings_while_the_engine_is_slow(server_factory: Any) -> None:
 def test_a_request_waiting_past_the_queue_timeout_gets_529(
     server_factory: Any, tmp_path: Path
 ) -> None:
-    rules = tmp_path / "one-slot.yaml"
-    rules.write_text("delay: 0.3\nslots: 1\nrules: []\n")
+    gate = Gate(tmp_path / "gate")
+    rules = write_rules(tmp_path / "one-slot.yaml", [held(gate, "a b c d")], slots=1)
     server: Server = server_factory(
         "--engine", "scripted", "--script", str(rules), "--queue-timeout", "0.5"
     )
     client = server.client()
-    words = {"role": "user", "content": "a b c d e f g h"}  # 8 chunks: 2.4 s in the slot
+    words = {"role": "user", "content": "a b c d"}
     with client.messages.stream(model="scripted", max_tokens=20, messages=[words]) as busy:
-        next(iter(busy))  # the only slot is taken
+        server.wait_stats("scripted", running=1, held=1)  # the only slot is taken
         with pytest.raises(anthropic.APIStatusError) as waited:
             client.messages.create(model="scripted", max_tokens=5, messages=[words])
         assert waited.value.status_code == 529
         assert "waited 0.5 s for capacity" in str(waited.value)
+        gate.open()
         assert busy.get_final_message().stop_reason == "end_turn"
+
+
+def test_a_gate_holds_replies_in_their_slots_until_it_opens(tmp_path: Path) -> None:
+    """In process: ``hold_after`` tokens go out, then the reply waits (counted as
+    held, in its slot); a cancelled one leaves the gate; opening it releases the rest."""
+    import asyncio
+
+    from parley.conversation import Conversation, TextPart, Turn
+    from parley.engines.base import EngineEvent, SamplingParams, TextChunk
+    from parley.engines.scripted import Script, ScriptedEngine
+
+    gate = Gate(tmp_path / "gate")
+    rules = write_rules(tmp_path / "r.yaml", [held(gate, "a b c d", hold_after=2)], slots=2)
+    engine = ScriptedEngine(Script.load(rules))
+    conv = Conversation(system=None, turns=(Turn("user", (TextPart("a b c d"),)),))
+    prompt = engine.prepare(conv)
+
+    async def until(**want: int) -> None:
+        async with asyncio.timeout(30):  # a guard against a hang
+            # The engine's counters are plain numbers: polled (each look yields to it).
+            while any(engine.stats()[k] != v for k, v in want.items()):  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+        assert engine.stats() == {"waiting": 0, "running": 0, "held": 0, "cancelled": 0} | want
+
+    async def main() -> None:
+        events: list[list[EngineEvent]] = [[], [], []]
+
+        async def run(i: int) -> None:
+            async for event in engine.submit(prompt, SamplingParams(max_tokens=10)):
+                events[i].append(event)
+
+        tasks = [asyncio.create_task(run(i)) for i in range(3)]
+        # Two slots: two replies wait at the gate after their first two words, one waits
+        # for a slot.
+        await until(waiting=1, running=2, held=2)
+        texts = ["".join(e.text for e in got if isinstance(e, TextChunk)) for got in events]
+        assert sorted(texts) == ["", "a b", "a b"]
+        cancelled = texts.index("a b")
+        tasks[cancelled].cancel()
+        # The waiting one takes the freed slot, up to the gate.
+        await until(running=2, held=2, cancelled=1)
+        gate.open()
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(t for i, t in enumerate(tasks) if i != cancelled))
+        await until(cancelled=1)
+        for i, got in enumerate(events):
+            if i != cancelled:
+                assert "".join(e.text for e in got if isinstance(e, TextChunk)) == "a b c d"
+
+    asyncio.run(main())
+
+
+def test_delay_paces_each_streamed_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, with the engine's sleep recorded instead of waited out."""
+    import asyncio
+
+    from parley.conversation import Conversation, TextPart, Turn
+    from parley.engines import scripted
+    from parley.engines.base import SamplingParams
+
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(scripted.asyncio, "sleep", record)
+    engine = scripted.ScriptedEngine(scripted.Script(delay=0.25))
+    conv = Conversation(system=None, turns=(Turn("user", (TextPart("a b c"),)),))
+
+    async def main() -> list[object]:
+        generation = engine.submit(engine.prepare(conv), SamplingParams(max_tokens=10))
+        return [event async for event in generation]
+
+    events = asyncio.run(main())
+    assert slept == [0.25, 0.25, 0.25]  # one pause before each word
+    assert len(events) == 5  # three words, the flushed rest, the finish

@@ -63,6 +63,7 @@ def origin() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 def body_for(*urls: str) -> dict[str, Any]:
@@ -141,9 +142,17 @@ class Dribbler:
         with self.changed:
             return self.changed.wait_for(lambda: predicate(self), timeout=GUARD)
 
+    def close(self) -> None:
+        """Stop listening (``shutdown`` wakes the thread blocked in ``accept``)."""
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
     def _accept(self) -> None:
         while True:
-            conn, _ = self.listener.accept()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
             with self.changed:
                 self.open += 1
             threading.Thread(target=self._dribble, args=(conn,), daemon=True).start()
@@ -172,6 +181,13 @@ class Dribbler:
         with self.changed:
             self.open -= 1
             self.changed.notify_all()
+
+
+@pytest.fixture
+def slow() -> Iterator[Dribbler]:
+    dribbler = Dribbler()
+    yield dribbler
+    dribbler.close()
 
 
 def all_closed(slow: Dribbler) -> bool:
@@ -228,10 +244,9 @@ def test_total_bytes_a_request(bounded: Server, origin: str) -> None:
     assert_fetches_normally(bounded, origin)
 
 
-def test_fetches_of_a_request_run_four_at_a_time(bounded: Server) -> None:
+def test_fetches_of_a_request_run_four_at_a_time(bounded: Server, slow: Dribbler) -> None:
     """Eight documents whose servers never finish: four are fetched at once, the
     rest wait their turn, and the first to fail ends them all (none starts)."""
-    slow = Dribbler()
     response = ask(bounded, *[f"{slow.base}/{i}" for i in range(8)])
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
@@ -242,8 +257,9 @@ def test_fetches_of_a_request_run_four_at_a_time(bounded: Server) -> None:
     assert sorted(slow.paths) == ["/0", "/1", "/2", "/3"]
 
 
-def test_a_fetch_has_one_deadline_however_its_server_dribbles(bounded: Server, origin: str) -> None:
-    slow = Dribbler()
+def test_a_fetch_has_one_deadline_however_its_server_dribbles(
+    bounded: Server, origin: str, slow: Dribbler
+) -> None:
     response = ask(bounded, slow.url)  # httpx's per-read timeout alone never fired
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"] == (
@@ -255,7 +271,7 @@ def test_a_fetch_has_one_deadline_however_its_server_dribbles(bounded: Server, o
 
 @pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
 def test_a_client_that_leaves_stops_its_fetch(
-    server_factory: Callable[..., Server], origin: str, path: str
+    server_factory: Callable[..., Server], origin: str, path: str, slow: Dribbler
 ) -> None:
     server = server_factory(
         "--engine",
@@ -267,7 +283,6 @@ def test_a_client_that_leaves_stops_its_fetch(
         "127.0.0.1",
         env={"PARLEY_URL_TIMEOUT": "600"},  # the deadline is not what ends it here
     )
-    slow = Dribbler()
     body = body_for(slow.url)
     if path.endswith("count_tokens"):
         del body["max_tokens"]

@@ -21,6 +21,15 @@ clients' error paths. ``reply: {crash: true}`` kills the server process
 (SIGKILL) when the rule answers, as a segfault in a native engine would, for
 testing crash recovery; only whoever writes the rules file can set it.
 
+``reply: {hold: PATH, hold_after: N}`` holds the reply before its token N + 1
+(``hold_after`` defaults to 0: before the first) until a file exists at
+``PATH`` (relative to the rules file's directory): a test holds generations
+in their slots, observes them (``held`` in the engine's ``/parley/stats``
+counts the generations waiting at a gate) and releases them by creating the
+file, instead of waiting out a ``delay``. Every request the rule answers
+waits at the same gate; once the file exists they all go on. A reply with at
+most N tokens is not held. A held generation can still be cancelled.
+
 ``match`` keys (all optional, all must hold): ``user`` (last user text),
 ``system``, ``tool_result`` (the last tool result's text, when the request
 ends with tool results: the step of an agent loop), ``tools`` (names that
@@ -114,12 +123,16 @@ def _last_tool_result(conv: Conversation) -> str:
     return ""
 
 
+GATE_POLL = 0.01  # seconds between looks at a held reply's gate file
+
+
 @dataclass(frozen=True)
 class Script:
     rules: tuple[Rule, ...] = ()
     delay: float = 0.0
     slots: int = 4
     max_queue: int = 64
+    base: Path = Path()  # the rules file's directory: relative gate paths start there
 
     @classmethod
     def load(cls, path: Path | None) -> Script:
@@ -138,6 +151,7 @@ class Script:
             delay=float(data.get("delay", 0.0)),
             slots=int(data.get("slots", 4)),
             max_queue=int(data.get("max_queue", 64)),
+            base=path.parent,
         )
 
     def reply_for(self, conv: Conversation) -> dict[str, Any]:
@@ -170,11 +184,16 @@ class _ScriptedGeneration(Generation):
         self._params = params
         self._cancelled = False
         self._queued = True
+        self._gate_passed = False
 
     def _leave_queue(self) -> None:
         if self._queued:
             self._queued = False
             self._engine._waiting -= 1
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
 
     def cancel(self) -> None:
         if not self._cancelled:
@@ -210,6 +229,16 @@ class _ScriptedGeneration(Generation):
             if not finished:
                 self.cancel()
 
+    async def _pace(self, produced: int, reply: dict[str, Any], *, delay: bool = True) -> None:
+        """Before the reply's next token: its gate once ``hold_after`` tokens are out,
+        then the script's delay."""
+        due = "hold" in reply and produced >= int(reply.get("hold_after", 0))
+        if due and not self._gate_passed:
+            self._gate_passed = True
+            await self._engine.hold(self._engine.script.base / str(reply["hold"]), self)
+        if delay and self._engine.script.delay:
+            await asyncio.sleep(self._engine.script.delay)
+
     async def _answer(self) -> AsyncIterator[EngineEvent]:
         script = self._engine.script
         reply = script.reply_for(self._prompt.conversation)
@@ -221,6 +250,7 @@ class _ScriptedGeneration(Generation):
         if self._prompt.conversation.thinking_budget is not None:
             thought = str(reply.get("thinking", "The scripted engine does not think."))
             for word in tokenize(thought)[: self._prompt.conversation.thinking_budget]:
+                await self._pace(produced, reply, delay=False)
                 produced += 1
                 yield ThinkingChunk(word)
         for word in tokenize(str(reply.get("text", ""))):
@@ -228,8 +258,7 @@ class _ScriptedGeneration(Generation):
                 yield TextChunk(stops.flush())
                 yield Finished("max_tokens", produced)
                 return
-            if script.delay:
-                await asyncio.sleep(script.delay)
+            await self._pace(produced, reply)
             produced += 1
             text, matched = stops.feed(word)
             if text:
@@ -248,8 +277,7 @@ class _ScriptedGeneration(Generation):
             yield ToolCallStart(str(call.get("id") or tool_use_id()), str(call["name"]))
             payload = json.dumps(call.get("input") or {}, ensure_ascii=False)
             for piece in _chunks(payload, 8):
-                if script.delay:
-                    await asyncio.sleep(script.delay)
+                await self._pace(produced, reply)
                 produced += 1
                 yield ToolInputChunk(piece)
         default_reason: FinishReason = "tool_use" if calls else "end_turn"
@@ -278,6 +306,7 @@ class ScriptedEngine(Engine):
         self._slots = asyncio.Semaphore(script.slots)
         self._waiting = 0
         self._running = 0
+        self._held = 0
         self.cancelled = 0
         self.card = ModelCard(
             id=model_id,
@@ -308,8 +337,23 @@ class ScriptedEngine(Engine):
         self._waiting += 1
         return _ScriptedGeneration(self, prompt, params)
 
+    async def hold(self, gate: Path, generation: _ScriptedGeneration) -> None:
+        """Wait (in the generation's slot) until the file ``gate`` exists."""
+        self._held += 1
+        try:
+            # A file has no event to await: look again every GATE_POLL s (one stat).
+            while not gate.exists() and not generation.cancelled:  # noqa: ASYNC110, ASYNC240
+                await asyncio.sleep(GATE_POLL)
+        finally:
+            self._held -= 1
+
     def stats(self) -> dict[str, Any]:
-        return {"waiting": self._waiting, "running": self._running, "cancelled": self.cancelled}
+        return {
+            "waiting": self._waiting,
+            "running": self._running,
+            "held": self._held,
+            "cancelled": self.cancelled,
+        }
 
 
 @dataclass(frozen=True)
