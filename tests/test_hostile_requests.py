@@ -132,9 +132,10 @@ def test_claude_codes_own_tools_decode_on_the_real_engine(tmp_path: Path) -> Non
     import asyncio
 
     from parley.conversation import Conversation, ToolSpec, Turn
-    from parley.engines.base import Finished, Prompt, SamplingParams, ToolCallStart
+    from parley.engines.base import Finished, SamplingParams, ToolCallStart
     from parley.engines.llamacpp import LlamaCppEngine, embedded_model_path
     from parley.engines.llamacpp.native import NativeConfig
+    from parley.engines.llamacpp.output import LlamaPrompt
 
     config = NativeConfig(n_ctx=32768, n_seq_max=2, n_batch=256, n_threads=2)
     engine = LlamaCppEngine(embedded_model_path(), model_id=MODEL, config=config)
@@ -150,7 +151,8 @@ def test_claude_codes_own_tools_decode_on_the_real_engine(tmp_path: Path) -> Non
             )
             full = await asyncio.to_thread(engine.prepare, conversation)
             assert full.grammar is not None and full.n_tokens > 10_000
-            short = Prompt(conversation, "", full.tokens[-64:], full.grammar)
+            assert isinstance(full, LlamaPrompt)
+            short = LlamaPrompt(conversation, "", full.tokens[-64:], full.grammar)
             generation = engine.submit(short, SamplingParams(max_tokens=48, temperature=1.0))
             return [event async for event in generation]
         finally:
