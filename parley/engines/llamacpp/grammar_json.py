@@ -6,7 +6,7 @@ freezes llama.cpp's grammar matcher on inputs the API accepts:
 
 * ``minLength``/``maxLength`` and ``minItems``/``maxItems`` of any size are
   written with ``grammar_repeat.repeat`` (compact, one parse per length);
-* ``pattern`` goes through ``regex_grammar``, which refuses patterns that
+* ``pattern`` goes through ``grammar_regex``, which refuses patterns that
   keep many parses alive (exponential matching) and constructs it cannot
   express; such a string keeps only its length bounds, and the converter
   records where (``relaxed``), so the caller can say so.

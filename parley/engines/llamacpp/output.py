@@ -1,4 +1,6 @@
-"""Tool calling: call syntaxes, the fallback prompt, the grammar, the parser.
+"""The model's output protocol: call syntaxes, the fallback prompt, the parser (thinking,
+text, tool calls, stop hold-back), and the prompt it decodes from (``LlamaPrompt``);
+the tool grammar is ``grammar.py``.
 
 Two call syntaxes. Models whose chat template renders tools in the Hermes
 style (Qwen 2.5/3, Hermes, many fine-tunes: the template mentions
@@ -22,9 +24,9 @@ that matches its schema. ``auto`` uses a lazy grammar that wakes up at
 ``<tool_call``; ``any`` and ``tool`` constrain from the first token; ``none``
 has no grammar and tells the model not to call. Schema features the grammar
 converter cannot express (numeric bounds, ``uniqueItems``, most ``format``s,
-patterns that are ambiguous or use look-around: ``regex_grammar``) are left
+patterns that are ambiguous or use look-around: ``grammar_regex``) are left
 unconstrained: the JSON is still valid, those bounds may not hold. Length
-and item bounds of any size are enforced (``json_grammar``).
+and item bounds of any size are enforced (``grammar_json``).
 """
 
 from __future__ import annotations
