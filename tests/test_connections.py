@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from parley.api.protocol import FD_RESERVE, fit_cap
-from tests.conftest import Server
+from tests.conftest import Server, wait_for
 
 GUARD = 60.0  # seconds a test waits for the server before failing (never expected)
 BODY = b'{"model":"scripted","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
@@ -115,19 +115,28 @@ def test_a_stalled_body_is_answered_408_and_closed(impatient: Server) -> None:
 def test_a_body_trickling_below_the_minimum_rate_is_answered_408(impatient: Server) -> None:
     # A byte every 0.2 s never leaves the body a second without data, but its
     # average rate is far below 64 KB/s: it is cut off, not waited for.
-    with connect(impatient) as sock:
-        sock.sendall(request(b"", length=100_000))
-        answered = False
-        for _ in range(int(GUARD / 0.2)):
-            readable, _, _ = select.select([sock], [], [], 0.2)  # paces the trickle
-            if readable:
-                answered = True
-                break
-            sock.sendall(b" ")
-        assert answered
-        response = read_to_end(sock)
-    assert response.startswith(b"HTTP/1.1 408 "), response
-    assert b"64 KB/s on average" in response
+    before = impatient.log().count("status=408")
+    response: bytes | None = None
+    try:
+        with connect(impatient) as sock:
+            sock.sendall(request(b"", length=100_000))
+            answered = False
+            for _ in range(int(GUARD / 0.2)):
+                readable, _, _ = select.select([sock], [], [], 0.2)  # paces the trickle
+                if readable:
+                    answered = True
+                    break
+                sock.sendall(b" ")
+            assert answered
+            response = read_to_end(sock)
+    except (ConnectionResetError, BrokenPipeError):
+        # A byte trickled in after the server had answered and closed: the kernel
+        # resets the connection and may drop the 408 before it is read. What the
+        # server answered is then in its access log.
+        wait_for(lambda: impatient.log().count("status=408") > before, "the 408 logged")
+    if response is not None:
+        assert response.startswith(b"HTTP/1.1 408 "), response
+        assert b"64 KB/s on average" in response
     assert served(impatient)
 
 
