@@ -4,7 +4,7 @@ Parsing a body into wire models is ``parley.wire.parse`` (the batch worker uses 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -70,18 +70,26 @@ async def read_body(request: Request, limit: int, idle: float = 30.0) -> bytes:
     return b"".join(chunks)
 
 
-async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """``work``'s result, unless the client disconnects first: then ``work`` is
-    cancelled (a URL fetch under way closes its connection) and a 400 is raised,
-    which no one reads. For work done before a response starts: uvicorn does not
-    cancel a handler when its client leaves, it only reports ``http.disconnect``
-    to the next ``receive``. Call it once the body has been read."""
+async def unless_client_leaves(
+    request: Request,
+    work: Awaitable[T],
+    *,
+    on_leave: Callable[[], None] | None = None,
+    left: str = "the client disconnected before the request was prepared",
+) -> T:
+    """``work``'s result, unless the client disconnects first: then ``on_leave``
+    runs, ``work`` is cancelled (a URL fetch under way closes its connection) and
+    a 400 saying ``left`` is raised, which no one reads. uvicorn does not cancel
+    a handler when its client leaves, it only reports ``http.disconnect`` to the
+    next ``receive``. Call it once the body has been read."""
     result: list[T] = []
     failed: list[Exception] = []
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        if on_leave is not None:
+            on_leave()
         tg.cancel_scope.cancel()
 
     async def run() -> None:
@@ -97,7 +105,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     if failed:
         raise failed[0]
     if not result:
-        raise InvalidRequestError("the client disconnected before the request was prepared")
+        raise InvalidRequestError(left)
     return result[0]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -14,8 +13,6 @@ from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, read_body, unless_client_leaves
-from parley.engines.base import Generation
-from parley.errors import InvalidRequestError
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
@@ -57,8 +54,11 @@ async def create_message(
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     try:
-        message = await _cancel_on_disconnect(
-            request, generation, service.run(generation, message_state)
+        message = await unless_client_leaves(
+            request,
+            service.run(generation, message_state),
+            on_leave=generation.cancel,
+            left="the client disconnected; generation cancelled",
         )
     finally:
         limiter.spend_output(owner, message_state.output_tokens)
@@ -95,35 +95,3 @@ async def _sse(
             yield encode(event)
     finally:
         done()
-
-
-async def _cancel_on_disconnect(
-    request: Request, generation: Generation, work: Awaitable[wresp.Message]
-) -> wresp.Message:
-    """Run a non-streamed generation, cancelling it if the client goes away."""
-    result: list[wresp.Message] = []
-    failed: list[Exception] = []
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                generation.cancel()
-                tg.cancel_scope.cancel()
-                return
-
-    async def collect() -> None:
-        try:
-            result.append(await work)
-        except Exception as exc:  # raised below, outside the task group's exception group
-            failed.append(exc)
-        tg.cancel_scope.cancel()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        tg.start_soon(collect)
-    if failed:
-        raise failed[0]
-    if not result:
-        raise InvalidRequestError("the client disconnected; generation cancelled")
-    return result[0]

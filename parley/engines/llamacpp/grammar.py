@@ -67,17 +67,8 @@ def _grammar(
     alternatives = []
     for i, tool in enumerate(allowed):
         relaxed = len(converter.relaxed)
-        try:
-            if i in plain:
-                raise ValueError("refused by llama.cpp")
-            schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
-            rule = converter.visit(schema, f"tool-{i}")
-        except Exception as exc:  # the converter asserts on what it cannot express
-            log.warning(
-                "tool schema not expressible as a grammar; its input is constrained to a "
-                "JSON object only",
-                extra={"tool_index": i, "error_type": type(exc).__name__},
-            )
+        rule = None if i in plain else _tool_rule(converter, tool, i)
+        if rule is None:  # a JSON object, nothing more
             rule = converter.visit({"type": "object"}, f"tool-{i}-any")
         if len(converter.relaxed) > relaxed:
             log.info(
@@ -95,6 +86,21 @@ def _grammar(
     root = f"root ::= {_literal(syntax.open)} call{more}"
     lazy = syntax.trigger if conv.tool_choice == "auto" else None
     return Grammar(f"{root}\n{call}\n{body}", "root", lazy, syntax)
+
+
+def _tool_rule(converter: Any, tool: ToolSpec, i: int) -> str | None:
+    """The rule of one tool's input schema, or None when the converter cannot
+    express it (it asserts on what it cannot)."""
+    try:
+        schema = converter.resolve_refs(_gbnf_safe(tool.input_schema), f"tool-{i}")
+        return str(converter.visit(schema, f"tool-{i}"))
+    except Exception as exc:
+        log.warning(
+            "tool schema not expressible as a grammar; its input is constrained to a "
+            "JSON object only",
+            extra={"tool_index": i, "error_type": type(exc).__name__},
+        )
+        return None
 
 
 class GrammarCheck:
