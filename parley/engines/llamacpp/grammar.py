@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from parley.conversation import Conversation, ToolSpec
 from parley.engines.llamacpp.output import FALLBACK, CallSyntax, Grammar
-from parley.errors import EngineError
+from parley.errors import EngineError, InvalidRequestError, ParleyError
 
 if TYPE_CHECKING:
     from parley.engines.llamacpp.native import LlamaNative
@@ -175,3 +175,12 @@ def _gbnf_safe(schema: Any) -> Any:
     if out.get("type") == "object" and "additionalProperties" not in out:
         out["additionalProperties"] = False
     return out
+
+
+def too_slow(took: float, budget: float) -> ParleyError:
+    """The error of a request whose grammar took ``took`` s for one token (over ``budget``)."""
+    return InvalidRequestError(
+        f"tools: decoding under the grammar of these tool input schemas is too slow "
+        f"(one token took {took:.1f} s, the limit is {budget:g} s); simplify the "
+        "schemas' patterns or bounds"
+    )

@@ -5,23 +5,16 @@ running sequence, plus prompt chunks of newly admitted ones, into one
 ``llama_batch``; each sequence has its own ``seq_id`` in a unified KV cache
 and its own sampler chain. Requests join and leave between steps.
 
-Admission: at most ``n_parallel`` sequences run; each reserves KV cells for
-its prompt plus its output budget, and waits while the reservation does not
-fit, so a decode never runs out of cells. Waiting requests are ordered by
-priority (interactive before batch work), then arrival; beyond ``max_queue``
-waiting ones, ``submit`` raises 529.
-
-Slots (``slots.py``): a request takes the idle slot sharing the longest prefix
-with its prompt, when that covers half of it, else an empty or the least
-recently used one; at admission the other idle slots' cells are parked in
-host memory, because llama.cpp attends over every used cell.
-
-Prompt caching: a request with ``cache_control`` breakpoints is planned
-against the ``PrefixCache`` when it is submitted (so its usage is known for
-``message_start``). At admission, a cache entry longer than any idle slot's
-shared prefix is copied into the slot's sequence; during prefill, chunks end
-exactly at each breakpoint still to be written, and the sequence's KV state
-is copied out right after that step.
+Admission (``placement.py``, ``waiting.py``): at most ``n_parallel``
+sequences run; each reserves KV cells for its prompt plus its output budget
+and waits while that does not fit, so a decode never runs out of cells.
+Waiting requests go by priority, then arrival; beyond ``max_queue`` waiting
+ones, ``submit`` raises 529. A request takes the idle slot sharing the
+longest prefix with its prompt (``slots.py``), or a longer prompt-cache entry
+is copied in; the other idle slots' cells are parked in host memory. Each
+step's batch (``step.py``) feeds every sampled token plus prompt chunks that
+end at the cache breakpoints still to be written; the sequence's KV state is
+copied into the ``PrefixCache`` right after that step.
 
 Events reach the event loop through an ``Outbox`` (``delivery.py``): once a
 step, right before the next ``llama_decode``, at most every
@@ -40,8 +33,6 @@ and accounted like any idle slot's.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -50,13 +41,17 @@ from typing import Any
 from parley.engines import admission
 from parley.engines.base import EngineEvent, Finished, FinishReason, Generation, SamplingParams
 from parley.engines.llamacpp.delivery import Outbox
+from parley.engines.llamacpp.grammar import too_slow
 from parley.engines.llamacpp.jobs import Job, QueueGeneration
-from parley.engines.llamacpp.native import BatchEntry, NativeOps
-from parley.engines.llamacpp.output import LlamaPrompt, ToolCallParser
+from parley.engines.llamacpp.native import NativeOps
+from parley.engines.llamacpp.output import LlamaPrompt
+from parley.engines.llamacpp.placement import Placement, place
 from parley.engines.llamacpp.prefix_cache import PrefixCache
 from parley.engines.llamacpp.sequence import Running
-from parley.engines.llamacpp.slots import Slot, park, parked_bytes, pick_slot
-from parley.errors import EngineError, InvalidRequestError, ParleyError
+from parley.engines.llamacpp.slots import Slot, park, slot_stats
+from parley.engines.llamacpp.step import plan_step
+from parley.engines.llamacpp.waiting import WaitQueue
+from parley.errors import EngineError, ParleyError
 
 log = logging.getLogger("parley.engine.scheduler")
 
@@ -86,8 +81,7 @@ class BatchScheduler:
         self._capacity = native.n_ctx
         self._slots = [Slot(i) for i in range(n_parallel)]
         self._running: list[Running] = []
-        self._waiting: list[tuple[int, int, Job]] = []
-        self._order = itertools.count()
+        self._waiting = WaitQueue()
         self._cond = threading.Condition()
         self._stopping = False
         self._counters = {
@@ -138,7 +132,7 @@ class BatchScheduler:
                 self._counters["rejected"] += 1
                 self._release_plan(job)
                 raise admission.queue_full()
-            heapq.heappush(self._waiting, (params.priority, next(self._order), job))
+            self._waiting.push(job)
             self._cond.notify_all()
         return QueueGeneration(job, self._on_cancel)
 
@@ -156,23 +150,11 @@ class BatchScheduler:
             # KV positions are read only while nothing decodes (no race with the thread).
             idle = not self._running
             return {
-                "waiting": sum(1 for _, _, j in self._waiting if not j.cancelled.is_set()),
+                "waiting": self._waiting.live(),
                 "running": len(self._running),
                 **self._counters,
                 "kv_capacity": self._capacity,
-                "kv_cached_tokens": sum(s.resident for s in self._slots),
-                "parked_tokens": sum(len(s.cached) - s.resident for s in self._slots),
-                "parked_bytes": parked_bytes(self._slots),
-                "slots": [
-                    {
-                        "seq_id": s.seq_id,
-                        "busy": s.busy,
-                        "cached": s.resident,  # cells in the context
-                        "parked": len(s.cached) - s.resident,  # tokens held in host memory
-                        "kv_pos_max": self._native.seq_pos_max(s.seq_id) if idle else None,
-                    }
-                    for s in self._slots
-                ],
+                **slot_stats(self._slots, self._native if idle else None),
             }
 
     # --- the scheduler thread ------------------------------------------------
@@ -236,150 +218,92 @@ class BatchScheduler:
 
     def _reap_cancelled(self) -> None:
         # Runs before every step: rebuild the heap only when something left it.
-        deadline = time.monotonic() - self._queue_timeout
-        for _, _, job in self._waiting:
-            if job.queued_at < deadline and not job.cancelled.is_set():
-                job.cancelled.set()
-                self._counters["timed_out"] += 1
-                error = admission.waited_too_long(self._queue_timeout)
-                self._outbox.end(job, error)
-        if any(job.cancelled.is_set() for _, _, job in self._waiting):
-            for _, _, job in self._waiting:
-                if job.cancelled.is_set():
-                    self._release_plan(job)
-            self._waiting = [w for w in self._waiting if not w[2].cancelled.is_set()]
-            heapq.heapify(self._waiting)
+        for job in self._waiting.overdue(time.monotonic() - self._queue_timeout):
+            self._counters["timed_out"] += 1
+            self._outbox.end(job, admission.waited_too_long(self._queue_timeout))
+        for job in self._waiting.reap():
+            self._release_plan(job)
         for run in [r for r in self._running if r.job.cancelled.is_set()]:
             self._release(run)
 
     def _admit(self) -> None:
-        while self._waiting and len(self._running) < self._n_parallel:
-            _, _, job = self._waiting[0]
-            tokens = list(job.prompt.tokens)
-            budget = max(0, min(job.params.max_tokens, self._capacity - len(tokens)))
-            slot, reuse = pick_slot(self._slots, tokens)
-            plan = job.cache
-            # A cache entry longer than what the slot holds is copied in instead.
-            restore = plan.read if plan.read is not None and plan.read.length > reuse else None
-            if restore is not None:
-                reuse = min(restore.length, len(tokens) - 1)
-            if plan.writes:  # cells past a snapshot point would end up in the snapshot
-                reuse = min(reuse, plan.writes[0].pos)
-            need = len(tokens) + budget
-            in_use = sum(r.reserved for r in self._running)
-            idle = [s for s in self._slots if not s.busy and s is not slot and s.resident]
-            if self._park_budget:
-                room = self._capacity - in_use - reuse  # the idle cells leave at admission
-            else:
-                room = self._capacity - in_use - sum(len(s.cached) for s in idle) - reuse
-                for victim in sorted(idle, key=lambda s: len(s.cached), reverse=True):
-                    if room >= need - reuse:
-                        break
-                    room += len(victim.cached)
-                    self._native.forget(victim.seq_id)
-                    victim.cached = []
-            if room < need - reuse and self._running:
-                return  # wait for running sequences to free their cells
-            heapq.heappop(self._waiting)
-            self._admitting = job  # neither waiting nor running until admitted
-            if self._park_budget:
-                # Before any copy into the slot: a state copied into an emptier context
-                # keeps its cells in position order, and the order in which attention
-                # sums cells changes the floats (a greedy answer could change). Parking
-                # after the admission loop was measured to break that.
-                for other in idle:
-                    if park(self._native, other, self._slots, self._park_budget):
-                        self._counters["parks"] += 1
-            parked, slot.parked = slot.parked, None
-            if restore is not None:
-                self._native.forget(slot.seq_id)
-                if self._native.restore_seq(slot.seq_id, restore.state, restore.nbytes):
-                    self._counters["cache_restores"] += 1
-                else:
-                    log.warning("prompt cache entry could not be restored; prefilling instead")
-                    reuse = 0
-            elif parked is not None and reuse > 0:
-                if self._native.restore_seq(slot.seq_id, *parked):
-                    self._counters["unparks"] += 1
-                else:
-                    reuse = 0  # no room for its cells now: prefilled instead
-            self._release_plan(job)
-            self._native.forget(slot.seq_id, reuse)
-            self._counters["reused_tokens"] += reuse
-            slot.cached = tokens[:reuse]
-            slot.used_at = time.monotonic()
-            params = job.params
-            grammar = job.prompt.grammar
-            try:
-                sampler = self._native.new_sampler(
-                    temperature=params.temperature,
-                    top_p=params.top_p,
-                    top_k=params.top_k,
-                    seed=params.seed,
-                    grammar=grammar,
-                )
-            except ParleyError as exc:  # this request's sampler: it fails alone
-                log.error("a sampler could not be built", extra={"error": exc.message})
-                self._counters["failed"] += 1
-                self._outbox.end(job, exc)
-                self._admitting = None
-                continue
-            slot.busy = True
-            run = Running(job, slot, sampler, budget, tokens[reuse:], writes=list(plan.writes))
-            self._snapshot(run)
-            budget_thinking = job.prompt.conversation.thinking_budget
-            run.parser = ToolCallParser(
-                job.prompt.conversation.tools,
-                params.stop_sequences,
-                grammar.syntax if grammar is not None else None,
-                thinking=budget_thinking is not None,
+        while (job := self._waiting.first()) is not None and len(self._running) < self._n_parallel:
+            placement = place(
+                job,
+                self._slots,
+                self._running,
+                capacity=self._capacity,
+                parking=self._park_budget > 0,
             )
-            run.think_left = budget_thinking or 0
-            if budget < params.max_tokens:
-                # The context, not max_tokens, bounds this answer: thinking gets at
-                # most half of the room, so an answer can follow.
-                run.think_left = min(run.think_left, max(1, budget // 2))
-            self._running.append(run)
+            for victim in placement.evict:
+                self._native.forget(victim.seq_id)
+                victim.cached = []
+            if not placement.fits:
+                return  # wait for running sequences to free their cells
+            self._waiting.pop()
+            self._admitting = job  # neither waiting nor running until admitted
+            self._start(job, placement)
             self._admitting = None
-            if budget == 0:
-                reason: FinishReason = (
-                    "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
-                )
-                self._finish(run, reason)
+
+    def _start(self, job: Job, placement: Placement) -> None:
+        """Carry a placement out: park, restore, build the sampler, join the batch."""
+        slot, tokens, reuse = placement.slot, placement.tokens, placement.reuse
+        if self._park_budget:
+            # Before any copy into the slot: a state copied into an emptier context
+            # keeps its cells in position order, and the order in which attention
+            # sums cells changes the floats (a greedy answer could change). Parking
+            # after the admission loop was measured to break that.
+            for other in placement.idle:
+                if park(self._native, other, self._slots, self._park_budget):
+                    self._counters["parks"] += 1
+        parked, slot.parked = slot.parked, None
+        if placement.restore is not None:
+            restore = placement.restore
+            self._native.forget(slot.seq_id)
+            if self._native.restore_seq(slot.seq_id, restore.state, restore.nbytes):
+                self._counters["cache_restores"] += 1
+            else:
+                log.warning("prompt cache entry could not be restored; prefilling instead")
+                reuse = 0
+        elif parked is not None and reuse > 0:
+            if self._native.restore_seq(slot.seq_id, *parked):
+                self._counters["unparks"] += 1
+            else:
+                reuse = 0  # no room for its cells now: prefilled instead
+        self._release_plan(job)
+        self._native.forget(slot.seq_id, reuse)
+        self._counters["reused_tokens"] += reuse
+        slot.cached = tokens[:reuse]
+        slot.used_at = time.monotonic()
+        params = job.params
+        try:
+            sampler = self._native.new_sampler(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+                grammar=job.prompt.grammar,
+            )
+        except ParleyError as exc:  # this request's sampler: it fails alone
+            log.error("a sampler could not be built", extra={"error": exc.message})
+            self._counters["failed"] += 1
+            self._outbox.end(job, exc)
+            return
+        slot.busy = True
+        run = Running.begin(job, slot, sampler, placement.budget, tokens[reuse:])
+        self._snapshot(run)
+        self._running.append(run)
+        if placement.budget == 0:
+            reason: FinishReason = (
+                "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
+            )
+            self._finish(run, reason)
 
     def _step(self) -> None:
         with self._cond:
             running = list(self._running)
-        entries: list[BatchEntry] = []
-        samplers: list[tuple[int, Running]] = []
-        fed: list[tuple[Running, list[int]]] = []
-        for run in running:
-            if run.pending is not None:
-                pos = len(run.slot.cached)
-                entries.append(BatchEntry(run.pending, pos, run.slot.seq_id, True))
-                samplers.append((len(entries) - 1, run))
-                fed.append((run, [run.pending]))
-        room = self._n_batch - len(entries)
-        if entries:
-            room = min(room, self._prefill_chunk)
-        for run in running:
-            if room <= 0:
-                break
-            if run.pending is not None or not run.prompt_left:
-                continue
-            base = len(run.slot.cached)
-            # A chunk ends at the next cache breakpoint, so the snapshot holds just the prefix.
-            stop = run.writes[0].pos - base if run.writes else room
-            chunk = run.prompt_left[: min(room, stop)]
-            last = len(chunk) == len(run.prompt_left)
-            for i, token in enumerate(chunk):
-                want = last and i == len(chunk) - 1
-                entries.append(BatchEntry(token, base + i, run.slot.seq_id, want))
-            if last:
-                samplers.append((len(entries) - 1, run))
-            fed.append((run, chunk))
-            room -= len(chunk)
-        if not entries:
+        step = plan_step(running, n_batch=self._n_batch, prefill_chunk=self._prefill_chunk)
+        if not step.entries:
             self._outbox.flush()
             return
         # The previous steps' events go to the event loop now, so it handles them
@@ -387,15 +311,10 @@ class BatchScheduler:
         # the batch (which would make the two threads take turns on the GIL).
         if self._outbox.due:
             self._outbox.flush()
-        self._native.decode(entries)
-        for run, tokens in fed:
-            run.slot.cached.extend(tokens)
-            if run.pending is not None and tokens == [run.pending]:
-                run.pending = None
-            else:
-                del run.prompt_left[: len(tokens)]
-                self._snapshot(run)
-        for index, run in samplers:
+        self._native.decode(step.entries)
+        for run in step.decoded():
+            self._snapshot(run)
+        for index, run in step.samplers:
             if run.job.cancelled.is_set():
                 continue
             if run.job.prompt.grammar is None:
@@ -405,7 +324,7 @@ class BatchScheduler:
             token = self._native.sample(run.sampler, index)
             took = time.perf_counter() - started
             if took > self._grammar_step_budget:
-                self._fail(run, _too_slow(took, self._grammar_step_budget))
+                self._fail(run, too_slow(took, self._grammar_step_budget))
                 continue
             self._accept(run, token)
 
@@ -467,18 +386,9 @@ class BatchScheduler:
             run.slot.cached = []
             self._release(run)
         if self._stopping or waiting:
-            for _, _, job in self._waiting:
+            for job in self._waiting.drain():
                 self._release_plan(job)
                 self._outbox.end(job, error)
-            self._waiting.clear()
 
 
 _MAX_FAILURES = 5
-
-
-def _too_slow(took: float, budget: float) -> ParleyError:
-    return InvalidRequestError(
-        f"tools: decoding under the grammar of these tool input schemas is too slow "
-        f"(one token took {took:.1f} s, the limit is {budget:g} s); simplify the "
-        "schemas' patterns or bounds"
-    )

@@ -39,6 +39,28 @@ class Running:
     writes: list[Breakpoint] = field(default_factory=list)  # cache snapshots still to take
     started: bool = False  # its first event was emitted
 
+    @classmethod
+    def begin(
+        cls, job: Job, slot: Slot, sampler: Any, budget: int, prompt_left: list[int]
+    ) -> Running:
+        """A sequence starting in ``slot``, with its output parser and thinking budget."""
+        params, conversation, grammar = job.params, job.prompt.conversation, job.prompt.grammar
+        thinking = conversation.thinking_budget
+        parser = ToolCallParser(
+            conversation.tools,
+            params.stop_sequences,
+            grammar.syntax if grammar is not None else None,
+            thinking=thinking is not None,
+        )
+        run = cls(job, slot, sampler, budget, prompt_left, parser=parser)
+        run.writes = list(job.cache.writes)
+        run.think_left = thinking or 0
+        if budget < params.max_tokens:
+            # The context, not max_tokens, bounds this answer: thinking gets at
+            # most half of the room, so an answer can follow.
+            run.think_left = min(run.think_left, max(1, budget // 2))
+        return run
+
     @property
     def reserved(self) -> int:
         return len(self.slot.cached) + len(self.prompt_left) + self.budget - self.produced

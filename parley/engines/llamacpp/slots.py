@@ -87,3 +87,23 @@ def park(native: NativeOps, slot: Slot, slots: list[Slot], budget: int) -> bool:
         oldest = min((s for s in slots if s.parked is not None), key=lambda s: s.used_at)
         oldest.parked, oldest.cached = None, []
     return True
+
+
+def slot_stats(slots: list[Slot], native: NativeOps | None) -> dict[str, Any]:
+    """The slots' part of the engine stats; KV positions only with ``native``
+    (read while nothing decodes)."""
+    return {
+        "kv_cached_tokens": sum(s.resident for s in slots),
+        "parked_tokens": sum(len(s.cached) - s.resident for s in slots),
+        "parked_bytes": parked_bytes(slots),
+        "slots": [
+            {
+                "seq_id": s.seq_id,
+                "busy": s.busy,
+                "cached": s.resident,  # cells in the context
+                "parked": len(s.cached) - s.resident,  # tokens held in host memory
+                "kv_pos_max": native.seq_pos_max(s.seq_id) if native is not None else None,
+            }
+            for s in slots
+        ],
+    }
