@@ -33,6 +33,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import httpx
 
+from parley.boundary import Boundary
 from parley.errors import InvalidRequestError, ParleyError, UnsupportedFeatureError
 
 MAX_REDIRECTS = 5
@@ -152,6 +153,21 @@ async def fetch_all(targets: Sequence[tuple[str, str]], policy: FetchPolicy) -> 
     return texts
 
 
+# What a failed fetch tells the client: the document's path, its URL, and why.
+HTTPX = Boundary(
+    "httpx",
+    [
+        (
+            httpx.TimeoutException,
+            lambda exc, what, ctx: InvalidRequestError(
+                f"{what} took longer than {ctx['timeout']:g} s"
+            ),
+        ),
+        (httpx.HTTPError, lambda exc, what, ctx: InvalidRequestError(f"{what} failed: {exc}")),
+    ],
+)
+
+
 async def _fetch_text(url: str, policy: FetchPolicy, *, path: str, budget: _Budget) -> str:
     try:
         # One deadline over every step: httpx's own timeouts apply to each read
@@ -168,18 +184,12 @@ async def _follow(url: str, policy: FetchPolicy, *, path: str, budget: _Budget) 
     async with httpx.AsyncClient(follow_redirects=False, timeout=policy.timeout) as client:
         for _ in range(MAX_REDIRECTS + 1):
             await _check(url, policy, path)
-            try:
+            with HTTPX.crossing(f"{path}: fetching {url}", timeout=policy.timeout):
                 async with client.stream("GET", url) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
                     return await _read(response, url, policy, path=path, budget=budget)
-            except httpx.TimeoutException:
-                raise InvalidRequestError(
-                    f"{path}: fetching {url} took longer than {policy.timeout:g} s"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise InvalidRequestError(f"{path}: cannot fetch {url}: {exc}") from None
     raise InvalidRequestError(f"{path}: more than {MAX_REDIRECTS} redirects from {url}")
 
 

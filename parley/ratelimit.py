@@ -171,5 +171,32 @@ class RateLimiter:
         return out
 
 
+@dataclass
+class Meter:
+    """One request's account on its owner's buckets, in the order a request is
+    metered: the request, its input tokens once counted, its output at the end
+    (charged once, however the request ends)."""
+
+    limiter: RateLimiter
+    owner: str
+    request_taken: bool = False  # taken already (the batch worker does so before claiming)
+    input_tokens: int = 0  # what the prompt counted, once known
+    _settled: bool = False
+
+    def admit_request(self) -> None:
+        if not self.request_taken:
+            self.limiter.admit_request(self.owner)
+            self.request_taken = True
+
+    def admit_input(self, tokens: int) -> None:
+        self.input_tokens = tokens
+        self.limiter.admit_input(self.owner, tokens)
+
+    def spend_output(self, tokens: int) -> None:
+        if not self._settled:
+            self._settled = True
+            self.limiter.spend_output(self.owner, tokens)
+
+
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,18 +1,22 @@
 """The messages service: what ``/v1/messages`` and ``count_tokens`` do, without HTTP.
 
-``prepare`` resolves the model, builds the conversation, renders and counts
-the prompt off the event loop (all of it in a worker thread, in the caller's
-``parley.offload`` slot, for a big request) and checks the limits; ``run``
-collects a whole message; ``stream`` yields Anthropic stream events with pings while the engine
-is busy. Both go through ``MessageState``, so they agree exactly.
+``open`` is the one path of a Messages request, for ``POST /v1/messages``
+and the batch worker alike: parse the body, meter it (``ratelimit.Meter``),
+``prepare`` it (resolve the model, build the conversation, render and count
+the prompt off the event loop; in a worker thread in the ``parley.offload``
+slot for a big request; check the limits) and ``submit`` it to its engine.
+The ``MessageRun`` it returns is read whole (``message``) or as Anthropic
+stream events with pings while the engine is busy (``events``); both go
+through ``MessageState``, so they agree exactly, and both charge the output
+tokens to the meter when the run ends.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -30,12 +34,14 @@ from parley.errors import (
 from parley.fetch import FetchPolicy, fetch_all
 from parley.ids import message_id
 from parley.offload import Offload
+from parley.ratelimit import Meter
 from parley.streaming.state import MessageState
 from parley.thinking import Signer
 from parley.wire import content as wc
 from parley.wire import events as ev
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
+from parley.wire.parse import parse_body
 
 log = logging.getLogger("parley.messages")
 
@@ -62,6 +68,41 @@ class Prepared:
     engine: Engine
     prompt: Prompt
     params: SamplingParams
+
+
+Guard = Callable[[Awaitable[Prepared]], Awaitable[Prepared]]  # e.g. stop if the client leaves
+
+
+async def _as_is(work: Awaitable[Prepared]) -> Prepared:
+    return await work
+
+
+@dataclass
+class MessageRun:
+    """A request its engine has admitted."""
+
+    stream: bool  # the client asked for a stream
+    generation: Generation
+    state: MessageState
+    meter: Meter
+    service: MessagesService
+
+    def cancel(self) -> None:
+        self.generation.cancel()
+
+    def settle(self) -> None:
+        """Charge the output tokens written (once; ``message`` does it itself)."""
+        self.meter.spend_output(self.state.output_tokens)
+
+    async def message(self) -> wresp.Message:
+        try:
+            return await self.service.run(self.generation, self.state)
+        finally:
+            self.settle()
+
+    def events(self, request_id: str | None) -> AsyncGenerator[ev.StreamEvent, None]:
+        """The stream; whoever reads it calls ``settle`` when it ends."""
+        return self.service.stream(self.generation, self.state, request_id)
 
 
 class MessagesService:
@@ -155,6 +196,31 @@ class MessagesService:
         )
         return Prepared(req.model, engine, prompt, params)
 
+    async def open(
+        self,
+        body: bytes,
+        meter: Meter,
+        *,
+        priority: int = 0,
+        guard: Guard = _as_is,
+        batch: bool = False,
+    ) -> MessageRun:
+        """Parse, meter, prepare and submit one Messages request (``body``, its
+        JSON); ``guard`` wraps the preparing (which may fetch URL documents)."""
+        size = len(body)
+        async with self.offload.slot(size):  # a big body: parsed and rendered off the loop
+            req = await parse_body(wr.CreateMessageRequest, body, self.offload)
+            del body  # not kept alive beside its parsed request
+            if batch and req.stream:
+                raise InvalidRequestError("stream: streaming is not supported in message batches")
+            meter.admit_request()  # before prepare: a key at its limit costs no rendering
+            prepared = await guard(self.prepare(req, size=size))
+        meter.admit_input(prepared.prompt.n_tokens)
+        if priority != prepared.params.priority:
+            prepared = replace(prepared, params=replace(prepared.params, priority=priority))
+        generation, state = self.submit(prepared)
+        return MessageRun(bool(req.stream), generation, state, meter, self)
+
     def submit(self, prepared: Prepared) -> tuple[Generation, MessageState]:
         """Admit the generation (or raise 529) and open its message state."""
         generation = prepared.engine.submit(prepared.prompt, prepared.params)
@@ -181,7 +247,7 @@ class MessagesService:
 
     async def stream(
         self, generation: Generation, state: MessageState, request_id: str | None
-    ) -> AsyncIterator[ev.StreamEvent]:
+    ) -> AsyncGenerator[ev.StreamEvent, None]:
         for event in state.start():
             yield event
         try:

@@ -17,7 +17,7 @@ import pytest
 
 from parley.conversation import Conversation, Turn
 from parley.engines.base import Finished, SamplingParams, TextChunk, ThinkingChunk
-from parley.engines.llamacpp.native import BatchEntry
+from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, LlamaPrompt
 from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.llamacpp.scheduler import BatchScheduler

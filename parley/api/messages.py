@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -13,6 +14,8 @@ from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, read_body, unless_client_leaves
+from parley.ratelimit import Meter
+from parley.service import Prepared
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
@@ -29,39 +32,32 @@ _COUNT_BODY = openapi.body(wr.CountTokensRequest)
 async def create_message(
     request: Request, state: Annotated[AppState, Depends(authenticated)]
 ) -> Response:
-    settings, service, limiter = state.settings, state.messages, state.limiter
-    body = await read_body(request, settings.max_body_bytes, settings.body_timeout)
-    size = len(body)
-    owner = key_owner(request)
-    async with service.offload.slot(size):  # a big body: parsed and rendered off the loop
-        req = await parse_body(wr.CreateMessageRequest, body, service.offload)
-        del body  # not kept alive beside its parsed request
-        limiter.admit_request(owner)  # before prepare: a key at its limit costs no rendering
-        # Preparing may fetch URL documents: a client that leaves stops it.
-        prepared = await unless_client_leaves(request, service.prepare(req, size=size))
-    limiter.admit_input(owner, prepared.prompt.n_tokens)
-    generation, message_state = service.submit(prepared)
-    if req.stream:
-        rid = request_id_of(request)
-        events = service.stream(generation, message_state, rid)
+    settings, service = state.settings, state.messages
+    meter = Meter(state.limiter, key_owner(request))
 
-        def spent() -> None:
-            limiter.spend_output(owner, message_state.output_tokens)
+    def until_client_leaves(work: Awaitable[Prepared]) -> Awaitable[Prepared]:
+        return unless_client_leaves(request, work)  # preparing may fetch URL documents
 
+    run = await service.open(
+        await read_body(request, settings.max_body_bytes, settings.body_timeout),
+        meter,
+        guard=until_client_leaves,
+    )
+    if run.stream:
         return StreamingResponse(
-            _sse(events, spent),
+            _sse(run.events(request_id_of(request)), run.settle),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     try:
         message = await unless_client_leaves(
             request,
-            service.run(generation, message_state),
-            on_leave=generation.cancel,
+            run.message(),
+            on_leave=run.cancel,
             left="the client disconnected; generation cancelled",
         )
     finally:
-        limiter.spend_output(owner, message_state.output_tokens)
+        run.settle()  # (done already, unless the client left before it started)
     return json_response(message)
 
 
@@ -88,10 +84,11 @@ async def count_tokens(
 
 
 async def _sse(
-    events: AsyncIterator[StreamEvent], done: Callable[[], None]
+    events: AsyncGenerator[StreamEvent, None], done: Callable[[], None]
 ) -> AsyncIterator[bytes]:
     try:
-        async for event in events:
-            yield encode(event)
+        async with aclosing(events):  # its generation is cancelled now, not when collected
+            async for event in events:
+                yield encode(event)
     finally:
         done()

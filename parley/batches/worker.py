@@ -2,7 +2,7 @@
 
 One dispatcher task, owned by the app lifespan, claims pending requests (up to
 ``concurrency`` in flight) and runs each as its own task through the same path
-as ``/v1/messages``, at batch priority (interactive requests are admitted
+as ``/v1/messages`` (``MessagesService.open``), at batch priority (interactive requests are admitted
 first). Each outcome is written with the request's state change in one
 transaction. Outcomes are written by one writer task, all those
 ready in one transaction (each request's result together with its move out
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 from typing import Literal
@@ -38,12 +37,10 @@ from typing import Literal
 import anyio
 
 from parley.batches.store import BatchStore, Claimed, RequestStatus
-from parley.errors import InvalidRequestError, OverloadedError, ParleyError, RateLimitError
-from parley.ratelimit import RateLimiter
+from parley.errors import OverloadedError, ParleyError, RateLimitError
+from parley.ratelimit import Meter, RateLimiter
 from parley.service import MessagesService
-from parley.wire import requests as wr
 from parley.wire.batches import CANCELED, EXPIRED, ErroredResult, SucceededResult
-from parley.wire.parse import parse_body
 
 log = logging.getLogger("parley.batches")
 
@@ -306,29 +303,19 @@ class BatchWorker:
                 await asyncio.sleep(self._retry_after)
 
     async def _execute(self, item: Claimed) -> tuple[RequestStatus, str]:
-        service, limiter = self._service, self._limiter
+        # The owner's request was taken from its bucket when it was claimed (_admitted).
+        meter = Meter(self._limiter, item.owner, request_taken=True)
         try:
-            body = item.params.encode()
-            async with service.offload.slot(len(body)):
-                req = await parse_body(wr.CreateMessageRequest, body, service.offload)
-                if req.stream:
-                    raise InvalidRequestError(
-                        "stream: streaming is not supported in message batches"
-                    )
-                prepared = await service.prepare(req, size=len(body))
-            tokens = prepared.prompt.n_tokens
             try:
-                limiter.admit_input(item.owner, tokens)
-            except RateLimitError:
-                self._waiting[item.owner] = max(tokens, self._waiting.get(item.owner, 1))
+                run = await self._service.open(
+                    item.params.encode(), meter, priority=BATCH_PRIORITY, batch=True
+                )
+            except RateLimitError:  # its input tokens: the owner waits until they fit
+                need = max(meter.input_tokens, self._waiting.get(item.owner, 1))
+                self._waiting[item.owner] = need
                 raise
-            params = dataclasses.replace(prepared.params, priority=BATCH_PRIORITY)
-            generation, state = service.submit(dataclasses.replace(prepared, params=params))
             self._on_engine.add(item.row_id)
-            try:
-                message = await service.run(generation, state)
-            finally:
-                limiter.spend_output(item.owner, state.output_tokens)
+            message = await run.message()
         except (OverloadedError, RateLimitError):
             raise
         except ParleyError as exc:

@@ -14,14 +14,16 @@ import ctypes
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import llama_cpp as L
 import numpy as np
 
+from parley.boundary import Boundary
+from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.output import Grammar
 from parley.errors import EngineError, ParleyError
 from parley.logs import stderr_muted
@@ -35,6 +37,17 @@ FLASH_ATTN_ENABLED = 1
 
 class ModelLoadError(ParleyError):
     """Start-up error: the model file is missing or llama.cpp cannot load it."""
+
+
+def _failed(exc: BaseException, what: str, context: Mapping[str, Any]) -> ParleyError:
+    reason = f"llama.cpp could not {what}: {type(exc).__name__}: {exc}"
+    return ModelLoadError(reason) if context.get("loading") else EngineError(reason)
+
+
+# What the bindings raise (a ctypes call given a wrong value, a buffer that
+# cannot be allocated, the shared library refusing to load) becomes an
+# EngineError, or a ModelLoadError while the model loads.
+LLAMA = Boundary("llama.cpp", [((ctypes.ArgumentError, OSError, ValueError, MemoryError), _failed)])
 
 
 @L.llama_log_callback  # type: ignore[untyped-decorator]
@@ -57,46 +70,14 @@ class NativeConfig:
     rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
 
 
-@dataclass(frozen=True)
-class BatchEntry:
-    token: int
-    pos: int
-    seq_id: int
-    logits: bool
-
-
-class NativeOps(Protocol):
-    """What the scheduler asks of the native engine; ``LlamaNative`` is it, and
-    the tests' fake native (tests/test_scheduler_faults.py) stands in for it."""
-
-    n_ctx: int  # KV cells
-    n_batch: int  # tokens one decode may take
-
-    def decode(self, entries: Sequence[BatchEntry]) -> None: ...
-    def sample(self, sampler: Any, index: int) -> int: ...
-    def is_eog(self, token: int) -> bool: ...
-    def piece(self, token: int) -> bytes: ...
-    def tokenize(self, text: str, *, add_bos: bool) -> list[int]: ...
-    def forget(self, seq_id: int, from_pos: int = 0) -> None: ...
-    def save_seq(self, seq_id: int) -> tuple[Any, int]: ...
-    def restore_seq(self, seq_id: int, state: Any, size: int) -> bool: ...
-    def seq_pos_max(self, seq_id: int) -> int: ...
-    def new_sampler(
-        self,
-        *,
-        temperature: float,
-        top_p: float | None,
-        top_k: int | None,
-        seed: int | None,
-        grammar: Grammar | None = None,
-    ) -> Any: ...
-    def free_sampler(self, sampler: Any) -> None: ...
-
-
 class LlamaNative:
     def __init__(self, path: Path, config: NativeConfig) -> None:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        with LLAMA.crossing(f"load {path}", loading=True):
+            self._load(path, config)
+
+    def _load(self, path: Path, config: NativeConfig) -> None:
         L.llama_log_set(_quiet, ctypes.c_void_p())
         L.llama_backend_init()
         self.config = config
@@ -202,12 +183,13 @@ class LlamaNative:
         becomes the special token, otherwise it is ordinary text."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
-        buf = (L.llama_token * capacity)()
-        n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
-        if n < 0:
-            capacity = -n
+        with LLAMA.crossing("tokenize the prompt"):
             buf = (L.llama_token * capacity)()
             n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+            if n < 0:
+                capacity = -n
+                buf = (L.llama_token * capacity)()
+                n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
         if n < 0:
             raise EngineError("llama.cpp could not tokenize the prompt")
         return list(buf[:n])
@@ -267,7 +249,8 @@ class LlamaNative:
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = entry.seq_id
             batch.logits[i] = entry.logits
-        rc = L.llama_decode(self._ctx, batch)
+        with LLAMA.crossing("decode a batch"):
+            rc = L.llama_decode(self._ctx, batch)
         if rc == 1:
             raise EngineError("llama.cpp found no room in the KV cache for this batch")
         if rc != 0:
@@ -279,9 +262,10 @@ class LlamaNative:
 
     def save_seq(self, seq_id: int) -> tuple[Any, int]:
         """A copy of one sequence's KV cells (and their positions), and its size in bytes."""
-        size = int(L.llama_state_seq_get_size(self._ctx, seq_id))
-        buf = (ctypes.c_uint8 * size)()
-        written = int(L.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
+        with LLAMA.crossing("copy a sequence's KV state"):
+            size = int(L.llama_state_seq_get_size(self._ctx, seq_id))
+            buf = (ctypes.c_uint8 * size)()
+            written = int(L.llama_state_seq_get_data(self._ctx, buf, size, seq_id))
         if written != size:
             raise EngineError("llama.cpp could not copy a sequence's KV state")
         return buf, size
@@ -289,7 +273,8 @@ class LlamaNative:
     def restore_seq(self, seq_id: int, state: Any, size: int) -> bool:
         """Replace a sequence's cells with a saved state; False when llama.cpp finds
         no room for it (the sequence is left empty)."""
-        read = int(L.llama_state_seq_set_data(self._ctx, state, size, seq_id))
+        with LLAMA.crossing("restore a sequence's KV state"):
+            read = int(L.llama_state_seq_set_data(self._ctx, state, size, seq_id))
         if read != size:
             self.forget(seq_id)
             return False
@@ -311,9 +296,24 @@ class LlamaNative:
     ) -> Any:
         if temperature <= 0.0 and grammar is None:
             return GREEDY
+        with LLAMA.crossing("build a sampler"):
+            return self._chain(temperature, top_p, top_k, seed, grammar)
+
+    def _chain(
+        self,
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        seed: int | None,
+        grammar: Grammar | None,
+    ) -> Any:
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if grammar is not None:
-            L.llama_sampler_chain_add(chain, self._grammar_sampler(grammar))
+            try:
+                L.llama_sampler_chain_add(chain, self._grammar_sampler(grammar))
+            except BaseException:
+                L.llama_sampler_free(chain)  # not leaked with the refused grammar
+                raise
         if temperature <= 0.0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
             return chain

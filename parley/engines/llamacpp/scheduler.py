@@ -43,7 +43,7 @@ from parley.engines.base import EngineEvent, Finished, FinishReason, Generation,
 from parley.engines.llamacpp.delivery import Outbox
 from parley.engines.llamacpp.grammar import too_slow
 from parley.engines.llamacpp.jobs import Job, QueueGeneration
-from parley.engines.llamacpp.native import NativeOps
+from parley.engines.llamacpp.ops import NativeOps
 from parley.engines.llamacpp.output import LlamaPrompt
 from parley.engines.llamacpp.placement import Placement, place
 from parley.engines.llamacpp.prefix_cache import PrefixCache

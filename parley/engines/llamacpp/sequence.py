@@ -16,7 +16,7 @@ from typing import Any
 
 from parley.engines.base import EngineEvent, FinishReason
 from parley.engines.llamacpp.jobs import Job
-from parley.engines.llamacpp.native import NativeOps
+from parley.engines.llamacpp.ops import NativeOps
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, ToolCallParser
 from parley.engines.llamacpp.prefix_cache import Breakpoint
 from parley.engines.llamacpp.slots import Slot

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from parley.engines.llamacpp.native import NativeOps
+from parley.engines.llamacpp.ops import NativeOps
 from parley.errors import EngineError
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from parley.engines.llamacpp.native import BatchEntry
+from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.sequence import Running
 
 
