@@ -1,7 +1,12 @@
-"""Fixtures: real parley servers in subprocesses, driven over real sockets.
+"""Fixtures: real parley servers in subprocesses, driven over real sockets,
+and the app in this process for what needs no socket.
 
 Servers are started by the tests and stopped by them. ``model_server`` runs
 the embedded llama.cpp model; ``scripted_server`` the deterministic engine.
+``in_process`` is the scripted app behind Starlette's ``TestClient`` (ASGI
+calls, no socket, no subprocess): for plain request/response behaviour
+(validation, errors, routes); streaming, disconnects, signals, connection
+handling and the real clients' own transports stay on a real socket.
 
 Tests synchronise on what they can observe, never on sleeps: ``wait_for``
 polls a condition (its timeout is a guard against a hang, not a schedule),
@@ -203,6 +208,44 @@ def model_client(model_server: Server) -> anthropic.Anthropic:
 @pytest.fixture(scope="session")
 def scripted_client(scripted_server: Server) -> anthropic.Anthropic:
     return scripted_server.client()
+
+
+@dataclass
+class InProcess:
+    """The scripted app in this process; ``http`` is an ``httpx.Client``."""
+
+    http: httpx.Client
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.http.post(path, **kwargs)
+
+    def client(self, **kwargs: object) -> anthropic.Anthropic:
+        """An SDK client over the in-process transport (strict, like every SDK test)."""
+        options: dict[str, object] = {"api_key": "test-key", "max_retries": 0}
+        options.update(kwargs)
+        return anthropic.Anthropic(
+            base_url=str(self.http.base_url),
+            http_client=self.http,
+            _strict_response_validation=True,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture(scope="session")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    from starlette.testclient import TestClient
+
+    from parley.api.app import create_app
+    from parley.config import Settings
+
+    settings = Settings(
+        engine="scripted",
+        script=str(RULES),
+        ping_interval=0.2,
+        data_dir=tmp_path_factory.mktemp("in-process"),
+    )
+    with TestClient(create_app(settings), base_url="http://parley.test") as http:
+        yield InProcess(http)
 
 
 MODEL = "smollm2-135m-instruct"

@@ -1,10 +1,12 @@
-"""The Python SDK's beta surface behaves like the GA calls (issue: real clients)."""
+"""The Python SDK's beta surface behaves like the GA calls (issue: real clients).
+
+Streaming runs over a socket; plain calls go to the app in this process."""
 
 from __future__ import annotations
 
 import anthropic
 
-from tests.conftest import Server
+from tests.conftest import InProcess, Server
 
 BETAS = [
     "prompt-caching-2024-07-31",
@@ -37,8 +39,8 @@ def test_beta_models(scripted_server: Server) -> None:
     assert client.beta.models.retrieve("scripted", betas=BETAS).id == "scripted"
 
 
-def test_beta_tools(scripted_server: Server) -> None:
-    client = scripted_server.client()
+def test_beta_tools(in_process: InProcess) -> None:
+    client = in_process.client()
     message = client.beta.messages.create(
         model="scripted",
         max_tokens=50,
@@ -55,8 +57,8 @@ def test_beta_tools(scripted_server: Server) -> None:
     assert [b.type for b in message.content] == ["text", "tool_use"]
 
 
-def test_beta_errors(scripted_server: Server) -> None:
-    client = scripted_server.client()
+def test_beta_errors(in_process: InProcess) -> None:
+    client = in_process.client()
     try:
         client.beta.messages.create(
             model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}], betas=BETAS

@@ -13,7 +13,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.conftest import Gate, Server, write_rules
+from tests.conftest import Gate, InProcess, Server, write_rules
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -27,12 +27,14 @@ def error_of(response: httpx.Response) -> dict[str, Any]:
 
 
 def post(
-    server: Server, body: object | bytes, path: str = "/v1/messages", **kw: Any
+    target: Server | InProcess, body: object | bytes, path: str = "/v1/messages", **kw: Any
 ) -> httpx.Response:
+    """POST to a server over a socket, or to the app in this process."""
     headers = {"content-type": "application/json", **kw.pop("headers", {})}
-    if isinstance(body, bytes):
-        return httpx.post(server.url + path, content=body, headers=headers, timeout=60, **kw)
-    return httpx.post(server.url + path, json=body, headers=headers, timeout=60, **kw)
+    payload: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
+    if isinstance(target, InProcess):
+        return target.post(path, headers=headers, **payload, **kw)
+    return httpx.post(target.url + path, headers=headers, timeout=60, **payload, **kw)
 
 
 @pytest.mark.parametrize(
@@ -224,10 +226,8 @@ def post(
         ),
     ],
 )
-def test_invalid_requests_name_the_path(
-    scripted_server: Server, body: object, message: str
-) -> None:
-    response = post(scripted_server, body)
+def test_invalid_requests_name_the_path(in_process: InProcess, body: object, message: str) -> None:
+    response = post(in_process, body)
     assert response.status_code == 400, response.text
     error = error_of(response)
     assert error["type"] == "invalid_request_error"
@@ -265,19 +265,20 @@ def test_sdk_raises_bad_request(scripted_client: anthropic.Anthropic) -> None:
         ),
     ],
 )
-def test_malformed_bodies(scripted_server: Server, raw: bytes, needle: str) -> None:
-    response = post(scripted_server, raw)
+def test_malformed_bodies(in_process: InProcess, raw: bytes, needle: str) -> None:
+    response = post(in_process, raw)
     assert response.status_code == 400
     assert needle in error_of(response)["message"]
 
 
-def test_wrong_content_type(scripted_server: Server) -> None:
-    response = post(scripted_server, b"model=x", headers={"content-type": "text/plain"})
+def test_wrong_content_type(in_process: InProcess) -> None:
+    response = post(in_process, b"model=x", headers={"content-type": "text/plain"})
     assert response.status_code == 400
     assert "Content-Type must be application/json" in error_of(response)["message"]
 
 
-def test_unknown_model_is_404(scripted_client: anthropic.Anthropic) -> None:
+def test_unknown_model_is_404(in_process: InProcess) -> None:
+    scripted_client = in_process.client()
     with pytest.raises(anthropic.NotFoundError) as caught:
         scripted_client.messages.create(model="no-such-model", max_tokens=5, messages=HI)  # type: ignore[arg-type]
     assert caught.value.body["error"] == {
@@ -288,11 +289,11 @@ def test_unknown_model_is_404(scripted_client: anthropic.Anthropic) -> None:
         scripted_client.messages.count_tokens(model="no-such-model", messages=HI)  # type: ignore[arg-type]
 
 
-def test_unknown_route_and_wrong_method(scripted_server: Server) -> None:
-    missing = httpx.get(scripted_server.url + "/v1/nothing-here")
+def test_unknown_route_and_wrong_method(in_process: InProcess) -> None:
+    missing = in_process.http.get("/v1/nothing-here")
     assert missing.status_code == 404
     assert error_of(missing)["type"] == "not_found_error"
-    wrong = httpx.get(scripted_server.url + "/v1/messages")
+    wrong = in_process.http.get("/v1/messages")
     assert wrong.status_code == 405
     assert error_of(wrong)["type"] == "invalid_request_error"
 
