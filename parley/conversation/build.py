@@ -3,113 +3,41 @@
 ``build_conversation`` applies the API's semantics that do not depend on the
 model: system prompt as string or blocks, ``role: "system"`` turns kept in
 place, consecutive same-role turns merged, a final assistant turn taken as a
-prefill, empty content refused. It also refuses, with the path of the
-offending part, whatever the served model cannot take (images on a text-only
-model, tools on an engine without tool calling, features not built yet).
-
-The result is made of frozen dataclasses; no wire model travels further.
+prefill, empty content refused; content blocks are flattened into parts
+(documents and search results become text, thinking is verified). What the
+served model cannot take is refused with the path of the offending part
+(``rules.py``).
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
+from parley.conversation.claude_code import normalize_billing_line
+from parley.conversation.marks import Marks
+from parley.conversation.rules import (
+    check_breakpoints,
+    check_tool_results,
+    refuse_unsupported,
+    thinking_budget,
+)
+from parley.conversation.types import (
+    Capabilities,
+    Conversation,
+    Part,
+    TextPart,
+    ThinkingPart,
+    ToolCallPart,
+    ToolResultPart,
+    ToolSpec,
+    Turn,
+)
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
 from parley.thinking import Signer
 from parley.tools import client_tool
 from parley.wire import content as wc
 from parley.wire import requests as wr
-
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True)
-class TextPart:
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallPart:
-    id: str
-    name: str
-    input: dict[str, Any]
-    mark: str = ""  # a cache breakpoint tag, when the block had cache_control
-
-
-@dataclass(frozen=True)
-class ToolResultPart:
-    tool_use_id: str
-    text: str
-    is_error: bool = False
-
-
-@dataclass(frozen=True)
-class ThinkingPart:
-    text: str
-
-
-Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart
-
-
-@dataclass(frozen=True)
-class Turn:
-    role: Role
-    parts: tuple[Part, ...]
-
-    @property
-    def text(self) -> str:
-        return "\n\n".join(p.text for p in self.parts if isinstance(p, TextPart))
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the served model can take; everything else is refused up front."""
-
-    images: bool = False
-    tools: bool = False
-    prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
-
-
-@dataclass(frozen=True)
-class CacheMark:
-    """A ``cache_control`` breakpoint: ``tag`` is written into the text right after
-    the marked block, and the engine turns its place in the rendered prompt into
-    a token position (then removes it)."""
-
-    tag: str
-    ttl: Literal["5m", "1h"]
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """A request as the engine sees it: what to render and what to continue."""
-
-    system: str | None
-    turns: tuple[Turn, ...]
-    prefill: str = ""
-    tools: tuple[ToolSpec, ...] = ()
-    tool_choice: str = "auto"
-    tool_name: str | None = None
-    disable_parallel_tool_use: bool = False
-    thinking_budget: int | None = None  # open a reasoning section of at most this many tokens
-    marks: tuple[CacheMark, ...] = ()  # cache breakpoints, in no particular order
-
-    @property
-    def last_user_text(self) -> str:
-        for turn in reversed(self.turns):
-            if turn.role == "user":
-                return turn.text
-        return ""
 
 
 def build_conversation(
@@ -120,10 +48,10 @@ def build_conversation(
     signer: Signer | None = None,
 ) -> Conversation:
     """Validate what pydantic cannot and produce the engine's conversation."""
-    _refuse_unsupported(req, caps, model=model)
-    _check_breakpoints(req)
-    budget = _thinking_budget(req)
-    marks = _Marks(caps.prompt_cache)
+    refuse_unsupported(req, caps, model=model)
+    check_breakpoints(req)
+    budget = thinking_budget(req)
+    marks = Marks(caps.prompt_cache)
     context = _Context(caps, model, signer, marks)
     tools = tuple(_tool_spec(t, marks) for t in req.tools or ())
     system = _system_text(req.system, marks)
@@ -142,7 +70,7 @@ def build_conversation(
             turns[-1] = Turn(message.role, turns[-1].parts + parts)
         else:
             turns.append(Turn(message.role, parts))
-    _check_tool_results(turns)
+    check_tool_results(turns)
 
     prefill = ""
     if turns and turns[-1].role == "assistant":
@@ -187,129 +115,15 @@ def build_conversation(
     )
 
 
-def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model: str) -> None:
-    if isinstance(req, wr.CreateMessageRequest):
-        for name in req.unsupported_fields():
-            raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
-    elif req.mcp_servers is not None:
-        raise UnsupportedFeatureError("mcp_servers: this parameter is not supported by parley yet")
-    thinking = req.thinking
-    if isinstance(thinking, wr.ThinkingEnabled):
-        max_tokens = getattr(req, "max_tokens", None)
-        if thinking.budget_tokens < 1024:
-            raise InvalidRequestError(
-                "thinking.budget_tokens: Input should be greater than or equal to 1024"
-            )
-        if max_tokens is not None and thinking.budget_tokens >= max_tokens:
-            raise InvalidRequestError(
-                "max_tokens: must be greater than thinking.budget_tokens "
-                f"({max_tokens} <= {thinking.budget_tokens})"
-            )
-    if isinstance(thinking, wr.ThinkingEnabled | wr.ThinkingAdaptive):
-        if isinstance(req.tool_choice, wr.ToolChoiceAny | wr.ToolChoiceTool):
-            raise InvalidRequestError(
-                "Thinking may not be enabled when tool_choice forces tool use."
-            )
-        if isinstance(req, wr.CreateMessageRequest):
-            if req.temperature is not None and req.temperature != 1.0:
-                raise InvalidRequestError(
-                    "`temperature` may only be set to 1 when thinking is enabled."
-                )
-            if req.top_k is not None:
-                raise InvalidRequestError("`top_k` may not be set when thinking is enabled.")
-            if req.top_p is not None and req.top_p < 0.95:
-                raise InvalidRequestError(
-                    "`top_p` must be greater than or equal to 0.95 when thinking is enabled."
-                )
-    if req.output_config is not None and req.output_config.format is not None:
-        raise UnsupportedFeatureError(
-            "output_config.format: structured outputs are not supported by parley yet"
-        )
-    if req.tools and not caps.tools:
-        raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
-
-
-MAX_BREAKPOINTS = 4
-
-
-def _check_breakpoints(req: wr.CountTokensRequest) -> None:
-    """At most four ``cache_control`` breakpoints, the top-level one included."""
-    blocks: list[Any] = list(req.tools or [])
-    if isinstance(req.system, list):
-        blocks.extend(req.system)
-    for message in req.messages:
-        if isinstance(message.content, list):
-            blocks.extend(message.content)
-    found = sum(1 for b in blocks if getattr(b, "cache_control", None) is not None)
-    found += req.cache_control is not None
-    if found > MAX_BREAKPOINTS:
-        raise InvalidRequestError(
-            f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. "
-            f"Found {found}."
-        )
-
-
-# Budgets parley gives adaptive thinking, by output_config.effort.
-EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 6144, "max": 8192}
-
-
-def _thinking_budget(req: wr.CountTokensRequest) -> int | None:
-    thinking = req.thinking
-    if isinstance(thinking, wr.ThinkingEnabled):
-        return thinking.budget_tokens
-    if isinstance(thinking, wr.ThinkingAdaptive):
-        effort = req.output_config.effort if req.output_config is not None else None
-        budget = EFFORT_BUDGETS[effort or "medium"]
-        max_tokens = getattr(req, "max_tokens", None)
-        # Leave room for an answer within max_tokens.
-        return min(budget, max(1, max_tokens // 2)) if max_tokens is not None else budget
-    return None
-
-
-@dataclass
-class _Marks:
-    """Hands out the tags of ``cache_control`` breakpoints (when the engine caches)."""
-
-    enabled: bool
-    nonce: str = ""  # drawn with the first tag
-    found: list[CacheMark] = field(default_factory=list)
-
-    def tag(self, control: Any) -> str:
-        if control is None or not self.enabled:
-            return ""
-        # Private-use characters and a per-request nonce: no user text can forge one.
-        self.nonce = self.nonce or secrets.token_hex(4)
-        mark = CacheMark(f"\ue000{self.nonce}:{len(self.found)}\ue001", control.ttl or "5m")
-        self.found.append(mark)
-        return mark.tag
-
-    def untag(self, text: str) -> str:
-        """``text`` without any tag; its marks are dropped (a prefill is never cached)."""
-        for mark in [m for m in self.found if m.tag in text]:
-            text = text.replace(mark.tag, "")
-            self.found.remove(mark)
-        return text
-
-
 @dataclass(frozen=True)
 class _Context:
     caps: Capabilities
     model: str
     signer: Signer | None
-    marks: _Marks
+    marks: Marks
 
 
-# Claude Code starts its system prompt with a per-request billing line whose
-# ``cch=`` value changes every request; left as is, no two prompts share a
-# prefix and no KV state can be reused. The value is dropped, the line kept.
-_BILLING_CCH = re.compile(r"^(x-anthropic-billing-header:[^\n]*?)\s*cch=[^;\n]*;?", re.MULTILINE)
-
-
-def normalize_billing_line(text: str) -> str:
-    return _BILLING_CCH.sub(r"\1", text)
-
-
-def _system_text(system: str | list[wc.TextBlock] | None, marks: _Marks) -> str | None:
+def _system_text(system: str | list[wc.TextBlock] | None, marks: Marks) -> str | None:
     if system is None:
         return None
     if isinstance(system, str):
@@ -424,23 +238,7 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
     return ToolResultPart(block.tool_use_id, text, bool(block.is_error))
 
 
-def _check_tool_results(turns: list[Turn]) -> None:
-    for i, turn in enumerate(turns):
-        results = [p for p in turn.parts if isinstance(p, ToolResultPart)]
-        if not results:
-            continue
-        previous = turns[i - 1] if i > 0 and turns[i - 1].role == "assistant" else None
-        calls = {p.id for p in previous.parts if isinstance(p, ToolCallPart)} if previous else set()
-        for result in results:
-            if result.tool_use_id not in calls:
-                raise InvalidRequestError(
-                    f"messages: unexpected `tool_use_id` found in `tool_result` blocks: "
-                    f"{result.tool_use_id}. Each `tool_result` block must have a corresponding "
-                    "`tool_use` block in the previous message."
-                )
-
-
-def _tool_spec(tool: Any, marks: _Marks) -> ToolSpec:
+def _tool_spec(tool: Any, marks: Marks) -> ToolSpec:
     tag = marks.tag(getattr(tool, "cache_control", None))
     if isinstance(tool, wr.CustomTool):
         return ToolSpec(tool.name, (tool.description or "") + tag, tool.input_schema)

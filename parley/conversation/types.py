@@ -1,0 +1,99 @@
+"""The engine's view of a request: frozen value types, no wire model.
+
+Engines read these (``Conversation`` and its turns, parts, tools, cache
+marks); ``build.py`` makes them from a validated request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+ToolChoice = Literal["auto", "any", "tool", "none"]
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallPart:
+    id: str
+    name: str
+    input: dict[str, Any]
+    mark: str = ""  # a cache breakpoint tag, when the block had cache_control
+
+
+@dataclass(frozen=True)
+class ToolResultPart:
+    tool_use_id: str
+    text: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class ThinkingPart:
+    text: str
+
+
+Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Role
+    parts: tuple[Part, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the served model can take; everything else is refused up front."""
+
+    images: bool = False
+    tools: bool = False
+    prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
+
+
+@dataclass(frozen=True)
+class CacheMark:
+    """A ``cache_control`` breakpoint: ``tag`` is written into the text right after
+    the marked block, and the engine turns its place in the rendered prompt into
+    a token position (then removes it)."""
+
+    tag: str
+    ttl: Literal["5m", "1h"]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A request as the engine sees it: what to render and what to continue."""
+
+    system: str | None
+    turns: tuple[Turn, ...]
+    prefill: str = ""
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    tool_name: str | None = None
+    disable_parallel_tool_use: bool = False
+    thinking_budget: int | None = None  # open a reasoning section of at most this many tokens
+    marks: tuple[CacheMark, ...] = ()  # cache breakpoints, in no particular order
+
+    @property
+    def last_user_text(self) -> str:
+        for turn in reversed(self.turns):
+            if turn.role == "user":
+                return turn.text
+        return ""
