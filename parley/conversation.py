@@ -142,7 +142,7 @@ def build_conversation(
             turns[-1] = Turn(message.role, turns[-1].parts + parts)
         else:
             turns.append(Turn(message.role, parts))
-    _check_tool_results(turns)
+    _check_tool_pairing(req.messages)
 
     prefill = ""
     if turns and turns[-1].role == "assistant":
@@ -424,20 +424,58 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
     return ToolResultPart(block.tool_use_id, text, bool(block.is_error))
 
 
-def _check_tool_results(turns: list[Turn]) -> None:
-    for i, turn in enumerate(turns):
-        results = [p for p in turn.parts if isinstance(p, ToolResultPart)]
-        if not results:
+def _check_tool_pairing(messages: list[wr.Message]) -> None:
+    """Each tool_use answered by a tool_result at the start of the next user turn, and
+    each tool_result answering a tool_use of the previous assistant turn, as the API
+    requires. Consecutive messages of one role count as one turn (they are merged);
+    a trailing assistant turn has no next turn to check (it is a prefill). System
+    messages are not turns of the conversation and are skipped."""
+    groups: list[list[int]] = []
+    for i, message in enumerate(messages):
+        if message.role == "system":
             continue
-        previous = turns[i - 1] if i > 0 and turns[i - 1].role == "assistant" else None
-        calls = {p.id for p in previous.parts if isinstance(p, ToolCallPart)} if previous else set()
-        for result in results:
-            if result.tool_use_id not in calls:
-                raise InvalidRequestError(
-                    f"messages: unexpected `tool_use_id` found in `tool_result` blocks: "
-                    f"{result.tool_use_id}. Each `tool_result` block must have a corresponding "
-                    "`tool_use` block in the previous message."
-                )
+        if groups and messages[groups[-1][0]].role == message.role:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for g, group in enumerate(groups):
+        if messages[group[0]].role != "user":
+            continue
+        previous = groups[g - 1] if g > 0 else []
+        calls = [
+            (i, block.id)
+            for i in previous
+            for block in _blocks(messages[i])
+            if isinstance(block, wc.ToolUseBlock)
+        ]
+        ids = {call_id for _, call_id in calls}
+        leading: set[str] = set()
+        in_lead = True
+        for i in group:
+            for m, block in enumerate(_blocks(messages[i])):
+                if not isinstance(block, wc.ToolResultBlock):
+                    in_lead = False
+                    continue
+                if block.tool_use_id not in ids:
+                    raise InvalidRequestError(
+                        f"messages.{i}.content.{m}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block.tool_use_id}. Each `tool_result` block "
+                        "must have a corresponding `tool_use` block in the previous message."
+                    )
+                if in_lead:
+                    leading.add(block.tool_use_id)
+        missing = [(i, call_id) for i, call_id in calls if call_id not in leading]
+        if missing:
+            raise InvalidRequestError(
+                f"messages.{missing[0][0]}: `tool_use` ids were found without `tool_result` "
+                f"blocks immediately after: {', '.join(c for _, c in missing)}. Each "
+                "`tool_use` block must have a corresponding `tool_result` block in the next "
+                "message."
+            )
+
+
+def _blocks(message: wr.Message) -> list[Any]:
+    return [] if isinstance(message.content, str) else list(message.content)
 
 
 def _tool_spec(tool: Any, marks: _Marks) -> ToolSpec:
