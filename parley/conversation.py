@@ -188,11 +188,8 @@ def build_conversation(
 
 
 def _refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model: str) -> None:
-    if isinstance(req, wr.CreateMessageRequest):
-        for name in req.unsupported_fields():
-            raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
-    elif req.mcp_servers is not None:
-        raise UnsupportedFeatureError("mcp_servers: this parameter is not supported by parley yet")
+    for name in req.unsupported_fields():
+        raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
     thinking = req.thinking
     if isinstance(thinking, wr.ThinkingEnabled):
         max_tokens = getattr(req, "max_tokens", None)
