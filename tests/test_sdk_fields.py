@@ -17,7 +17,9 @@ from typing import Any, get_args, get_origin
 
 import pytest
 import typing_extensions as te
+from anthropic.types import message_count_tokens_params as sdk_count_params
 from anthropic.types import message_create_params as sdk_params
+from anthropic.types.beta import message_count_tokens_params as sdk_beta_count_params
 from anthropic.types.beta import message_create_params as sdk_beta_params
 from pydantic import BaseModel, Discriminator, Tag
 
@@ -132,12 +134,19 @@ def _missing(sdk: Any, model: type[BaseModel], path: str, seen: set[Any]) -> lis
 
 
 @pytest.mark.parametrize(
-    "params",
-    [sdk_params.MessageCreateParamsNonStreaming, sdk_beta_params.MessageCreateParamsNonStreaming],
-    ids=["messages", "beta.messages"],
+    ("params", "model"),
+    [
+        (sdk_params.MessageCreateParamsNonStreaming, wr.CreateMessageRequest),
+        (sdk_beta_params.MessageCreateParamsNonStreaming, wr.CreateMessageRequest),
+        (sdk_count_params.MessageCountTokensParams, wr.CountTokensRequest),
+        (sdk_beta_count_params.MessageCountTokensParams, wr.CountTokensRequest),
+    ],
+    ids=["messages", "beta.messages", "count_tokens", "beta.count_tokens"],
 )
-def test_every_sdk_request_field_is_modelled_or_refused(params: Any) -> None:
-    missing = sorted(set(_missing(params, wr.CreateMessageRequest, "", set())))
+def test_every_sdk_request_field_is_modelled_or_refused(
+    params: Any, model: type[BaseModel]
+) -> None:
+    missing = sorted(set(_missing(params, model, "", set())))
     assert not missing, "SDK request fields parley neither models nor refuses:\n" + "\n".join(
         missing
     )

@@ -288,13 +288,20 @@ class CountTokensRequest(RequestModel):
     output_config: OutputConfig | None = None
     cache_control: CacheControlEphemeral | None = None
     speed: Literal["standard", "fast"] | None = None
+    # Accepted: they route or bill requests in Anthropic's service, with no
+    # meaning for a local model.
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     context_management: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
+    billing_policy: Any = None
+    compaction: Any = None
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        names = ["mcp_servers"] if self.mcp_servers is not None else []
+        refused = ("mcp_servers", "billing_policy", "compaction")
+        names = [name for name in refused if getattr(self, name) is not None]
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
         if self.output_config is not None and self.output_config.task_budget is not None:
@@ -324,13 +331,9 @@ class CreateMessageRequest(CountTokensRequest):
     # Accepted: they route or bill requests in Anthropic's service, with no
     # meaning for a local model.
     inference_geo: str | None = None
-    user_profile_id: str | None = None
-    workspace_id: str | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
     diagnostics: dict[str, Any] | None = None
-    billing_policy: Any = None
-    compaction: Any = None
     fallback_credit_token: Any = None
     fallbacks: Any = None
     thread: Any = None
@@ -340,8 +343,6 @@ class CreateMessageRequest(CountTokensRequest):
         refused = (
             "container",
             "diagnostics",
-            "billing_policy",
-            "compaction",
             "fallback_credit_token",
             "fallbacks",
             "thread",
