@@ -4,9 +4,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from parley.conversation import EFFORT_BUDGETS, Capabilities
 from parley.engines.base import Engine
 from parley.errors import InvalidRequestError, NotFoundError
+from parley.wire import responses as wr
 from parley.wire.responses import ModelInfo, ModelPage
+
+
+def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
+    """What ``/v1/models`` says a model supports: what parley honours for it.
+
+    Every engine gets batches and thinking (rendered by parley itself, so any
+    model can take it; not interleaved between tool calls) and ``effort``, which
+    sizes adaptive thinking's budget. Images and tools follow the engine card.
+    Citations, PDF input, structured outputs, server tools, code execution and
+    context management are refused for every model, so they are not supported.
+    """
+    yes, no = wr.CapabilitySupport(supported=True), wr.CapabilitySupport(supported=False)
+    return wr.ModelCapabilities(
+        batch=yes,
+        citations=no,
+        code_execution=no,
+        context_management=wr.ContextManagementCapability(
+            supported=False,
+            clear_thinking_20251015=no,
+            clear_tool_uses_20250919=no,
+            compact_20260112=no,
+        ),
+        effort=wr.EffortCapability(
+            supported=True,
+            **{level: yes if level in EFFORT_BUDGETS else no for level in _EFFORT_LEVELS},
+        ),
+        image_input=yes if caps.images else no,
+        pdf_input=no,
+        server_tools=wr.ServerToolsCapability(supported=False, code_execution=no, web_search=no),
+        structured_outputs=no,
+        thinking=wr.ThinkingCapability(
+            supported=True,
+            types=wr.ThinkingTypes(adaptive=yes, between_tools=no, disabled=yes, enabled=yes),
+        ),
+    )
+
+
+_EFFORT_LEVELS = ("low", "medium", "high", "max", "xhigh")
 
 
 class Catalog:
@@ -54,6 +94,7 @@ class Catalog:
             created_at=card.created_at,
             max_input_tokens=card.context_length,
             max_tokens=card.max_output_tokens,
+            capabilities=model_capabilities(card.capabilities),
         )
 
     def ids(self) -> list[str]:

@@ -79,14 +79,26 @@ class Server:
     clients: list[anthropic.Anthropic] = field(default_factory=list)
 
     def client(self, **kwargs: object) -> anthropic.Anthropic:
-        options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
+        options: dict[str, object] = {
+            "api_key": "test-key",
+            "max_retries": 0,
+            "timeout": 120.0,
+            # Every response must match the SDK's types exactly, not just parse.
+            "_strict_response_validation": True,
+        }
         options.update(kwargs)
         self.clients.append(anthropic.Anthropic(base_url=self.url, **options))  # type: ignore[arg-type]
         return self.clients[-1]
 
     def async_client(self, **kwargs: object) -> anthropic.AsyncAnthropic:
         """A client for one event loop: use it as ``async with server.async_client() as c``."""
-        options: dict[str, object] = {"api_key": "test-key", "max_retries": 0, "timeout": 120.0}
+        options: dict[str, object] = {
+            "api_key": "test-key",
+            "max_retries": 0,
+            "timeout": 120.0,
+            # Every response must match the SDK's types exactly, not just parse.
+            "_strict_response_validation": True,
+        }
         options.update(kwargs)
         return anthropic.AsyncAnthropic(base_url=self.url, **options)  # type: ignore[arg-type]
 

@@ -31,8 +31,8 @@ def test_beta_messages_create_stream_and_count(scripted_server: Server) -> None:
     assert counted.input_tokens == created.usage.input_tokens
 
 
-def test_beta_models(scripted_server: Server) -> None:
-    client = scripted_server.client()
+def test_beta_models(in_process: InProcess) -> None:
+    client = in_process.client()
     ga = [m.id for m in client.models.list(limit=1000)]
     beta = [m.id for m in client.beta.models.list(limit=5, betas=BETAS)]
     assert beta == ga

@@ -364,7 +364,9 @@ def test_authentication(server_factory: Callable[..., Server]) -> None:
         model="scripted", max_tokens=5, messages=HI
     )
     assert ok.type == "message"
-    with anthropic.Anthropic(base_url=server.url, auth_token="secret-2", max_retries=0) as bearer:
+    with anthropic.Anthropic(
+        base_url=server.url, auth_token="secret-2", max_retries=0, _strict_response_validation=True
+    ) as bearer:
         assert bearer.models.list().data
     # A key may be configured by its SHA-256 only.
     assert server.client(api_key="secret-3").models.list().data

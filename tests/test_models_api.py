@@ -34,6 +34,28 @@ def test_retrieve_model_and_alias(scripted_client: anthropic.Anthropic) -> None:
         scripted_client.models.retrieve("gpt-4o")
 
 
+def test_models_validate_strictly_with_lifecycle_and_capabilities(
+    scripted_server: Server,
+) -> None:
+    """The SDK's strict validation accepts list and retrieve (``lifecycle`` is required),
+    and the capabilities say what parley honours for the scripted engine."""
+    client = scripted_server.client(_strict_response_validation=True)
+    listed = client.models.list(limit=1000).data
+    assert all(m.lifecycle == "active" and m.capabilities is not None for m in listed)
+    for model_id in ("scripted", "claude-sonnet-4-5"):
+        model = client.models.retrieve(model_id)
+        assert model.lifecycle == "active"
+        assert model.deprecated_at is None and model.retires_at is None
+        caps = model.capabilities
+        assert caps is not None
+        assert caps.batch.supported and caps.thinking.supported
+        assert caps.thinking.types.enabled.supported and caps.thinking.types.adaptive.supported
+        assert not caps.image_input.supported  # the scripted card takes no images
+        assert caps.effort.supported and caps.effort.max.supported
+        assert not caps.structured_outputs.supported and not caps.server_tools.supported
+        assert not caps.pdf_input.supported and not caps.citations.supported
+
+
 def test_alias_answers_messages(scripted_client: anthropic.Anthropic) -> None:
     message = scripted_client.messages.create(
         model="claude-opus-4-6", max_tokens=10, messages=[{"role": "user", "content": "hello"}]

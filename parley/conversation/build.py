@@ -18,7 +18,7 @@ from parley.conversation.claude_code import normalize_billing_line
 from parley.conversation.marks import Marks
 from parley.conversation.rules import (
     check_breakpoints,
-    check_tool_results,
+    check_tool_pairing,
     refuse_unsupported,
     thinking_budget,
 )
@@ -70,7 +70,7 @@ def build_conversation(
             turns[-1] = Turn(message.role, turns[-1].parts + parts)
         else:
             turns.append(Turn(message.role, parts))
-    check_tool_results(turns)
+    check_tool_pairing(req.messages)
 
     prefill = ""
     if turns and turns[-1].role == "assistant":

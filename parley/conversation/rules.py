@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from parley.conversation.types import Capabilities, ToolCallPart, ToolResultPart, Turn
+from parley.conversation.types import Capabilities
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
+from parley.wire import content as wc
 from parley.wire import requests as wr
 
 
 def refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model: str) -> None:
-    if isinstance(req, wr.CreateMessageRequest):
-        for name in req.unsupported_fields():
-            raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
-    elif req.mcp_servers is not None:
-        raise UnsupportedFeatureError("mcp_servers: this parameter is not supported by parley yet")
+    for name in req.unsupported_fields():
+        raise UnsupportedFeatureError(f"{name}: this parameter is not supported by parley yet")
     thinking = req.thinking
     if isinstance(thinking, wr.ThinkingEnabled):
         max_tokens = getattr(req, "max_tokens", None)
@@ -93,17 +91,55 @@ def thinking_budget(req: wr.CountTokensRequest) -> int | None:
     return None
 
 
-def check_tool_results(turns: list[Turn]) -> None:
-    for i, turn in enumerate(turns):
-        results = [p for p in turn.parts if isinstance(p, ToolResultPart)]
-        if not results:
+def check_tool_pairing(messages: list[wr.Message]) -> None:
+    """Each tool_use answered by a tool_result at the start of the next user turn, and
+    each tool_result answering a tool_use of the previous assistant turn, as the API
+    requires. Consecutive messages of one role count as one turn (they are merged);
+    a trailing assistant turn has no next turn to check (it is a prefill). System
+    messages are not turns of the conversation and are skipped."""
+    groups: list[list[int]] = []
+    for i, message in enumerate(messages):
+        if message.role == "system":
             continue
-        previous = turns[i - 1] if i > 0 and turns[i - 1].role == "assistant" else None
-        calls = {p.id for p in previous.parts if isinstance(p, ToolCallPart)} if previous else set()
-        for result in results:
-            if result.tool_use_id not in calls:
-                raise InvalidRequestError(
-                    f"messages: unexpected `tool_use_id` found in `tool_result` blocks: "
-                    f"{result.tool_use_id}. Each `tool_result` block must have a corresponding "
-                    "`tool_use` block in the previous message."
-                )
+        if groups and messages[groups[-1][0]].role == message.role:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for g, group in enumerate(groups):
+        if messages[group[0]].role != "user":
+            continue
+        previous = groups[g - 1] if g > 0 else []
+        calls = [
+            (i, block.id)
+            for i in previous
+            for block in _blocks(messages[i])
+            if isinstance(block, wc.ToolUseBlock)
+        ]
+        ids = {call_id for _, call_id in calls}
+        leading: set[str] = set()
+        in_lead = True
+        for i in group:
+            for m, block in enumerate(_blocks(messages[i])):
+                if not isinstance(block, wc.ToolResultBlock):
+                    in_lead = False
+                    continue
+                if block.tool_use_id not in ids:
+                    raise InvalidRequestError(
+                        f"messages.{i}.content.{m}: unexpected `tool_use_id` found in "
+                        f"`tool_result` blocks: {block.tool_use_id}. Each `tool_result` block "
+                        "must have a corresponding `tool_use` block in the previous message."
+                    )
+                if in_lead:
+                    leading.add(block.tool_use_id)
+        missing = [(i, call_id) for i, call_id in calls if call_id not in leading]
+        if missing:
+            raise InvalidRequestError(
+                f"messages.{missing[0][0]}: `tool_use` ids were found without `tool_result` "
+                f"blocks immediately after: {', '.join(c for _, c in missing)}. Each "
+                "`tool_use` block must have a corresponding `tool_result` block in the next "
+                "message."
+            )
+
+
+def _blocks(message: wr.Message) -> list[Any]:
+    return [] if isinstance(message.content, str) else list(message.content)

@@ -151,15 +151,21 @@ class ToolReferenceBlock(RequestModel):
     cache_control: CacheControlEphemeral | None = None
 
 
+class UnsupportedBlock(KnownUnsupported):
+    refusal = "content blocks of type '{kind}' are not supported by parley yet"
+
+
 ToolResultItem = Annotated[
     Annotated[TextBlock, Tag(tag("text"))]
     | Annotated[ImageBlock, Tag(tag("image"))]
     | Annotated[DocumentBlock, Tag(tag("document"))]
     | Annotated[SearchResultBlock, Tag(tag("search_result"))]
-    | Annotated[ToolReferenceBlock, Tag(tag("tool_reference"))],
+    | Annotated[ToolReferenceBlock, Tag(tag("tool_reference"))]
+    | Annotated[UnsupportedBlock, Tag(tag("unsupported"))],
     type_discriminator(
         "tool result content block",
-        ["text", "image", "document", "search_result", "tool_reference"],
+        ["text", "image", "document", "search_result", "tool_reference", "browser_state"],
+        grouped={"browser_state": "unsupported"},
     ),
 ]
 
@@ -193,11 +199,12 @@ UNSUPPORTED_BLOCK_TYPES = (
     "mcp_tool_use",
     "mcp_tool_result",
     "compaction",
+    "advisor_tool_result",
+    "fallback",
+    "mcp_tool_listing",
+    "tool_addition",
+    "tool_removal",
 )
-
-
-class UnsupportedBlock(KnownUnsupported):
-    refusal = "content blocks of type '{kind}' are not supported by parley yet"
 
 
 SUPPORTED_BLOCK_TYPES = (

@@ -22,7 +22,7 @@ from parley.wire.common import (
     tag,
     type_discriminator,
 )
-from parley.wire.content import ContentBlock, TextBlock
+from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
 
 MAX_MESSAGES = 100_000
 
@@ -48,11 +48,29 @@ class AssistantMessage(RequestModel):
     content: MessageContent
 
 
+# Blocks a system message may carry besides text; they change the request's tool
+# set mid-conversation, which parley cannot do yet.
+SystemMessageBlock = Annotated[
+    Annotated[TextBlock, Tag(tag("text"))] | Annotated[UnsupportedBlock, Tag(tag("unsupported"))],
+    type_discriminator(
+        "system message content block",
+        ["text", "tool_addition", "tool_removal"],
+        grouped={"tool_addition": "unsupported", "tool_removal": "unsupported"},
+    ),
+]
+
+
 class SystemMessage(RequestModel):
     """A ``role: "system"`` turn inside ``messages`` (sent by newer Claude Code)."""
 
     role: Literal["system"]
-    content: SystemContent
+    content: Annotated[
+        Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
+        shape_discriminator(str_or_list),
+    ]
+    # Declared so they are recognised; refused unless null (``unsupported_fields``).
+    clear_at: Any = None
+    output_config: Any = None
 
 
 def _role_discriminator() -> Any:
@@ -126,6 +144,7 @@ SERVER_TOOL_PREFIXES = (
     "browser_toolset_",
     "computer_toolset_",
     "mcp_toolset",
+    "advisor_",
 )
 
 
@@ -211,6 +230,8 @@ class ThinkingEnabled(RequestModel):
     type: Literal["enabled"]
     budget_tokens: int
     display: Literal["summarized", "omitted"] | None = None
+    # Declared so it is recognised; refused unless null (``unsupported_fields``).
+    block_binding: Any = None
 
 
 class ThinkingDisabled(RequestModel):
@@ -220,13 +241,19 @@ class ThinkingDisabled(RequestModel):
 class ThinkingAdaptive(RequestModel):
     type: Literal["adaptive"]
     display: Literal["summarized", "omitted"] | None = None
+    block_binding: Any = None  # as in ThinkingEnabled
+
+
+class ThinkingBetweenTools(KnownUnsupported):
+    refusal = "thinking.type: '{kind}' is not supported by parley yet"
 
 
 Thinking = Annotated[
     Annotated[ThinkingEnabled, Tag(tag("enabled"))]
     | Annotated[ThinkingDisabled, Tag(tag("disabled"))]
-    | Annotated[ThinkingAdaptive, Tag(tag("adaptive"))],
-    type_discriminator("thinking config", ["enabled", "disabled", "adaptive"]),
+    | Annotated[ThinkingAdaptive, Tag(tag("adaptive"))]
+    | Annotated[ThinkingBetweenTools, Tag(tag("between_tools"))],
+    type_discriminator("thinking config", ["enabled", "disabled", "adaptive", "between_tools"]),
 ]
 
 
@@ -238,6 +265,8 @@ class JSONOutputFormat(RequestModel):
 class OutputConfig(RequestModel):
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
     format: JSONOutputFormat | None = None
+    # Declared so it is recognised; refused unless null (``unsupported_fields``).
+    task_budget: Any = None
 
 
 class Metadata(RequestModel):
@@ -259,9 +288,32 @@ class CountTokensRequest(RequestModel):
     output_config: OutputConfig | None = None
     cache_control: CacheControlEphemeral | None = None
     speed: Literal["standard", "fast"] | None = None
+    # Accepted: they route or bill requests in Anthropic's service, with no
+    # meaning for a local model.
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     context_management: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
+    billing_policy: Any = None
+    compaction: Any = None
+
+    def unsupported_fields(self) -> list[str]:
+        """Names of declared parameters that were given but cannot be honoured."""
+        refused = ("mcp_servers", "billing_policy", "compaction")
+        names = [name for name in refused if getattr(self, name) is not None]
+        if getattr(self.thinking, "block_binding", None) is not None:
+            names.append("thinking.block_binding")
+        if self.output_config is not None and self.output_config.task_budget is not None:
+            names.append("output_config.task_budget")
+        for i, message in enumerate(self.messages):
+            if isinstance(message, SystemMessage):
+                names += [
+                    f"messages.{i}.{name}"
+                    for name in ("clear_at", "output_config")
+                    if getattr(message, name) is not None
+                ]
+        return names
 
 
 class CreateMessageRequest(CountTokensRequest):
@@ -279,13 +331,9 @@ class CreateMessageRequest(CountTokensRequest):
     # Accepted: they route or bill requests in Anthropic's service, with no
     # meaning for a local model.
     inference_geo: str | None = None
-    user_profile_id: str | None = None
-    workspace_id: str | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
     diagnostics: dict[str, Any] | None = None
-    billing_policy: Any = None
-    compaction: Any = None
     fallback_credit_token: Any = None
     fallbacks: Any = None
     thread: Any = None
@@ -295,11 +343,10 @@ class CreateMessageRequest(CountTokensRequest):
         refused = (
             "container",
             "diagnostics",
-            "billing_policy",
-            "compaction",
             "fallback_credit_token",
             "fallbacks",
             "thread",
-            "mcp_servers",
         )
-        return [name for name in refused if getattr(self, name) is not None]
+        return [name for name in refused if getattr(self, name) is not None] + (
+            super().unsupported_fields()
+        )

@@ -78,13 +78,72 @@ class TokenCount(ResponseModel):
     input_tokens: int
 
 
+class CapabilitySupport(ResponseModel):
+    supported: bool
+
+
+class ContextManagementCapability(ResponseModel):
+    supported: bool
+    clear_thinking_20251015: CapabilitySupport | None = None
+    clear_tool_uses_20250919: CapabilitySupport | None = None
+    compact_20260112: CapabilitySupport | None = None
+
+
+class EffortCapability(ResponseModel):
+    supported: bool
+    low: CapabilitySupport
+    medium: CapabilitySupport
+    high: CapabilitySupport
+    max: CapabilitySupport
+    xhigh: CapabilitySupport | None = None
+
+
+class ServerToolsCapability(ResponseModel):
+    supported: bool
+    code_execution: CapabilitySupport
+    web_search: CapabilitySupport
+
+
+class ThinkingTypes(ResponseModel):
+    adaptive: CapabilitySupport
+    between_tools: CapabilitySupport
+    disabled: CapabilitySupport
+    enabled: CapabilitySupport
+
+
+class ThinkingCapability(ResponseModel):
+    supported: bool
+    types: ThinkingTypes
+
+
+class ModelCapabilities(ResponseModel):
+    """Every key the API always sends, each saying what parley honours for the model."""
+
+    batch: CapabilitySupport
+    citations: CapabilitySupport
+    code_execution: CapabilitySupport
+    context_management: ContextManagementCapability
+    effort: EffortCapability
+    image_input: CapabilitySupport
+    pdf_input: CapabilitySupport
+    server_tools: ServerToolsCapability
+    structured_outputs: CapabilitySupport
+    thinking: ThinkingCapability
+
+
 class ModelInfo(ResponseModel):
     type: Literal["model"] = "model"
     id: str
     display_name: str
     created_at: str
+    # A local model never retires under a client: it is served or it is not listed.
+    lifecycle: Literal["active", "deprecated", "retired"] = "active"
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+    line: str | None = None  # the API's model lines (opus, sonnet...) are Claude's, not ours
     max_input_tokens: int
     max_tokens: int
+    capabilities: ModelCapabilities
 
 
 class ModelPage(ResponseModel):
