@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
     serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="serve through a llama-server at URL (the llamaserver engine; --model gives "
+        "the GGUF it serves, when its own path is not readable here)",
+    )
+    serve.add_argument(
         "--redact-thinking",
         action="store_true",
         help="return thinking as encrypted redacted_thinking blocks",
@@ -153,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "model_name": args.model_name,
         "chat_template": args.chat_template,
-        "engine": args.engine,
-        "engine_opts": _engine_opts(args.engine_opt),
+        "engine": args.engine or ("llamaserver" if args.upstream else None),
+        "engine_opts": _engine_opts(
+            args.engine_opt + ([f"url={args.upstream}"] if args.upstream else [])
+        ),
         "script": args.script,
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,

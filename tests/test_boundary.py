@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from parley.boundary import Boundary
-from parley.engines.llamacpp.native import LLAMA, ModelLoadError
+from parley.engines.llamacpp.vocab import LLAMA, ModelLoadError
 from parley.errors import EngineError, InvalidRequestError, NotFoundError
 from parley.fetch import HTTPX
 

@@ -13,7 +13,7 @@ The rest of parley sees ``LlamaCppEngine`` through ``parley.engines.base``.
 
 from parley.engines.llamacpp.engine import LlamaCppEngine, from_settings
 from parley.engines.llamacpp.model_file import EMBEDDED_ID, check_gguf, embedded_model_path
-from parley.engines.llamacpp.native import ModelLoadError
+from parley.engines.llamacpp.vocab import ModelLoadError
 
 __all__ = [
     "EMBEDDED_ID",

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,27 +19,21 @@ from typing import TYPE_CHECKING, Any
 from parley.conversation import (
     Capabilities,
     Conversation,
-    Part,
-    TextPart,
-    ThinkingPart,
-    ToolResultPart,
-    Turn,
 )
 from parley.engines.base import Engine, Generation, ModelCard, Prompt, SamplingParams
-from parley.engines.llamacpp.chat_template import ChatTemplate
-from parley.engines.llamacpp.grammar import GrammarCheck, grammar_for
+from parley.engines.llamacpp.grammar import GrammarCheck
 from parley.engines.llamacpp.model_file import (
     EMBEDDED_ID,
     check_gguf,
     embedded_model_path,
     mtime,
 )
-from parley.engines.llamacpp.native import LlamaNative, ModelLoadError, NativeConfig
+from parley.engines.llamacpp.native import LlamaNative, NativeConfig
 from parley.engines.llamacpp.output import LlamaPrompt
-from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
+from parley.engines.llamacpp.prefix_cache import PrefixCache
+from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.scheduler import BatchScheduler
-from parley.engines.llamacpp.slots import common_prefix
-from parley.errors import PromptTooLongError
+from parley.engines.llamacpp.vocab import ModelLoadError
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -81,10 +73,7 @@ class LlamaCppEngine(Engine):
         self._model_id = model_id
         self._native: LlamaNative | None = None
         self._scheduler: BatchScheduler | None = None
-        self._template: ChatTemplate | None = None
-        self._bos_text = ""
-        self._add_bos = False
-        self._token_bytes: int | None = None  # most bytes one token stands for
+        self._renderer: Renderer | None = None
         self.card = ModelCard(
             id=model_id,
             display_name=model_id,
@@ -105,14 +94,6 @@ class LlamaCppEngine(Engine):
         native = LlamaNative(self.model_path, self._config)
         self._native = native
         name = native.metadata("general.name") or self.model_path.stem
-        self._bos_text = native.token_text(native.bos)
-        self._add_bos = native.add_bos
-        self._token_bytes = native.longest_token_bytes()
-        self._template = ChatTemplate(
-            self._template_override or native.chat_template(),
-            bos_token=self._bos_text,
-            eos_token=native.token_text(native.eos),
-        )
         self.card = ModelCard(
             id=self._model_id,
             display_name=f"{name} ({self.model_path.name})",
@@ -121,6 +102,7 @@ class LlamaCppEngine(Engine):
             max_output_tokens=native.n_ctx,
             capabilities=self.card.capabilities,
         )
+        self._renderer = Renderer(native, self.card, self._template_override, self._grammars)
         self._scheduler = BatchScheduler(
             native,
             n_parallel=self._config.n_seq_max,
@@ -155,53 +137,8 @@ class LlamaCppEngine(Engine):
             self._native = None
 
     def prepare(self, conversation: Conversation, *, limit: int | None = None) -> Prompt:
-        """Render, then tokenize: the template's own text may hold special tokens
-        (``<|im_start|>``); text that came from the request never does, so a
-        user cannot forge a turn by writing one."""
-        assert self._template is not None and self._native is not None, "engine not started"
-        nonce = secrets.token_hex(4)
-        guard = (f"\ue004{nonce}", f"\ue005{nonce}")
-        rendered = self._template.render(_guarded(conversation, *guard))
-        segments, offsets = _segments(rendered, conversation, guard)
-        text = "".join(seg for seg, _ in segments)
-        add_bos = self._add_bos and not text.startswith(self._bos_text)
-        if limit is not None and self._token_bytes:
-            # A character is at least a byte: a lower bound, known without tokenizing.
-            at_least = -(-len(text) // self._token_bytes)
-            if at_least >= limit:
-                raise PromptTooLongError(
-                    at_least, context=self.card.context_length, model=self.card.id, exact=False
-                )
-        tokens = self._tokenize(segments, add_bos)
-        # A breakpoint's position: the tokens the prompt shares with its text up to the tag.
-        breakpoints = tuple(
-            Breakpoint(common_prefix(self._tokenize(segments, add_bos, upto=at), tokens), ttl)
-            for at, ttl in offsets
-        )
-        native = self._native
-        grammar = grammar_for(
-            conversation, self._template.syntax, lambda g: self._grammars.usable(native, g)
-        )
-        return LlamaPrompt(conversation, text, tokens, grammar, breakpoints)
-
-    def _tokenize(
-        self, segments: list[tuple[str, bool]], add_bos: bool, upto: int | None = None
-    ) -> list[int]:
-        """Tokens of the segments (the first ``upto`` characters), special tokens
-        parsed only where the segment allows it."""
-        assert self._native is not None
-        out: list[int] = []
-        done = 0
-        for i, (segment, special) in enumerate(segments):
-            if upto is not None:
-                if done >= upto:
-                    break
-                segment = segment[: upto - done]
-            out += self._native.tokenize(segment, add_bos=add_bos and i == 0, special=special)
-            done += len(segment)
-        if not segments and add_bos:
-            out = self._native.tokenize("", add_bos=True)
-        return out
+        assert self._renderer is not None, "engine not started"
+        return self._renderer.prepare(conversation, limit=limit)
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert self._scheduler is not None, "engine not started"
@@ -219,69 +156,6 @@ class LlamaCppEngine(Engine):
         if self._cache is not None:
             stats["prompt_cache"] = self._cache.stats()
         return stats
-
-
-def _guarded(conversation: Conversation, start: str, end: str) -> Conversation:
-    """The conversation with every text that came from the request between
-    ``start`` and ``end``, so its place in the rendered prompt is known."""
-
-    def wrap(text: str) -> str:
-        return f"{start}{text}{end}"
-
-    def guard(part: Part) -> Part:
-        match part:
-            case TextPart(text=text):
-                return TextPart(wrap(text))
-            case ThinkingPart(text=text):
-                return ThinkingPart(wrap(text))
-            case ToolResultPart():
-                return dataclasses.replace(part, text=wrap(part.text))
-        return part
-
-    return dataclasses.replace(
-        conversation,
-        system=wrap(conversation.system) if conversation.system else conversation.system,
-        turns=tuple(Turn(t.role, tuple(guard(p) for p in t.parts)) for t in conversation.turns),
-        prefill=wrap(conversation.prefill) if conversation.prefill else "",
-    )
-
-
-def _segments(
-    text: str, conversation: Conversation, guard: tuple[str, str]
-) -> tuple[list[tuple[str, bool]], list[tuple[int, Any]]]:
-    """The rendered prompt as ``(text, special tokens allowed)`` segments without
-    any tags, and where each breakpoint tag first stood (a character offset in
-    the joined text) with its TTL. A tag the template dropped is no breakpoint."""
-    start, end = guard
-    ttl = {m.tag: m.ttl for m in conversation.marks}
-    pattern = re.compile("|".join(re.escape(tag) for tag in (start, end, *ttl)))
-    segments: list[tuple[str, bool]] = []
-    offsets: dict[str, int] = {}
-    done = length = depth = 0
-
-    def add(chunk: str) -> None:
-        nonlocal length
-        if not chunk:
-            return
-        special = depth == 0
-        if segments and segments[-1][1] == special:
-            segments[-1] = (segments[-1][0] + chunk, special)
-        else:
-            segments.append((chunk, special))
-        length += len(chunk)
-
-    for match in pattern.finditer(text):
-        add(text[done : match.start()])
-        tag = match.group()
-        if tag == start:
-            depth += 1
-        elif tag == end:
-            depth = max(0, depth - 1)
-        else:
-            offsets.setdefault(tag, length)
-        done = match.end()
-    add(text[done:])
-    return segments, sorted((at, ttl[tag]) for tag, at in offsets.items())
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from parley.engines.llamacpp.output import FALLBACK, CallSyntax, Grammar
 from parley.errors import EngineError, InvalidRequestError, ParleyError
 
 if TYPE_CHECKING:
-    from parley.engines.llamacpp.native import LlamaNative
+    from parley.engines.llamacpp.vocab import LlamaVocab
 
 log = logging.getLogger("parley.engine.tools")
 
@@ -111,7 +111,7 @@ class GrammarCheck:
         self._size = size
         self._lock = threading.Lock()
 
-    def usable(self, native: LlamaNative, grammar: Grammar) -> bool:
+    def usable(self, native: LlamaVocab, grammar: Grammar) -> bool:
         key = hashlib.sha256(grammar.text.encode()).hexdigest()
         with self._lock:
             if key in self._known:

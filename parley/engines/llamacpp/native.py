@@ -14,7 +14,7 @@ import ctypes
 import logging
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
-from parley.boundary import Boundary
 from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.output import Grammar
-from parley.errors import EngineError, ParleyError
+from parley.engines.llamacpp.vocab import LLAMA, LlamaVocab, ModelLoadError
+from parley.errors import EngineError
 from parley.logs import stderr_muted
 
 log = logging.getLogger("parley.engine.llamacpp")
@@ -33,26 +33,6 @@ log = logging.getLogger("parley.engine.llamacpp")
 GREEDY = "greedy"  # the sampler of greedy decoding: an argmax over the logits, no chain
 GGML_TYPE_Q8_0 = 8
 FLASH_ATTN_ENABLED = 1
-
-
-class ModelLoadError(ParleyError):
-    """Start-up error: the model file is missing or llama.cpp cannot load it."""
-
-
-def _failed(exc: BaseException, what: str, context: Mapping[str, Any]) -> ParleyError:
-    reason = f"llama.cpp could not {what}: {type(exc).__name__}: {exc}"
-    return ModelLoadError(reason) if context.get("loading") else EngineError(reason)
-
-
-# What the bindings raise (a ctypes call given a wrong value, a buffer that
-# cannot be allocated, the shared library refusing to load) becomes an
-# EngineError, or a ModelLoadError while the model loads.
-LLAMA = Boundary("llama.cpp", [((ctypes.ArgumentError, OSError, ValueError, MemoryError), _failed)])
-
-
-@L.llama_log_callback  # type: ignore[untyped-decorator]
-def _quiet(level: int, text: bytes, user_data: Any) -> None:
-    """llama.cpp logs to stderr by default; parley keeps its own logs structured."""
 
 
 RopeScaling = str  # "auto", "none", "linear" or "yarn"
@@ -70,21 +50,16 @@ class NativeConfig:
     rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
 
 
-class LlamaNative:
+class LlamaNative(LlamaVocab):
+    """The model and one context: what the scheduler decodes with (``NativeOps``)."""
+
     def __init__(self, path: Path, config: NativeConfig) -> None:
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
+        super().__init__(path, vocab_only=False)
         with LLAMA.crossing(f"load {path}", loading=True):
             self._load(path, config)
 
     def _load(self, path: Path, config: NativeConfig) -> None:
-        L.llama_log_set(_quiet, ctypes.c_void_p())
-        L.llama_backend_init()
         self.config = config
-        model_params = L.llama_model_default_params()
-        self._model = L.llama_model_load_from_file(str(path).encode(), model_params)
-        if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF file?)")
         params = L.llama_context_default_params()
         params.n_ctx = config.n_ctx
         params.n_batch = config.n_batch
@@ -103,15 +78,10 @@ class LlamaNative:
         if not self._ctx:
             L.llama_model_free(self._model)
             raise ModelLoadError(f"llama.cpp could not create a context for {path}")
-        self._vocab = L.llama_model_get_vocab(self._model)
         self._memory = L.llama_get_memory(self._ctx)
         self._batch = L.llama_batch_init(config.n_batch, 0, 1)
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self._pieces: dict[int, bytes] = {}  # token -> its bytes, filled as tokens appear
-        self._eog: dict[int, bool] = {}
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
         self.n_batch = config.n_batch
-        self._n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
         self._logits_row = ctypes.c_float * self._n_vocab
         # llama_get_logits_ith as an address, called without releasing the GIL: it
         # only looks up a row, and a release there lets the event loop's thread
@@ -142,101 +112,8 @@ class LlamaNative:
         if self._ctx:
             L.llama_batch_free(self._batch)
             L.llama_free(self._ctx)
-            L.llama_model_free(self._model)
             self._ctx = None
-            self._model = None
-
-    # --- vocabulary and metadata (any thread) -----------------------------------
-
-    def metadata(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            L.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
-    def chat_template(self) -> str | None:
-        raw = L.llama_model_chat_template(self._model, None)
-        return raw.decode("utf-8", errors="replace") if raw else None
-
-    def token_text(self, token: int) -> str:
-        raw = L.llama_vocab_get_text(self._vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    @property
-    def bos(self) -> int:
-        return int(L.llama_vocab_bos(self._vocab))
-
-    @property
-    def eos(self) -> int:
-        return int(L.llama_vocab_eos(self._vocab))
-
-    @property
-    def add_bos(self) -> bool:
-        return bool(L.llama_vocab_get_add_bos(self._vocab))
-
-    def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
-        """Tokens of ``text``; with ``special``, special-token text (``<|im_start|>``)
-        becomes the special token, otherwise it is ordinary text."""
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        with LLAMA.crossing("tokenize the prompt"):
-            buf = (L.llama_token * capacity)()
-            n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
-            if n < 0:
-                capacity = -n
-                buf = (L.llama_token * capacity)()
-                n = L.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
-        if n < 0:
-            raise EngineError("llama.cpp could not tokenize the prompt")
-        return list(buf[:n])
-
-    def longest_token_bytes(self) -> int | None:
-        """The most bytes of text one token stands for, or None when the
-        vocabulary gives no such bound. A text of B bytes then has at least
-        B / this many tokens (``LlamaCppEngine.prepare`` refuses on it).
-
-        In byte-level BPE and SentencePiece vocabularies each token consumes
-        exactly the bytes of its text (special tokens: their text; ``▁``: one
-        space; an unknown character: at most 4 bytes), unless it strips the
-        whitespace beside it (LSTRIP/RSTRIP), which it does not show. WordPiece
-        and Unigram normalize the text (lowercase, drop accents, NFKC) first, so
-        their tokens may stand for more than they show: no bound for them.
-        """
-        if L.llama_vocab_type(self._vocab) not in (L.LLAMA_VOCAB_TYPE_SPM, L.LLAMA_VOCAB_TYPE_BPE):
-            return None
-        strips = L.LLAMA_TOKEN_ATTR_LSTRIP | L.LLAMA_TOKEN_ATTR_RSTRIP
-        buf = ctypes.create_string_buffer(256)
-        longest = 4
-        for token in range(self._n_vocab):
-            if L.llama_vocab_get_attr(self._vocab, token) & strips:
-                return None
-            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-            longest = max(longest, abs(n))  # negative: the length that did not fit
-        return longest
-
-    def piece(self, token: int) -> bytes:
-        cached = self._pieces.get(token)
-        if cached is None:
-            cached = self._pieces[token] = self._piece(token)
-        return cached
-
-    def _piece(self, token: int) -> bytes:
-        n = L.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
-        if n < 0:
-            big = ctypes.create_string_buffer(-n)
-            n = L.llama_token_to_piece(self._vocab, token, big, -n, 0, False)
-            return big.raw[:n]
-        return self._piece_buf.raw[:n]
-
-    def is_eog(self, token: int) -> bool:
-        eog = self._eog.get(token)
-        if eog is None:
-            eog = self._eog[token] = bool(L.llama_vocab_is_eog(self._vocab, token))
-        return eog
+        super().close()
 
     # --- decoding (the scheduler thread) ----------------------------------------
 
@@ -325,17 +202,6 @@ class LlamaNative:
         chosen = secrets.randbits(32) if seed is None else seed & 0xFFFFFFFF
         L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(chosen))
         return chain
-
-    def grammar_ok(self, grammar: Grammar) -> bool:
-        """Whether llama.cpp accepts the grammar (any thread: it reads the vocabulary only)."""
-        with stderr_muted():
-            sampler = L.llama_sampler_init_grammar(
-                self._vocab, grammar.text.encode(), grammar.root.encode()
-            )
-        if not sampler:
-            return False
-        L.llama_sampler_free(sampler)
-        return True
 
     def _grammar_sampler(self, grammar: Grammar) -> Any:
         text, root = grammar.text.encode(), grammar.root.encode()
