@@ -109,6 +109,12 @@ FinishReason = Literal[
 ]
 
 
+def out_of_budget(produced: int, max_tokens: int) -> FinishReason:
+    """Why an answer that used its whole budget ended: ``max_tokens`` when the
+    request's own limit was reached, else the context window's end."""
+    return "max_tokens" if produced >= max_tokens else "model_context_window_exceeded"
+
+
 @dataclass(frozen=True)
 class Finished:
     stop_reason: FinishReason
@@ -167,6 +173,61 @@ class Generation(abc.ABC):
 
 
 _END = object()
+
+
+class EndOfStream:
+    """The last item an engine puts in a ``QueuedGeneration``'s queue."""
+
+
+END = EndOfStream()
+
+
+class QueuedGeneration(Generation):
+    """A generation whose events an engine puts in an asyncio queue: ``END``
+    after the last, an exception to raise in the reader. A reader that leaves
+    before ``Finished`` cancels the generation. Subclasses give the queue and
+    ``cancel``."""
+
+    _done = False
+
+    @property
+    @abc.abstractmethod
+    def _queue(self) -> asyncio.Queue[Any]: ...
+
+    async def _stream(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        """Events until the end; ``None`` after ``interval`` s without one."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._done:
+                item = await next_or_tick(self._queue, loop, interval)
+                if item is None:
+                    yield None
+                    continue
+                if isinstance(item, EndOfStream):  # ended without a Finished: cancelled
+                    self._done = True
+                    return
+                if isinstance(item, BaseException):
+                    self._done = True
+                    raise item
+                if isinstance(item, Finished):
+                    self._done = True
+                yield item
+        finally:
+            if not self._done:
+                self.cancel()
+
+    async def _events(self) -> AsyncIterator[EngineEvent]:
+        async for item in self._stream(math.inf):
+            if item is not None:
+                yield item
+
+    def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        return self._events()
+
+    def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
+        return self._stream(interval)
+
+
 TICK = object()
 """Put in a queue by the heartbeat timer; read back as ``None`` (no event yet)."""
 

@@ -17,8 +17,8 @@ import itertools
 import time
 from typing import Any
 
-from parley.engines.base import TextChunk, ThinkingChunk, ToolInputChunk
-from parley.engines.llamacpp.jobs import END, Job
+from parley.engines.base import END, TextChunk, ThinkingChunk, ToolInputChunk
+from parley.engines.llamacpp.jobs import Job
 
 
 class Outbox:

@@ -27,6 +27,7 @@ from parley.engines.llamacpp.model_file import (
     check_gguf,
     embedded_model_path,
     mtime,
+    read_template,
 )
 from parley.engines.llamacpp.native import LlamaNative, NativeConfig
 from parley.engines.llamacpp.output import LlamaPrompt
@@ -207,7 +208,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         config=config,
         max_queue=o.max_queue,
         prefill_chunk=o.prefill_chunk,
-        chat_template=_read_template(o.chat_template),
+        chat_template=read_template(o.chat_template),
         queue_timeout=o.queue_timeout,
         stream_interval=o.stream_interval_ms / 1000,
         park_budget=o.idle_cache_mb << 20,
@@ -228,12 +229,3 @@ def _check(o: LlamaOptions) -> None:
         raise ConfigError("llamacpp option 'rope_scaling' must be auto, none, linear or yarn")
     if o.grammar_step_timeout <= 0 or o.idle_cache_mb < 0 or o.cache_budget_mb < 0:
         raise ConfigError("llamacpp: grammar_step_timeout > 0, idle/cache budgets ≥ 0 required")
-
-
-def _read_template(path: str | None) -> str | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read the chat template {path}: {exc}") from exc

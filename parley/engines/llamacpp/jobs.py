@@ -10,29 +10,21 @@ engine thread checks at its next step.
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from parley.engines.base import (
     CacheUsage,
+    EndOfStream,
     EngineEvent,
-    Finished,
-    Generation,
+    QueuedGeneration,
     SamplingParams,
-    next_or_tick,
 )
 from parley.engines.llamacpp.output import LlamaPrompt
 from parley.engines.llamacpp.prefix_cache import CachePlan
-
-
-class _EndOfStream:
-    """The last item a job's queue receives."""
-
-
-END = _EndOfStream()
 
 
 @dataclass
@@ -40,52 +32,20 @@ class Job:
     prompt: LlamaPrompt
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[EngineEvent | BaseException | _EndOfStream]
+    events: asyncio.Queue[EngineEvent | BaseException | EndOfStream]
     cancelled: threading.Event = field(default_factory=threading.Event)
     cache: CachePlan = field(default_factory=CachePlan)
     queued_at: float = field(default_factory=time.monotonic)
 
 
-class QueueGeneration(Generation):
+class QueueGeneration(QueuedGeneration):
     def __init__(self, job: Job, on_cancel: Callable[[Job], None]) -> None:
         self._job = job
         self._on_cancel = on_cancel
-        self._done = False
 
-    async def _stream(self, interval: float) -> AsyncIterator[EngineEvent | None]:
-        """Events until the end of the job; ``None`` after ``interval`` s without one."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                item = await next_or_tick(self._job.events, loop, interval)
-                if item is None:
-                    yield None
-                    continue
-                if isinstance(item, _EndOfStream):
-                    self._done = True
-                    return
-                if isinstance(item, BaseException):
-                    self._done = True
-                    raise item
-                if isinstance(item, Finished):
-                    self._done = True
-                yield item
-                if self._done:
-                    return
-        finally:
-            if not self._done:
-                self.cancel()
-
-    async def _events(self) -> AsyncIterator[EngineEvent]:
-        async for item in self._stream(math.inf):
-            if item is not None:
-                yield item
-
-    def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        return self._events()
-
-    def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
-        return self._stream(interval)
+    @property
+    def _queue(self) -> asyncio.Queue[Any]:
+        return self._job.events
 
     @property
     def cache_usage(self) -> CacheUsage:

@@ -49,3 +49,13 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror}") from exc
     if magic != b"GGUF":
         raise ModelLoadError(f"{path} is not a GGUF model file (it does not start with 'GGUF')")
+
+
+def read_template(path: str | None) -> str | None:
+    """The text of a Jinja chat template file (None: use the model's own)."""
+    if path is None:
+        return None
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the chat template {path}: {exc}") from exc

@@ -39,7 +39,14 @@ import time
 from typing import Any
 
 from parley.engines import admission
-from parley.engines.base import EngineEvent, Finished, FinishReason, Generation, SamplingParams
+from parley.engines.base import (
+    EngineEvent,
+    Finished,
+    FinishReason,
+    Generation,
+    SamplingParams,
+    out_of_budget,
+)
 from parley.engines.llamacpp.delivery import Outbox
 from parley.engines.llamacpp.grammar import too_slow
 from parley.engines.llamacpp.jobs import Job, QueueGeneration
@@ -294,10 +301,7 @@ class BatchScheduler:
         self._snapshot(run)
         self._running.append(run)
         if placement.budget == 0:
-            reason: FinishReason = (
-                "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
-            )
-            self._finish(run, reason)
+            self._finish(run, out_of_budget(0, params.max_tokens))
 
     def _step(self) -> None:
         with self._cond:

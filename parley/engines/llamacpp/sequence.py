@@ -14,7 +14,7 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
-from parley.engines.base import EngineEvent, FinishReason
+from parley.engines.base import EngineEvent, FinishReason, out_of_budget
 from parley.engines.llamacpp.jobs import Job
 from parley.engines.llamacpp.ops import NativeOps
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, ToolCallParser
@@ -89,8 +89,7 @@ class Running:
         return events, None
 
     def out_of_budget(self) -> End:
-        hit = self.produced >= self.job.params.max_tokens
-        return ("max_tokens" if hit else "model_context_window_exceeded", None)
+        return (out_of_budget(self.produced, self.job.params.max_tokens), None)
 
     def _close_thinking(self, native: NativeOps) -> tuple[list[EngineEvent], End | None]:
         events = self.parser.feed(self.decoder.decode(b"", final=True))

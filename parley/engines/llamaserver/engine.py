@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,17 +30,18 @@ from typing import TYPE_CHECKING, Any
 from parley.conversation import Capabilities, Conversation
 from parley.engines.admission import Slots
 from parley.engines.base import (
+    END,
     Engine,
     EngineEvent,
     Finished,
-    FinishReason,
     Generation,
     ModelCard,
     Prompt,
+    QueuedGeneration,
     SamplingParams,
-    next_or_tick,
+    out_of_budget,
 )
-from parley.engines.llamacpp.model_file import mtime
+from parley.engines.llamacpp.model_file import mtime, read_template
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPrompt, ToolCallParser
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
@@ -99,7 +99,7 @@ class LlamaServerEngine(Engine):
             max_output_tokens=n_ctx,
             capabilities=self.card.capabilities,
         )
-        template = self._options.chat_template_text or props.get("chat_template") or None
+        template = read_template(self._options.chat_template) or props.get("chat_template") or None
         self._renderer = Renderer(vocab, self.card, template)
         log.info(
             "upstream ready",
@@ -158,10 +158,7 @@ class LlamaServerEngine(Engine):
         assert self._vocab is not None
         budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
         if budget == 0:
-            reason: FinishReason = (
-                "max_tokens" if params.max_tokens == 0 else "model_context_window_exceeded"
-            )
-            return Finished(reason, 0)
+            return Finished(out_of_budget(0, params.max_tokens), 0)
         conversation, grammar = prompt.conversation, prompt.grammar
         parser = ToolCallParser(
             conversation.tools,
@@ -175,9 +172,8 @@ class LlamaServerEngine(Engine):
         tokens = list(prompt.tokens)
         produced = 0
 
-        def out_of_budget() -> Finished:
-            hit = produced >= params.max_tokens
-            return Finished("max_tokens" if hit else "model_context_window_exceeded", produced)
+        def ran_out() -> Finished:
+            return Finished(out_of_budget(produced, params.max_tokens), produced)
 
         while True:
             close_thinking = False
@@ -210,18 +206,18 @@ class LlamaServerEngine(Engine):
                         emit(event)
                     if chunk.get("stop_type") == "eos":
                         return Finished("tool_use" if parser.calls else "end_turn", produced)
-                    return out_of_budget()
+                    return ran_out()
             if not close_thinking:
                 for event in parser.flush():
                     emit(event)
-                return out_of_budget()
+                return ran_out()
             for event in parser.end_thinking():
                 emit(event)
             forced = self._vocab.tokenize(THINK_FORCED_CLOSE, add_bos=False)
             tokens += forced
             produced += len(forced)
             if produced >= budget:
-                return out_of_budget()
+                return ran_out()
 
     def stats(self) -> dict[str, Any]:
         return {"running": self._slots.running, "waiting": self._slots.waiting, **self._counters}
@@ -260,57 +256,25 @@ def _body(
     return body
 
 
-_END = object()
-
-
-class TaskGeneration(Generation):
+class TaskGeneration(QueuedGeneration):
     """A generation made by a task on the event loop; cancelling it cancels the
     task (an upstream request under way is closed)."""
 
     def __init__(self, produce: Callable[[Emit], Any]) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._done = False
+        self._events_in: asyncio.Queue[Any] = asyncio.Queue()
         self._task = asyncio.get_running_loop().create_task(self._run(produce))
 
     async def _run(self, produce: Callable[[Emit], Any]) -> None:
         try:
-            await produce(self._queue.put_nowait)
+            await produce(self._events_in.put_nowait)
         except Exception as exc:  # raised to the reader
-            self._queue.put_nowait(exc)
+            self._events_in.put_nowait(exc)
         finally:
-            self._queue.put_nowait(_END)
+            self._events_in.put_nowait(END)
 
-    async def _stream(self, interval: float) -> AsyncIterator[EngineEvent | None]:
-        loop = asyncio.get_running_loop()
-        try:
-            while not self._done:
-                item = await next_or_tick(self._queue, loop, interval)
-                if item is None:
-                    yield None  # ``interval`` passed without an event
-                    continue
-                if item is _END:  # ended without a Finished: cancelled
-                    self._done = True
-                    return
-                if isinstance(item, BaseException):
-                    self._done = True
-                    raise item
-                if isinstance(item, Finished):
-                    self._done = True
-                yield item
-        finally:
-            if not self._done:
-                self.cancel()
-
-    async def _events(self) -> AsyncIterator[EngineEvent]:
-        async for item in self._stream(math.inf):
-            if item is not None:
-                yield item
-
-    def __aiter__(self) -> AsyncIterator[EngineEvent]:
-        return self._events()
-
-    def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
-        return self._stream(interval)
+    @property
+    def _queue(self) -> asyncio.Queue[Any]:
+        return self._events_in
 
     def cancel(self) -> None:
         self._done = True
@@ -331,17 +295,6 @@ class LlamaServerOptions:
     queue_timeout: float = 300.0
     timeout: float = 600.0  # seconds without a byte from the upstream
     connect_timeout: float = 5.0
-
-    @property
-    def chat_template_text(self) -> str | None:
-        if self.chat_template is None:
-            return None
-        try:
-            return Path(self.chat_template).expanduser().read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ModelLoadError(
-                f"cannot read the chat template {self.chat_template}: {exc}"
-            ) from exc
 
 
 def from_settings(settings: Settings) -> LlamaServerEngine:
