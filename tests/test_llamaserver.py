@@ -230,3 +230,41 @@ def test_an_upstream_that_went_away_is_a_529_naming_it(
     assert url in error["message"] and "cannot be reached" in error["message"]
     assert response.headers["retry-after"]
     assert gone.process.poll() is None  # parley itself is fine
+
+
+def test_the_upstreams_prefix_cache_is_reported_as_the_api_counts_it(
+    client: anthropic.Anthropic,
+) -> None:
+    """llama-server keeps each slot's last prompt; parley reports what it says it
+    reused (``timings.cache_n``) in whole breakpoint prefixes: written on the
+    first request, read on the second, the three figures adding up to the count.
+    Streamed, ``message_start`` cannot know yet: ``message_delta`` has the final figures."""
+    system = [
+        {
+            "type": "text",
+            "text": "You are a terse assistant for the city of Lyon. " * 40,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    ask = {"model": MODEL, "max_tokens": 4, "system": system, "messages": HI}
+    counted = client.messages.count_tokens(model=MODEL, system=system, messages=HI).input_tokens  # type: ignore[arg-type]
+    first = client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    written = first.usage.cache_creation_input_tokens or 0
+    assert first.usage.cache_read_input_tokens == 0 and 400 < written < counted
+    with client.messages.stream(**ask, extra_body=GREEDY) as stream:  # type: ignore[arg-type]
+        start = next(iter(stream))
+        final = stream.get_final_message()
+    assert start.type == "message_start" and start.message.usage.input_tokens == counted
+    assert final.usage.cache_read_input_tokens == written
+    assert final.usage.cache_creation_input_tokens == 0
+    assert final.usage.input_tokens + written == counted
+    # without a breakpoint nothing is reported, though the upstream reuses the prefix
+    plain = client.messages.create(
+        model=MODEL,
+        max_tokens=4,
+        system=system[0]["text"],
+        messages=HI,
+        extra_body=GREEDY,  # type: ignore[arg-type]
+    )
+    assert plain.usage.cache_read_input_tokens == 0 == plain.usage.cache_creation_input_tokens
+    assert plain.usage.input_tokens == counted

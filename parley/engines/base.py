@@ -120,6 +120,9 @@ class Finished:
     stop_reason: FinishReason
     output_tokens: int
     stop_sequence: str | None = None
+    # The prompt-cache figures when the engine learns them only at the end (an
+    # upstream's report); they replace the ones given at admission.
+    cache: CacheUsage | None = None
 
 
 EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolInputChunk | Finished
