@@ -169,6 +169,10 @@ class FakeLlamaServer:
             self._tokens[text] = ids
         return self._tokens[text]
 
+    def piece(self, token: int) -> str:
+        """The text of one of ``tokens``' ids."""
+        return self._pieces[token]
+
     def script(self, *behaviours: Behaviour) -> None:
         """What the next ``/completion`` requests do, in order (then: ``Answer``)."""
         self._script.extend(behaviours)
@@ -394,14 +398,14 @@ class _Completion:
 
 
 async def _read_body(receive: Receive) -> bytes:
-    data = b""
+    data = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise DropConnection
         data += message.get("body", b"")
         if not message.get("more_body"):
-            return data
+            return bytes(data)
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -139,8 +139,8 @@ FAULTS = {
 
 
 def _create(client: anthropic.Anthropic, **kwargs: Any) -> anthropic.types.Message:
-    kwargs.setdefault("messages", HI)
-    return client.messages.create(model=MODEL, max_tokens=50, **kwargs)  # type: ignore[no-any-return]
+    kwargs = {"model": MODEL, "max_tokens": 50, "messages": HI, **kwargs}
+    return client.messages.create(**kwargs)  # type: ignore[no-any-return]
 
 
 def _sse(server: Server, **body: Any) -> tuple[httpx.Response, list[tuple[str, dict[str, Any]]]]:
@@ -172,6 +172,21 @@ def _serves_again(client: anthropic.Anthropic) -> None:
     message = _create(client)
     assert message.content[0].type == "text" and message.content[0].text == ANSWER
     assert message.stop_reason == "end_turn"
+
+
+def test_the_fake_answers_as_llama_server_does(
+    fake: FakeLlamaServer, client: anthropic.Anthropic
+) -> None:
+    """The baseline the faults depart from: the ids decode to the answer, its end
+    of generation is end_turn, and ``n_predict`` cuts it (``stop_type`` limit)."""
+    _serves_again(client)
+    body = fake.bodies[-1]
+    assert body["stream"] is True and body["return_tokens"] is True and body["prompt"]
+    short = _create(client, max_tokens=3)
+    assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
+    assert short.content[0].type == "text"
+    assert short.content[0].text == "".join(fake.piece(t) for t in fake.tokens(ANSWER)[:3])
+    assert fake.bodies[-1]["n_predict"] == 3
 
 
 @pytest.mark.parametrize("name", list(FAULTS))

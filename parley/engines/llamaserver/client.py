@@ -110,6 +110,7 @@ class LlamaServerClient:
         timeout: float,
         connect_timeout: float,
         retries: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
     ) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
@@ -121,6 +122,7 @@ class LlamaServerClient:
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=transport,
         )
 
     async def close(self) -> None:
@@ -169,7 +171,7 @@ class LlamaServerClient:
             return f"cannot be reached ({type(exc).__name__})", False
         if response.status_code == 200:
             return None, False
-        said = f"answers HTTP {response.status_code} {_detail(response.text)!s:.200}"
+        said = f"answers HTTP {response.status_code} {_message(_detail(response.text))[:200]}"
         # 503 is llama-server loading; other 5xx may be a proxy in front of it, starting.
         return said, response.status_code < 500
 
@@ -307,10 +309,13 @@ def _detail(text: str) -> Any:
     return body.get("error", body) if isinstance(body, dict) else text
 
 
+def _message(detail: Any) -> str:
+    return str(detail.get("message", detail) if isinstance(detail, dict) else detail)
+
+
 def _upstream_error(detail: Any, what: str, url: str, *, status: int | None = None) -> ParleyError:
-    message = detail.get("message", detail) if isinstance(detail, dict) else detail
     code = f"HTTP {status}: " if status is not None else ""
-    return EngineError(f"{what}: the upstream {url} answered {code}{str(message)[:500]}")
+    return EngineError(f"{what}: the upstream {url} answered {code}{_message(detail)[:500]}")
 
 
 def _secs(seconds: float) -> str:
