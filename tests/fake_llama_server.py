@@ -233,7 +233,9 @@ class FakeLlamaServer:
             self._released = asyncio.Event()  # set only by ``stop``
             yield
 
-        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        errors = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _QuietDrops) for f in errors.filters):
+            errors.addFilter(_QuietDrops())
         return Starlette(
             routes=[
                 Route("/health", self._health),
@@ -311,10 +313,9 @@ class FakeLlamaServer:
             }
         )
         chunks = self._chunks(behaviour, prompt, int(body.get("n_predict", -1)))
-        after = getattr(behaviour, "after", None)
-        for sent, chunk in enumerate(chunks):
-            if after is not None and sent == after:
-                break
+        if isinstance(behaviour, Drop | Cut | Hang | Garble | Fail):
+            chunks = chunks[: behaviour.after]
+        for chunk in chunks:
             await _send_event(send, chunk)
         if isinstance(behaviour, Drop):
             raise DropConnection
