@@ -312,7 +312,7 @@ class FakeLlamaServer:
                 "headers": [(b"content-type", b"text/event-stream"), (b"x-accel-buffering", b"no")],
             }
         )
-        chunks = self._chunks(behaviour, prompt, int(body.get("n_predict", -1)))
+        chunks = self._chunks(behaviour, body)
         if isinstance(behaviour, Drop | Cut | Hang | Garble | Fail):
             chunks = chunks[: behaviour.after]
         for chunk in chunks:
@@ -331,23 +331,29 @@ class FakeLlamaServer:
             await _send_event(send, _error_body(500, behaviour.message, "server_error"))
         await send({"type": "http.response.body", "body": b""})
 
-    def _chunks(self, behaviour: Behaviour, prompt: list[int], n_predict: int) -> list[Any]:
-        """The answer's chunks as llama-server streams them, its last chunk included."""
+    def _chunks(self, behaviour: Behaviour, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The answer's chunks as llama-server streams them, its last chunk included
+        (with ``timings_per_token``, every chunk carries the ``timings``)."""
         answer = behaviour if isinstance(behaviour, Answer) else Answer()
         ids = [*self.tokens(answer.text), self._eos]
         stop_type: str = answer.end
+        n_predict = int(body.get("n_predict", -1))
         if 0 <= n_predict < len(ids):
             ids, stop_type = ids[:n_predict], "limit"
         elif answer.end == "word":
             ids = ids[:-1]
-        n_prompt = len(prompt)
-        chunks: list[Any] = []
+        n_prompt = len(body.get("prompt") or [])
+        every = bool(body.get("timings_per_token"))
+        chunks: list[dict[str, Any]] = []
         for n, token in enumerate(ids, 1):
             content = "" if token == self._eos else self._pieces[token]
-            chunks.append(
-                {"index": 0, "content": content, "tokens": [token], "stop": False,
-                 "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": n_prompt}
-            )  # fmt: skip
+            chunk: dict[str, Any] = {
+                "index": 0, "content": content, "tokens": [token], "stop": False,
+                "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": n_prompt,
+            }  # fmt: skip
+            if every:
+                chunk["timings"] = self._timings(n_prompt, n)
+            chunks.append(chunk)
         chunks.append(
             {
                 "index": 0,
@@ -363,16 +369,24 @@ class FakeLlamaServer:
                 "stop_type": stop_type,
                 "stopping_word": "" if stop_type != "word" else "\n",
                 "tokens_cached": n_prompt + len(ids),
-                "timings": {
-                    "cache_n": 0,
-                    "prompt_n": n_prompt,
-                    "prompt_ms": 1.0,
-                    "predicted_n": len(ids),
-                    "predicted_ms": 1.0,
-                },
+                "timings": self._timings(n_prompt, len(ids)),
             }
         )
         return chunks
+
+    def _timings(self, n_prompt: int, n_predicted: int) -> dict[str, Any]:
+        """llama-server's ``timings``; nothing of the prompt comes from its cache."""
+        return {
+            "cache_n": 0,
+            "prompt_n": n_prompt,
+            "prompt_ms": 1.0,
+            "prompt_per_token_ms": 1.0 / max(n_prompt, 1),
+            "prompt_per_second": 1000.0 * n_prompt,
+            "predicted_n": n_predicted,
+            "predicted_ms": 1.0,
+            "predicted_per_token_ms": 1.0 / max(n_predicted, 1),
+            "predicted_per_second": 1000.0 * n_predicted,
+        }
 
     async def _until_gone(self, receive: Receive) -> None:
         """Hold the request until the client disconnects (or ``stop``): the
