@@ -156,7 +156,8 @@ class FakeLlamaServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
-        self.url = ""
+        # Known before ``start`` when the port is given (a parley started first).
+        self.url = f"http://127.0.0.1:{port}" if port else ""
 
     # --- the test's side ---------------------------------------------------------
 

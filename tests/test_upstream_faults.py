@@ -290,6 +290,7 @@ def test_an_upstream_that_goes_down_then_comes_back(
         own.start()  # the same port again
         _serves_again(client)
         assert "Traceback" not in server.log()
+        wait_for(lambda: own.in_flight == 0, "the fake's requests to end")
     finally:
         own.close()
 
@@ -297,8 +298,7 @@ def test_an_upstream_that_goes_down_then_comes_back(
 def test_start_up_waits_for_an_upstream_that_is_not_up_yet(gguf: Path, tmp_path: Path) -> None:
     """Nothing listening, then llama-server loading (503), then ready: parley
     logs that it waits and serves once the upstream is up."""
-    own = FakeLlamaServer(gguf, port=free_port())
-    own.url = f"http://127.0.0.1:{own.port}"  # where it will listen
+    own = FakeLlamaServer(gguf, port=free_port())  # not listening yet
     server: Server | None = None
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
