@@ -80,6 +80,7 @@ class LlamaServerEngine(Engine):
     async def start(self) -> None:
         import anyio
 
+        await self._client.wait_ready(self._options.startup_timeout)
         props = await self._client.props()
         settings = props.get("default_generation_settings") or {}
         n_ctx = int(settings.get("n_ctx") or 0)
@@ -314,6 +315,8 @@ class LlamaServerOptions:
     queue_timeout: float = 300.0
     timeout: float = 600.0  # seconds without a byte from the upstream
     connect_timeout: float = 5.0
+    startup_timeout: float = 120.0  # seconds to wait at start for the upstream's /health
+    retries: int = 2  # resends of a request the upstream did not answer (client.py)
 
 
 def from_settings(settings: Settings) -> LlamaServerEngine:
@@ -329,9 +332,17 @@ def from_settings(settings: Settings) -> LlamaServerEngine:
             "llamaserver: the option 'url' must be the upstream's http(s) URL "
             "(--engine-opt url=http://127.0.0.1:8080)"
         )
-    if o.concurrency < 0 or o.max_queue < 0 or o.timeout <= 0 or o.connect_timeout <= 0:
-        raise ConfigError("llamaserver: concurrency ≥ 0, max_queue ≥ 0 and timeouts > 0 required")
+    if min(o.concurrency, o.max_queue, o.retries) < 0 or o.startup_timeout < 0:
+        raise ConfigError(
+            "llamaserver: concurrency, max_queue, retries and startup_timeout ≥ 0 required"
+        )
+    if o.timeout <= 0 or o.connect_timeout <= 0:
+        raise ConfigError("llamaserver: timeout and connect_timeout > 0 required")
     client = LlamaServerClient(
-        o.url, api_key=o.api_key, timeout=o.timeout, connect_timeout=o.connect_timeout
+        o.url,
+        api_key=o.api_key,
+        timeout=o.timeout,
+        connect_timeout=o.connect_timeout,
+        retries=o.retries,
     )
     return LlamaServerEngine(client, o)
