@@ -197,18 +197,39 @@ def test_a_forced_tool_call_follows_its_schema(client: anthropic.Anthropic) -> N
         jsonschema.validate(call.input, schema)
 
 
-def test_auto_tool_choice_sends_a_triggered_grammar_vllm_accepts(
+def test_auto_tool_choice_calls_through_the_triggered_grammar(
     client: anthropic.Anthropic,
 ) -> None:
+    """``auto``: free text until the call syntax's trigger, then parley's grammar
+    (an xgrammar structural tag). Earlier calls in the history lead the small
+    model to call again; the input must follow the schema."""
+    schema = {
+        "type": "object",
+        "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}},
+        "required": ["zone"],
+    }
+    history: list[dict[str, object]] = []
+    for i, zone in enumerate(["UTC", "CET", "UTC"]):
+        history += [
+            {"role": "user", "content": f"What time is it in {zone}?"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": f"toolu_{i}", "name": "get_time", "input": {"zone": zone}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": f"toolu_{i}", "content": "12:00"}
+            ]},
+            {"role": "assistant", "content": "It is 12:00."},
+        ]  # fmt: skip
     message = client.messages.create(
-        model=MODEL, max_tokens=40, extra_body=GREEDY,
-        tools=[{"name": "get_time", "description": "The time", "input_schema": {"type": "object"}}],
-        messages=[{"role": "user", "content": "What time is it? Use the tool."}],
+        model=MODEL, max_tokens=60, extra_body=GREEDY,
+        tools=[{"name": "get_time", "description": "The time", "input_schema": schema}],
+        messages=[*history, {"role": "user", "content": "What time is it in CET?"}],
     )  # type: ignore[arg-type]  # fmt: skip
-    assert message.stop_reason in ("tool_use", "end_turn", "max_tokens")
-    for block in message.content:
-        if block.type == "tool_use":
-            assert block.name == "get_time" and isinstance(block.input, dict)
+    calls = [b for b in message.content if b.type == "tool_use"]
+    assert message.stop_reason == "tool_use" and calls
+    for call in calls:
+        assert call.name == "get_time"
+        jsonschema.validate(call.input, schema)
 
 
 def test_a_prefill_is_continued(client: anthropic.Anthropic) -> None:
