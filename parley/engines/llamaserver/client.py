@@ -1,205 +1,48 @@
 """The HTTP side of an upstream llama-server: ``/health``, ``/props`` and streamed ``/completion``.
 
-httpx's exceptions and the upstream's error statuses cross into parley here
-(``UPSTREAM`` and ``_status_error``)::
+What each failure becomes, the retries and the start-up wait are the
+upstreams' shared rules (``upstream.http``: ``UPSTREAM``,
+``UpstreamClient``). llama-server adds one::
 
     the upstream ...                                  parley answers
-    cannot be reached (nothing listening, connect     529 overloaded_error + retry-after
-      timeout)
-    answers 429 or 503 (busy; 503 also while it       529 overloaded_error + its retry-after
-      loads its model)
-    sends nothing for ``timeout`` s                   504 timeout_error
     answers 400 exceed_context_size_error             400 invalid_request_error, "prompt is
                                                         too long: N tokens > M maximum"
-    answers another status (its 500, a 4xx for what   500 api_error naming the upstream
-      parley sent), drops the connection, sends
-      malformed SSE or an error chunk, or ends the
-      stream before its last chunk
-
-A non-streamed request gets these as its status. A streamed one already has
-its ``message_start`` (sent at admission), so it gets them as ``event:
-error``. 504 rather than ``api_error`` for a silent upstream: the API's own
-``timeout_error`` says "took too long" (the SDK raises
-``GatewayTimeoutError``, and retries it like any 5xx).
-
-Retries: a ``/completion`` is sent again, at most ``retries`` times, while the
-upstream could not be reached, dropped the connection before answering, or
-answered 429/503 with a ``retry-after`` of at most ``RETRY_WAIT_MAX`` s;
-only before the response's headers, so nothing the upstream wrote has been
-relayed and no token reaches a client twice. Once a 200 began, a failure is
-final.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import httpx
 
-from parley.boundary import Boundary
-from parley.engines.llamacpp.vocab import ModelLoadError
-from parley.errors import (
-    EngineError,
-    OverloadedError,
-    ParleyError,
-    PromptTooLongError,
-    TimeoutError_,
+from parley.engines.upstream.http import (
+    UPSTREAM,
+    UpstreamClient,
+    detail,
+    loads,
+    malformed,
+    upstream_error,
 )
-
-log = logging.getLogger("parley.engine.llamaserver")
-
-RETRY_WAIT_MAX = 2.0  # s: a busy upstream asking for longer is the client's to wait out
-HEALTH_POLL = 0.25  # s between start-up checks of /health
-PROGRESS_EVERY = 10.0  # s between "still waiting" log lines at start-up
+from parley.errors import EngineError, ParleyError, PromptTooLongError
 
 
-def _unreachable(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return OverloadedError(
-        f"{what}: the upstream {ctx['url']} cannot be reached ({exc!r}); retry shortly",
-        headers={"retry-after": "5"},
-    )
-
-
-def _slow(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return TimeoutError_(
-        f"{what}: the upstream {ctx['url']} sent nothing for {ctx['timeout']:g} s "
-        f"({type(exc).__name__})"
-    )
-
-
-def _dropped(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return EngineError(
-        f"{what}: the upstream {ctx['url']} closed the connection before its answer ended ({exc!r})"
-    )
-
-
-def _failed(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return EngineError(f"{what}: the upstream {ctx['url']} failed: {exc!r}")
-
-
-UPSTREAM = Boundary(
-    "httpx",
-    [
-        ((httpx.ConnectError, httpx.ConnectTimeout), _unreachable),
-        (httpx.TimeoutException, _slow),
-        ((httpx.RemoteProtocolError, httpx.ReadError), _dropped),
-        (httpx.HTTPError, _failed),
-    ],
-)
-
-# Failures before the upstream answered anything: the request may be sent again.
-_NOT_ANSWERED = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-)
-
-
-class LlamaServerClient:
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None,
-        timeout: float,
-        connect_timeout: float,
-        retries: int = 0,
-        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        self._retries = retries
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            transport=transport,
-        )
-
-    async def close(self) -> None:
-        await self._http.aclose()
-
-    async def wait_ready(self, seconds: float) -> None:
-        """Return once ``GET /health`` answers 200. llama-server answers 503 while
-        it loads its model, and may not listen yet when started beside parley:
-        both are waited for (logged every ``PROGRESS_EVERY`` s), at most
-        ``seconds``; then, or at once for an answer that is not llama-server's,
-        ``ModelLoadError`` says what was last seen."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + seconds
-        next_log = started
-        while True:
-            left = deadline - loop.time()
-            reason, hopeless = await self._health(max(left, 0.1))
-            if reason is None:
-                if loop.time() - started >= HEALTH_POLL:
-                    waited = _secs(loop.time() - started)
-                    log.info("upstream up", extra={"upstream": self.url, "waited_s": waited})
-                return
-            if hopeless:
-                raise ModelLoadError(f"{self.url}/health: it {reason}; is it llama-server?")
-            now = loop.time()
-            if now >= deadline:
-                raise ModelLoadError(
-                    f"llama-server at {self.url} was not ready after {seconds:g} s (it {reason}); "
-                    "start it first, or allow it longer with --engine-opt startup_timeout=SECONDS"
-                )
-            if now >= next_log:
-                log.info(
-                    "waiting for the upstream",
-                    extra={"upstream": self.url, "state": reason, "waited_s": _secs(now - started)},
-                )
-                next_log = now + PROGRESS_EVERY
-            await asyncio.sleep(min(HEALTH_POLL, max(deadline - now, 0)))
-
-    async def _health(self, within: float) -> tuple[str | None, bool]:
-        """(None, _) when healthy, else (what was seen, whether waiting cannot help)."""
-        limit = httpx.Timeout(within, connect=min(within, self._connect_timeout))
-        try:
-            response = await self._http.get("/health", timeout=limit)
-        except httpx.HTTPError as exc:  # not listening yet, restarting, or hung
-            return f"cannot be reached ({type(exc).__name__})", False
-        if response.status_code == 200:
-            return None, False
-        said = f"answers HTTP {response.status_code} {_message(_detail(response.text))[:200]}"
-        # 503 is llama-server loading; other 5xx may be a proxy in front of it, starting.
-        return said, response.status_code < 500
+class LlamaServerClient(UpstreamClient):
+    kind = "llama-server"
 
     async def props(self) -> dict[str, Any]:
-        with UPSTREAM.crossing("GET /props", url=self.url, timeout=self._timeout):
-            response = await self._http.get("/props")
-            if response.status_code != 200:
-                raise _status_error(response, response.text, "GET /props", self.url)
-            try:
-                data = response.json()
-            except ValueError:
-                data = None
-            if not isinstance(data, dict):
-                raise EngineError(f"GET /props: the upstream {self.url} answered no JSON object")
-            return data
+        return await self.get_json("/props")
 
     async def completion(
         self, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streamed ``/completion``, the last one with ``stop``
-        true; ``on_answer`` runs once the upstream answered 200 (before its
-        prefill: llama-server sends its headers at once). Leaving the iteration
-        closes the request (llama-server then stops decoding it)."""
+        true; ``on_answer`` runs once llama-server answered 200 (at once, before
+        its prefill). Leaving the iteration closes the request (llama-server
+        then stops decoding it)."""
         what = "POST /completion"
         with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self._answer(body) as response:
-                if on_answer is not None:
-                    on_answer()
+            async with self.answer("/completion", body, on_answer=on_answer) as response:
                 stopped = False
                 async for line in response.aiter_lines():
                     chunk = _chunk(line, what, self.url)
@@ -211,117 +54,34 @@ class LlamaServerClient:
                         f"{what}: the upstream {self.url} ended its stream before the last chunk"
                     )
 
-    @contextlib.asynccontextmanager
-    async def _answer(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
-        """The upstream's 200 to ``POST /completion``, its headers read (sent
-        again while it could not be reached or was briefly busy: module doc)."""
-        for attempt in range(self._retries + 1):
-            final = attempt == self._retries
-            request = self._http.build_request("POST", "/completion", json=body)
-            try:
-                response = await self._http.send(request, stream=True)
-            except _NOT_ANSWERED as exc:
-                if final:
-                    raise
-                wait, reason = 0.1 * 2**attempt, type(exc).__name__
-            else:
-                try:
-                    if response.status_code == 200:
-                        yield response
-                        return
-                    text = (await response.aread()).decode(errors="replace")
-                finally:
-                    await response.aclose()
-                error = _status_error(response, text, "POST /completion", self.url)
-                busy = _busy_wait(response)
-                if final or busy is None:
-                    raise error
-                wait, reason = busy, f"HTTP {response.status_code}"
-            log.info(
-                "upstream request sent again",
-                extra={"upstream": self.url, "reason": reason, "attempt": attempt + 2},
-            )
-            await asyncio.sleep(wait)
+    def status_error(self, response: httpx.Response, text: str, what: str) -> ParleyError:
+        said = detail(text)
+        too_long = isinstance(said, dict) and said.get("type") == "exceed_context_size_error"
+        if response.status_code == 400 and too_long:
+            tokens, n_ctx = said.get("n_prompt_tokens"), said.get("n_ctx")
+            if isinstance(tokens, int) and isinstance(n_ctx, int):
+                # parley counted the prompt as fitting the context /props gave at
+                # start: the upstream's own count and context are the ones that hold.
+                return PromptTooLongError(tokens, context=n_ctx, model=f"the upstream {self.url}")
+        return super().status_error(response, text, what)
 
 
 def _chunk(line: str, what: str, url: str) -> dict[str, Any] | None:
     """One SSE line's chunk (None for what carries none), or the upstream's error."""
     if line.startswith("error: "):  # older llama-server builds
-        raise _upstream_error(_loads(line, 7, what, url), what, url)
+        raise upstream_error(loads(line, 7, what, url), what, url)
     if not line.startswith("data: "):
         return None
-    chunk = _loads(line, 6, what, url)
+    chunk = loads(line, 6, what, url)
     if not isinstance(chunk, dict):
-        raise _malformed(line, what, url)
+        raise malformed(line, what, url)
     if "error" in chunk:  # llama-server ends the stream with it
-        raise _upstream_error(chunk["error"], what, url)
+        raise upstream_error(chunk["error"], what, url)
     tokens = chunk.get("tokens", [])
     if (
         not isinstance(chunk.get("content", ""), str)
         or not isinstance(tokens, list)
         or not all(isinstance(t, int) for t in tokens)
     ):
-        raise _malformed(line, what, url)
+        raise malformed(line, what, url)
     return chunk
-
-
-def _loads(line: str, start: int, what: str, url: str) -> Any:
-    try:
-        return json.loads(line[start:])
-    except ValueError:
-        raise _malformed(line, what, url) from None
-
-
-def _malformed(line: str, what: str, url: str) -> EngineError:
-    return EngineError(f"{what}: the upstream {url} sent a malformed event: {line[:200]!r}")
-
-
-def _busy_wait(response: httpx.Response) -> float | None:
-    """Seconds to wait before sending again, for a 429/503 asking for at most
-    ``RETRY_WAIT_MAX``; None when it is not worth a retry here."""
-    if response.status_code not in (429, 503):
-        return None
-    retry = response.headers.get("retry-after", "")
-    wait = int(retry) if retry.isdigit() else 1
-    return float(wait) if wait <= RETRY_WAIT_MAX else None
-
-
-def _status_error(response: httpx.Response, text: str, what: str, url: str) -> ParleyError:
-    detail = _detail(text)
-    status = response.status_code
-    if status in (429, 503):
-        retry = response.headers.get("retry-after", "1")
-        return OverloadedError(
-            f"{what}: the upstream {url} is busy (HTTP {status}); retry shortly",
-            headers={"retry-after": retry if retry.isdigit() else "1"},
-        )
-    too_long = isinstance(detail, dict) and detail.get("type") == "exceed_context_size_error"
-    if status == 400 and too_long:
-        tokens, n_ctx = detail.get("n_prompt_tokens"), detail.get("n_ctx")
-        if isinstance(tokens, int) and isinstance(n_ctx, int):
-            # parley counted the prompt as fitting the context /props gave at
-            # start: the upstream's own count and context are the ones that hold.
-            return PromptTooLongError(tokens, context=n_ctx, model=f"the upstream {url}")
-    return _upstream_error(detail, what, url, status=status)
-
-
-def _detail(text: str) -> Any:
-    """llama-server's ``{"error": {"code", "message", "type", ...}}``, else the text."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text
-    return body.get("error", body) if isinstance(body, dict) else text
-
-
-def _message(detail: Any) -> str:
-    return str(detail.get("message", detail) if isinstance(detail, dict) else detail)
-
-
-def _upstream_error(detail: Any, what: str, url: str, *, status: int | None = None) -> ParleyError:
-    code = f"HTTP {status}: " if status is not None else ""
-    return EngineError(f"{what}: the upstream {url} answered {code}{_message(detail)[:500]}")
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:.1f}"
