@@ -32,7 +32,7 @@ WEATHER = {
         "properties": {
             "city": {"type": "string", "maxLength": 40},
             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            "days": {"type": "integer"},
+            "days": {"type": "integer", "minimum": 1, "maximum": 14},
         },
         "required": ["city", "unit"],
     },
@@ -51,7 +51,7 @@ BOOKING = {
                     "type": "object",
                     "properties": {
                         "name": {"type": "string", "maxLength": 30},
-                        "age": {"type": "integer"},
+                        "age": {"type": "integer", "minimum": 0, "maximum": 120},
                         "seat": {"type": "string", "enum": ["window", "aisle"]},
                     },
                     "required": ["name"],
@@ -59,7 +59,7 @@ BOOKING = {
                 "minItems": 1,
                 "maxItems": 3,
             },
-            "price_limit": {"type": "number"},
+            "price_limit": {"type": "number", "minimum": 0, "maximum": 5000},
             "refundable": {"type": "boolean"},
             "notes": {"type": ["string", "null"], "maxLength": 40},
         },
@@ -121,9 +121,15 @@ def test_forced_tool_yields_schema_valid_input(
 
 def test_any_calls_some_tool(model_client: anthropic.Anthropic) -> None:
     message = create(model_client, tool_choice={"type": "any"})
-    assert message.stop_reason == "tool_use"
-    assert calls(message)
-    check_calls(message, SCHEMAS)
+    made = calls(message)
+    assert made and not [b for b in message.content if b.type == "text"]
+    if message.stop_reason == "max_tokens":  # the model chose to call again and again
+        made = made[:-1]  # the last call was cut off by the budget
+    else:
+        assert message.stop_reason == "tool_use"
+    for call in made:
+        assert call.name in SCHEMAS
+        jsonschema.validate(call.input, SCHEMAS[call.name])
 
 
 def test_disable_parallel_tool_use_gives_exactly_one_call(
@@ -272,6 +278,11 @@ leaves = st.one_of(
         lambda v: {"enum": v}
     ),
     st.just({"type": "string", "pattern": "^[0-9]{2}-[A-Z]{2}$"}),
+    st.tuples(st.integers(-50, 50), st.integers(0, 60)).map(
+        lambda b: {"type": "integer", "minimum": b[0], "maximum": b[0] + b[1]}
+    ),
+    st.just({"type": "integer", "exclusiveMinimum": 0, "exclusiveMaximum": 10}),
+    st.just({"type": "number", "minimum": -1.5, "maximum": 2.25}),
 )
 
 

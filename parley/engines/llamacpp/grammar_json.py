@@ -1,11 +1,15 @@
 """JSON Schema to GBNF: llama-cpp-python's converter, made safe for any bound.
 
 The upstream converter handles objects, unions, enums, formats and ``$ref``;
-three of its cases are replaced here because their output explodes or
+five of its cases are replaced here because their output explodes or
 freezes llama.cpp's grammar matcher on inputs the API accepts:
 
 * ``minLength``/``maxLength`` and ``minItems``/``maxItems`` of any size are
   written with ``grammar_repeat.repeat`` (compact, one parse per length);
+* a list of types keeps each branch's keywords (``maxLength`` of a nullable
+  string; the upstream keeps only the type);
+* bounded integers and numbers (``minimum``, ``maximum``, exclusive bounds)
+  are written by ``grammar_numeric``, exactly (the upstream leaves them out);
 * ``pattern`` goes through ``grammar_regex``, which refuses patterns that
   keep many parses alive (exponential matching) and constructs it cannot
   express; such a string keeps only its length bounds, and the converter
@@ -18,6 +22,7 @@ from typing import Any
 
 from llama_cpp import llama_grammar
 
+from parley.engines.llamacpp.grammar_numeric import bounded, gbnf
 from parley.engines.llamacpp.grammar_regex import pattern_rule
 from parley.engines.llamacpp.grammar_repeat import repeat
 
@@ -38,6 +43,11 @@ class SafeConverter(_Base):  # type: ignore[misc]
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
         kind = schema.get("type")
+        if isinstance(kind, list) and not any(k in schema for k in ("anyOf", "oneOf")):
+            # The upstream writes a list of types as bare {"type": t} branches,
+            # dropping every other keyword (a nullable string lost its maxLength).
+            branches = [{**schema, "type": t} for t in kind]
+            return str(super().visit({"anyOf": branches}, name))
         rule_name = name + "-" if name in llama_grammar.RESERVED_NAMES else name or "root"
         plain = not any(key in schema for key in ("$ref", "oneOf", "anyOf", "const", "enum"))
         if plain and kind in (None, "string") and "pattern" in schema:
@@ -49,6 +59,8 @@ class SafeConverter(_Base):  # type: ignore[misc]
             kind = "string"
         if plain and kind == "string" and "format" not in schema:
             return self._string(schema, rule_name)
+        if plain and kind in ("integer", "number") and (node := bounded(schema)) is not None:
+            return str(self._add_rule(rule_name, gbnf(node) + " space"))
         items = schema.get("items")
         if plain and kind in (None, "array") and isinstance(items, dict):
             return self._array(schema, items, name, rule_name)
