@@ -38,7 +38,15 @@ class ThinkingPart:
     text: str
 
 
-Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart
+@dataclass(frozen=True)
+class ImagePart:
+    """A base64 image of a user turn (only for a model whose capabilities take images)."""
+
+    media_type: str
+    data: str
+
+
+Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart | ImagePart
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,9 @@ class Finished:
     stop_reason: FinishReason
     output_tokens: int
     stop_sequence: str | None = None
+    # The final cache figures, reported at the end (an upstream that says them only
+    # then); None: those known at admission (``Generation.cache_usage``) stand.
+    cache: CacheUsage | None = None
 
 
 EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolInputChunk | Finished
