@@ -145,7 +145,11 @@ class Fake:
             nonlocal produced
             produced += 1 if any(v for k, v in delta.items() if k != "role") else 0
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            return b"data: " + json.dumps({**base, "choices": [{**choice, **extra}]}).encode() + b"\n\n"
+            return (
+                b"data: "
+                + json.dumps({**base, "choices": [{**choice, **extra}]}).encode()
+                + b"\n\n"
+            )
 
         yield chunk({"role": "assistant", "content": ""})
         finish, extra = "stop", {}
@@ -168,7 +172,9 @@ class Fake:
                 yield chunk({"tool_calls": [{**head, "function": {"name": "get_weather",
                                                                   "arguments": ""}}]})  # fmt: skip
                 for piece in (raw[:10], raw[10:]):
-                    yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                    yield chunk(
+                        {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                    )
             finish = "tool_calls"
         elif "count" in text:
             stops = body.get("stop") or []

@@ -289,7 +289,10 @@ def test_reasoning_becomes_a_signed_thinking_block(
     # Sent back in history, it reaches the upstream as its reasoning field.
     history: Any = [
         *user("think"),
-        {"role": "assistant", "content": [thinking.model_dump(), {"type": "text", "text": "Sure."}]},
+        {
+            "role": "assistant",
+            "content": [thinking.model_dump(), {"type": "text", "text": "Sure."}],
+        },
         *user("again"),
     ]
     client.messages.create(model=MODEL, max_tokens=2048, messages=history, thinking=THINK)
@@ -336,7 +339,10 @@ def test_images_go_as_data_uris_where_the_model_takes_them(
     ]}]  # fmt: skip
     parley["vllm"].messages.create(model=MODEL, max_tokens=20, messages=messages)
     content = sent(fakes["vllm"])["messages"][0]["content"]
-    assert content[0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}
+    assert content[0] == {
+        "type": "image_url",
+        "image_url": {"url": f"data:image/png;base64,{data}"},
+    }
     with pytest.raises(anthropic.BadRequestError) as caught:
         parley["sglang"].messages.create(model=MODEL, max_tokens=20, messages=messages)
     assert "image" in caught.value.message
@@ -368,7 +374,9 @@ def test_upstream_failures_cross_the_boundary(
     parley: dict[str, anthropic.Anthropic], status: int, error: type[Exception]
 ) -> None:
     with pytest.raises(error) as caught:
-        parley["openai"].messages.create(model=MODEL, max_tokens=20, messages=user(f"status {status}"))
+        parley["openai"].messages.create(
+            model=MODEL, max_tokens=20, messages=user(f"status {status}")
+        )
     failure: Any = caught.value
     if status in (429, 503):
         assert failure.status_code == 529 and failure.response.headers["retry-after"]

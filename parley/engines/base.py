@@ -120,8 +120,8 @@ class Finished:
     stop_reason: FinishReason
     output_tokens: int
     stop_sequence: str | None = None
-    # The final cache figures, reported at the end (an upstream that says them only
-    # then); None: those known at admission (``Generation.cache_usage``) stand.
+    # The prompt-cache figures when the engine learns them only at the end (an
+    # upstream's report); they replace the ones given at admission.
     cache: CacheUsage | None = None
 
 

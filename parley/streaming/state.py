@@ -217,10 +217,10 @@ class MessageState:
         self.stop_reason = done.stop_reason
         self.stop_sequence = done.stop_sequence
         self.output_tokens = done.output_tokens
-        if done.cache is not None:  # the prompt's split between cache and input, as it ended
-            total = self.input_tokens + self.cache.read + self.cache.created
+        if done.cache is not None:  # the final figures; the prompt's total stays
+            prompt = self.input_tokens + self.cache.read + self.cache.created
             self.cache = done.cache
-            self.input_tokens = total - done.cache.read - done.cache.created
+            self.input_tokens = prompt - done.cache.read - done.cache.created
         usage = ev.MessageDeltaUsage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,

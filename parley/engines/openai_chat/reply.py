@@ -46,6 +46,16 @@ class _Call:
     arguments: list[str] = field(default_factory=list)
 
 
+def _complete(arguments: str) -> bool:
+    """Whether a call's streamed input is a whole JSON object (nothing can follow one)."""
+    if not arguments.rstrip().endswith("}"):
+        return False
+    try:
+        return isinstance(json.loads(arguments), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 class Reply:
     def __init__(
         self, conversation: Conversation, params: SamplingParams, dialect: Dialect, *, url: str
@@ -127,6 +137,10 @@ class Reply:
             call.arguments.append(arguments)
             if call.id:
                 out.append(ToolInputChunk(arguments))
+            if self._conversation.disable_parallel_tool_use and _complete("".join(call.arguments)):
+                # The one call allowed is written: no need to let the upstream go on.
+                self._check_calls()
+                self.done = Finished("tool_use", self._produced(), None, self._cache())
         return out
 
     def end(self) -> list[EngineEvent]:
