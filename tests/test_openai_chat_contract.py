@@ -213,6 +213,14 @@ def test_tool_choice_in_each_dialect(
     assert sent(fakes["openai"])["tool_choice"] == "none"
 
 
+def test_a_sampler_the_upstream_lacks_is_a_400(parley: dict[str, anthropic.Anthropic]) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        parley["openai"].messages.create(
+            model=MODEL, max_tokens=5, messages=user("hi"), extra_body={"top_k": 5}
+        )
+    assert "top_k" in caught.value.message
+
+
 def test_ollama_refuses_a_forced_tool_by_name(parley: dict[str, anthropic.Anthropic]) -> None:
     with pytest.raises(anthropic.BadRequestError) as caught:
         parley["ollama"].messages.create(

@@ -212,12 +212,15 @@ class OpenAIChatEngine(Engine):
 
     def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
         assert isinstance(prompt, ChatPrompt), "a prompt from this engine's prepare"
+        budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
+        # Built now, so a sampler the upstream lacks is a 400 before the stream begins.
+        body = {**prompt.body, **sampling(params, self.dialect, max_tokens=max(budget, 1))}
         self._slots.check()
 
         async def produce(emit: Emit) -> None:
             async with self._slots.held(params.priority):
                 try:
-                    finished = await self._generate(prompt, params, emit)
+                    finished = await self._generate(prompt, params, body, emit)
                 except asyncio.CancelledError:
                     self._counters["cancelled"] += 1
                     raise
@@ -230,11 +233,11 @@ class OpenAIChatEngine(Engine):
 
         return TaskGeneration(produce)
 
-    async def _generate(self, prompt: ChatPrompt, params: SamplingParams, emit: Emit) -> Finished:
-        budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
-        if budget == 0:
+    async def _generate(
+        self, prompt: ChatPrompt, params: SamplingParams, body: Body, emit: Emit
+    ) -> Finished:
+        if prompt.n_tokens >= self.card.context_length:  # no room left to answer in
             return Finished(out_of_budget(0, params.max_tokens), 0)
-        body = {**prompt.body, **sampling(params, self.dialect, max_tokens=budget)}
         reply = Reply(prompt.conversation, params, self.dialect, url=self.url)
         chunks = stream_json(
             self._http, "/v1/chat/completions", body, url=self.url, refuse=self._refuse
