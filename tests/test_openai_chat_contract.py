@@ -108,6 +108,8 @@ def test_count_tokens_is_the_upstreams_count_of_the_same_body(
     counting = fake.bodies(path)[-1]
     assert counting["messages"] == sent(fake)["messages"]
     assert counting["tools"] == sent(fake)["tools"]
+    if kind == "sglang":  # only the fields its /v1/tokenize documents
+        assert "parallel_tool_calls" not in counting and "tool_choice" in counting
 
 
 def test_vllm_cache_figures_come_from_the_final_usage_chunk(

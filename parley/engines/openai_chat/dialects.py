@@ -24,6 +24,7 @@ class Dialect:
     # (``token_ids``: a list to count, else a number). None: parley estimates.
     count_path: str | None = None
     count_field: str = ""
+    count_keys: tuple[str, ...] | None = None  # the body's fields it takes (None: all)
     # Which stop sequence ended the answer: the choice's field naming it. None:
     # ``stop`` is not forwarded and parley matches the stop sequences itself.
     stop_field: str | None = None
@@ -59,10 +60,18 @@ DIALECTS: dict[Kind, Dialect] = {
         "sglang",
         count_path="/v1/tokenize",
         count_field="count",
+        # Its documented fields (serving_tokenize.py); the rest of a chat body is not.
+        count_keys=(
+            "model",
+            "messages",
+            "tools",
+            "tool_choice",
+            "continue_final_message",
+            "chat_template_kwargs",
+        ),
         stop_field="matched_stop",
         continues_prefill=True,
         template_kwargs=True,
-        thinking_extra=(("separate_reasoning", True),),
     ),
     "llamaserver": Dialect(
         "llamaserver",

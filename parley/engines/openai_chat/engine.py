@@ -179,8 +179,10 @@ class OpenAIChatEngine(Engine):
             n = math.ceil(len(text) / CHARS_PER_TOKEN)
             return ChatPrompt(conversation, "", range(n), body=body, exact=False)
         what = f"POST {path}"
+        keys = self.dialect.count_keys
+        counted = body if keys is None else {k: v for k, v in body.items() if k in keys}
         with UPSTREAM.crossing(what, url=self.url):
-            response = self._counting.post(path, json=body)
+            response = self._counting.post(path, json=counted)
             self._refuse(response.status_code, response.text)
             check(response, what, response.text)
             try:
