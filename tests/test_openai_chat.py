@@ -228,6 +228,13 @@ def test_auto_and_none_leave_the_model_free(client: anthropic.Anthropic) -> None
                 jsonschema.validate(block.input, SCHEMA)
 
 
+def test_every_usage_said_what_count_tokens_said(upstream: Server) -> None:
+    """llama-server's own usage.prompt_tokens matched parley's count on every answer
+    so far (the usage parley reports is that count, split by the cache figures)."""
+    stats = upstream.stats()[MODEL]
+    assert stats["completed"] > 0 and stats["miscounted"] == 0
+
+
 def test_a_client_that_leaves_closes_the_upstream_request(
     upstream: Server, llama_server: str
 ) -> None:

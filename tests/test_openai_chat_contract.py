@@ -64,6 +64,12 @@ def parley(
     return clients
 
 
+def engine_stats(client: anthropic.Anthropic) -> dict[str, Any]:
+    url = str(client.base_url).rstrip("/") + "/parley/stats"
+    stats: dict[str, Any] = httpx.get(url, headers={"x-api-key": "test-key"}).json()[MODEL]
+    return stats
+
+
 def sent(fake: Fake) -> dict[str, Any]:
     return fake.bodies()[-1]
 
@@ -105,6 +111,7 @@ def test_count_tokens_is_the_upstreams_count_of_the_same_body(
     usage = message.usage
     total = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens  # type: ignore[operator]
     assert counted.input_tokens == total
+    assert engine_stats(client)["miscounted"] == 0  # usage.prompt_tokens == the count
     counting = fake.bodies(path)[-1]
     assert counting["messages"] == sent(fake)["messages"]
     assert counting["tools"] == sent(fake)["tools"]

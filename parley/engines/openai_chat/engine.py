@@ -85,7 +85,8 @@ class OpenAIChatEngine(Engine):
         self._slots = Slots(
             options.concurrency or 16, max_queue=options.max_queue, timeout=options.queue_timeout
         )
-        self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0}
+        # miscounted: answers whose usage.prompt_tokens differed from the exact count.
+        self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0, "miscounted": 0}
         self.card = self._card(options.context_length or 4096, Capabilities(tools=True))
 
     def _card(self, context: int, capabilities: Capabilities) -> ModelCard:
@@ -256,6 +257,7 @@ class OpenAIChatEngine(Engine):
             emit(event)
         assert isinstance(finished, Finished)
         if prompt.exact and reply.prompt_tokens not in (None, prompt.n_tokens):
+            self._counters["miscounted"] += 1
             log.warning(
                 "upstream counted the prompt differently",
                 extra={"counted": prompt.n_tokens, "usage": reply.prompt_tokens},
