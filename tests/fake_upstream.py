@@ -129,6 +129,10 @@ class Fake:
     async def chat(self, request: Request) -> Response:
         body = await self._record(request)
         text = last_user_text(body)
+        if "too long" in text and self.kind == "openai":
+            error = {"message": "This model's maximum context length is 4096 tokens.",
+                     "type": "invalid_request_error", "code": "context_length_exceeded"}  # fmt: skip
+            return JSONResponse({"error": error}, status_code=400)
         if text.startswith("status "):
             status = int(text.split()[1])
             error = {"message": f"fake failure {status}", "type": "fake", "code": status}

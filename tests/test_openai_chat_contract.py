@@ -382,6 +382,10 @@ def test_a_context_overflow_the_upstream_reports_is_a_400_with_the_count(
     with pytest.raises(anthropic.BadRequestError) as caught:
         parley["llamaserver"].messages.create(model=MODEL, max_tokens=20, messages=user("too long"))
     assert "prompt is too long: 5000 tokens" in caught.value.message
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        parley["openai"].messages.create(model=MODEL, max_tokens=20, messages=user("too long"))
+    assert "prompt is too long" in caught.value.message
+    assert "maximum context length" in caught.value.message
 
 
 @pytest.mark.parametrize(("status", "error"), [(429, anthropic.APIStatusError),

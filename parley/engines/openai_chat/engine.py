@@ -45,7 +45,7 @@ from parley.engines.openai_chat.dialects import DIALECTS, KINDS, Dialect, Kind, 
 from parley.engines.openai_chat.reply import Reply
 from parley.engines.openai_chat.request import Body, chat_body, sampling
 from parley.engines.upstream_http import UPSTREAM, check, stream_json
-from parley.errors import EngineError, ParleyError, PromptTooLongError
+from parley.errors import EngineError, InvalidRequestError, ParleyError, PromptTooLongError
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -196,19 +196,28 @@ class OpenAIChatEngine(Engine):
         """An upstream 400 saying the prompt exceeds its context: parley's 400 with the count.
 
         llama-server says so in a typed error (``exceed_context_size_error`` with
-        both numbers); the others are kept from it by parley's own check (the
-        count is exact and ``max_tokens`` is capped to the room left)."""
+        both numbers), OpenAI with ``code: context_length_exceeded`` (and no
+        numbers); vLLM and SGLang say it only in prose, and are kept from it by
+        parley's own check (the count is exact, ``max_tokens`` capped to the room
+        left)."""
         if status != 400:
             return
         try:
             error = json.loads(text).get("error") or {}
         except (ValueError, AttributeError):
             return
-        if isinstance(error, dict) and error.get("type") == "exceed_context_size_error":
+        if not isinstance(error, dict):
+            return
+        if error.get("type") == "exceed_context_size_error":
             raise PromptTooLongError(
                 int(error.get("n_prompt_tokens") or 0),
                 context=int(error.get("n_ctx") or self.card.context_length),
                 model=self.card.id,
+            )
+        if error.get("code") == "context_length_exceeded":  # OpenAI's code; no counts in it
+            raise InvalidRequestError(
+                f"prompt is too long for the context window of {self.card.id}: the upstream "
+                f"says: {str(error.get('message', ''))[:300]}"
             )
 
     # --- generations --------------------------------------------------------------
