@@ -117,12 +117,12 @@ class OpenAIChatEngine(Engine):
             self._model = str(listed[0].get("id"))
         served = next((m for m in listed if m.get("id") == self._model), {})
         context = self._options.context_length or _context_of(served, props) or 4096
-        settings = (props or {}).get("chat_template_caps") or {}
+        template_caps = (props or {}).get("chat_template_caps") or {}
+        vision = bool(((props or {}).get("modalities") or {}).get("vision"))
         capabilities = Capabilities(
-            images=self._options.images
-            if self._options.images is not None
-            else bool(((props or {}).get("modalities") or {}).get("vision")),
-            tools=bool(settings.get("supports_tools", True)),
+            images=vision if self._options.images is None else self._options.images,
+            # llama-server ignores tools its template cannot render: refused instead.
+            tools=bool(template_caps.get("supports_tools", True)),
         )
         if props is not None and not self._options.concurrency:
             self._slots.size = int(props.get("total_slots") or 1)
@@ -283,13 +283,13 @@ class OpenAIChatEngine(Engine):
 
 def _context_of(model: dict[str, Any], props: dict[str, Any] | None) -> int | None:
     """The context window: vLLM's and SGLang's ``max_model_len``, else llama-server's
-    per-slot ``n_ctx``."""
-    value = model.get("max_model_len")
-    if isinstance(value, int) and value > 0:
-        return value
+    per-slot ``n_ctx`` (from ``/props``, or its ``/v1/models`` when ``/props`` is closed)."""
     settings = (props or {}).get("default_generation_settings") or {}
-    n_ctx = settings.get("n_ctx")
-    return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+    meta = model.get("meta") or {}
+    for value in (model.get("max_model_len"), settings.get("n_ctx"), meta.get("n_ctx")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class TaskGeneration(QueuedGeneration):
