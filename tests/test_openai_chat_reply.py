@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -169,3 +170,32 @@ def test_kinds_are_detected_and_counts_read() -> None:
     assert count_of(DIALECTS["llamaserver"], {"input_tokens": 7}) == 7
     with pytest.raises(ValueError):
         count_of(DIALECTS["llamaserver"], {"tokens": 7})
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({}, "'url' must be"),
+        ({"url": "http://x", "kind": "tgi"}, "'kind' is one of"),
+        ({"url": "http://x", "modle": "m"}, "did you mean 'model'"),
+        ({"url": "http://x", "images": "maybe"}, "expected true or false"),
+    ],
+)
+def test_options_are_checked_at_start(options: dict[str, Any], says: str) -> None:
+    from parley.config import ConfigError, load_settings
+    from parley.engines.openai_chat import from_settings
+
+    settings = load_settings({"engine": "openai", "engine_opts": options}, environ={})
+    with pytest.raises(ConfigError, match=says):
+        from_settings(settings)
+
+
+def test_options_reach_the_engine() -> None:
+    from parley.config import load_settings
+    from parley.engines.openai_chat import from_settings
+
+    opts = {"url": "http://x/", "kind": "vllm", "context_length": "9000", "images": "yes"}
+    engine = from_settings(load_settings({"engine": "openai", "engine_opts": opts}, environ={}))
+    assert engine.url == "http://x" and engine.dialect.kind == "vllm"
+    assert engine.card.context_length == 9000
+    asyncio.run(engine.close())
