@@ -188,6 +188,11 @@ class Fake:
                     extra = {"matched_stop": word.strip()} if kind == "sglang" else extra
                     break
                 yield chunk({"content": word})
+        elif "fail midway" in text:  # vLLM sends an error chunk inside the 200 stream
+            yield chunk({"content": "Hel"})
+            error = {"message": "engine dead", "type": "InternalServerError", "code": 500}
+            yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+            return
         elif "long" in text:
             for _ in range(body["max_tokens"]):
                 yield chunk({"content": " la"})

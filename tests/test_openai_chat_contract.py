@@ -419,3 +419,17 @@ def test_an_upstream_that_went_away_is_a_529(server_factory: Callable[..., Serve
     )
     assert response.status_code == 529, response.text
     assert "cannot be reached" in response.json()["error"]["message"]
+
+
+def test_an_error_chunk_mid_stream_ends_the_stream_with_an_error_event(
+    parley: dict[str, anthropic.Anthropic],
+) -> None:
+    with (
+        parley["vllm"].messages.stream(
+            model=MODEL, max_tokens=20, messages=user("fail midway")
+        ) as stream,
+        pytest.raises(anthropic.APIStatusError) as caught,
+    ):
+        for _ in stream:
+            pass
+    assert "engine dead" in str(caught.value)
