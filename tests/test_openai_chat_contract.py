@@ -326,6 +326,8 @@ def test_thinking_is_refused_where_no_budget_can_be_set(
             model=MODEL, max_tokens=2048, messages=user("think"), thinking=THINK
         )
     assert kind in caught.value.message and "budget" in caught.value.message
+    capabilities = parley[kind].models.retrieve(MODEL).capabilities
+    assert capabilities is not None and not capabilities.thinking.supported
 
 
 def test_unasked_reasoning_is_not_shown(parley: dict[str, anthropic.Anthropic]) -> None:

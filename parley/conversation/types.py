@@ -73,6 +73,7 @@ class Capabilities:
     images: bool = False
     tools: bool = False
     prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
+    thinking: bool = True  # extended thinking with a budget (an upstream may lack one)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class OpenAIChatEngine(Engine):
             images=vision if self._options.images is None else self._options.images,
             # llama-server ignores tools its template cannot render: refused instead.
             tools=bool(template_caps.get("supports_tools", True)),
+            thinking=self.dialect.budget_field is not None,
         )
         if props is not None and not self._options.concurrency:
             self._slots.size = int(props.get("total_slots") or 1)
