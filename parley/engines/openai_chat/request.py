@@ -46,7 +46,7 @@ def chat_body(
     refuse_unsupported(conversation, dialect)
     body: Body = {"model": model, "messages": messages(conversation, dialect)}
     prefill = conversation.prefill
-    if not prefill and call_prefix and forces_call(conversation):
+    if not prefill and call_prefix and forces_call(conversation) and dialect.continues_prefill:
         prefill = call_prefix
     if prefill:
         body["messages"].append({"role": "assistant", "content": prefill})
