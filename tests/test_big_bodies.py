@@ -161,20 +161,20 @@ def test_the_scripted_precheck_refuses_exactly_what_cannot_fit(counting: list[in
 
 
 @pytest.mark.model
-def test_a_30mb_prompt_on_the_model_is_refused_before_tokenizing(model_server: Server) -> None:
+def test_a_30mb_prompt_on_the_model_is_refused_before_tokenizing(embedded_server: Server) -> None:
     body = {
         "model": MODEL,
         "max_tokens": 5,
         "messages": [{"role": "user", "content": huge_words()}],
     }
-    response = httpx.post(model_server.url + "/v1/messages", json=body, timeout=GUARD)
+    response = httpx.post(embedded_server.url + "/v1/messages", json=body, timeout=GUARD)
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert message.startswith("prompt is too long: ")
     assert "> 8191 maximum (a lower bound" in message
     assert "counted without tokenizing it whole" in message
     small = {**body, "messages": [{"role": "user", "content": "Say hi."}]}
-    assert httpx.post(model_server.url + "/v1/messages", json=small, timeout=GUARD).is_success
+    assert httpx.post(embedded_server.url + "/v1/messages", json=small, timeout=GUARD).is_success
 
 
 @pytest.mark.model

@@ -168,7 +168,7 @@ def test_a_plain_prompt_on_the_embedded_model(
 
 
 @pytest.mark.model
-def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server) -> None:
+def test_a_claude_code_shaped_request_on_the_embedded_model(embedded_server: Server) -> None:
     """What Claude Code sends (logged from a real run), scaled down to fit SmolLM2's
     context, with the small max_tokens Claude Code sends under
     ``CLAUDE_CODE_MAX_OUTPUT_TOKENS``: adaptive thinking then gets half of it, so the
@@ -226,7 +226,11 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(model_server: Server
 
     events: list[dict[str, Any]] = []
     with httpx.stream(
-        "POST", f"{model_server.url}/v1/messages?beta=true", json=body, headers=headers, timeout=300
+        "POST",
+        f"{embedded_server.url}/v1/messages?beta=true",
+        json=body,
+        headers=headers,
+        timeout=300,
     ) as response:
         assert response.status_code == 200, response.read()
         for line in response.iter_lines():

@@ -67,30 +67,30 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_a_grammar_attack_ends_and_others_are_served(model_server: Server, name: str) -> None:
+def test_a_grammar_attack_ends_and_others_are_served(embedded_server: Server, name: str) -> None:
     attack, choice = ATTACKS[name]
     extra: dict[str, Any] = {"tool_choice": choice} if choice else {}
     with ThreadPoolExecutor(2) as pool:
         hostile = pool.submit(
-            client(model_server).messages.create,
+            client(embedded_server).messages.create,
             model=MODEL,
             max_tokens=40,
             messages=[{"role": "user", "content": "hi"}],
             tools=[attack],
             **extra,
         )
-        assert plain(model_server).stop_reason in ("end_turn", "max_tokens")
+        assert plain(embedded_server).stop_reason in ("end_turn", "max_tokens")
         answer = hostile.result(timeout=300)
     assert answer.stop_reason in ("end_turn", "max_tokens", "tool_use")
     if choice:
         assert answer.content[0].type == "tool_use"
-    assert model_server.wait_idle(MODEL)["running"] == 0
-    assert plain(model_server).content  # and afterwards
+    assert embedded_server.wait_idle(MODEL)["running"] == 0
+    assert plain(embedded_server).content  # and afterwards
 
 
-def test_a_client_leaving_a_grammar_request_frees_the_engine(model_server: Server) -> None:
+def test_a_client_leaving_a_grammar_request_frees_the_engine(embedded_server: Server) -> None:
     attack, choice = ATTACKS["ambiguous pattern, any"]
-    with client(model_server).messages.stream(
+    with client(embedded_server).messages.stream(
         model=MODEL,
         max_tokens=2000,
         messages=[{"role": "user", "content": "Write a long word."}],
@@ -100,16 +100,16 @@ def test_a_client_leaving_a_grammar_request_frees_the_engine(model_server: Serve
         for event in stream:
             if event.type == "content_block_delta":
                 break  # the client leaves mid-generation
-    stats = model_server.wait_idle(MODEL)
+    stats = embedded_server.wait_idle(MODEL)
     assert stats["running"] == 0
-    assert plain(model_server).content
+    assert plain(embedded_server).content
 
 
-def test_claude_codes_own_tools_are_counted_with_their_grammar(model_server: Server) -> None:
+def test_claude_codes_own_tools_are_counted_with_their_grammar(embedded_server: Server) -> None:
     """The full tool set of Claude Code's newest release (captured from its first
     request) builds a grammar llama.cpp accepts; counting renders it exactly."""
     counts = {
-        choice: client(model_server)
+        choice: client(embedded_server)
         .messages.count_tokens(
             model=MODEL,
             messages=[{"role": "user", "content": "list the files"}],
@@ -120,9 +120,9 @@ def test_claude_codes_own_tools_are_counted_with_their_grammar(model_server: Ser
         for choice in ("auto", "any")
     }
     assert all(count > 10_000 for count in counts.values()), counts
-    assert plain(model_server).content
+    assert plain(embedded_server).content
     # llama.cpp prints a grammar it refuses to stderr; parley keeps it out of the log.
-    assert "::=" not in model_server.log()
+    assert "::=" not in embedded_server.log()
 
 
 def test_claude_codes_own_tools_decode_on_the_real_engine(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_claude_codes_own_tools_decode_on_the_real_engine(tmp_path: Path) -> Non
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=_schemas())
 def test_random_schemas_end_and_a_plain_client_is_served_throughout(
-    model_server: Server, schema: dict[str, Any]
+    embedded_server: Server, schema: dict[str, Any]
 ) -> None:
     stop = threading.Event()
     served: list[str] = []
@@ -174,14 +174,14 @@ def test_random_schemas_end_and_a_plain_client_is_served_throughout(
     def plain_loop() -> None:
         # At least one, however soon the hostile request is refused (a 400 may come
         # back before this thread has sent anything).
-        served.append(plain(model_server).stop_reason or "")
+        served.append(plain(embedded_server).stop_reason or "")
         while not stop.is_set():
-            served.append(plain(model_server).stop_reason or "")
+            served.append(plain(embedded_server).stop_reason or "")
 
     with ThreadPoolExecutor(1) as pool:
         background = pool.submit(plain_loop)
         try:
-            answer = client(model_server).messages.create(
+            answer = client(embedded_server).messages.create(
                 model=MODEL,
                 max_tokens=16,
                 messages=[{"role": "user", "content": "Call the tool."}],
@@ -195,4 +195,4 @@ def test_random_schemas_end_and_a_plain_client_is_served_throughout(
             stop.set()
             background.result(timeout=300)
     assert served and all(reason in ("end_turn", "max_tokens") for reason in served)
-    model_server.wait_idle(MODEL)
+    embedded_server.wait_idle(MODEL)

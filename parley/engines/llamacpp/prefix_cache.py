@@ -41,6 +41,32 @@ class Breakpoint:
     ttl: Ttl = "5m"
 
 
+def accounted(
+    points: Sequence[Breakpoint], read: int, min_tokens: int = 1
+) -> tuple[CacheUsage, list[Breakpoint]]:
+    """The API's figures for a prompt whose first ``read`` tokens come from a
+    cache, and the breakpoints it writes: those past ``read`` (from
+    ``min_tokens`` on), each segment counted under the TTL of the breakpoint
+    that ends it. ``points`` are sorted."""
+    done = read
+    writes = [b for b in points if b.pos > done and b.pos >= min_tokens]
+    created: dict[Ttl, int] = {"5m": 0, "1h": 0}
+    for point in writes:
+        created[point.ttl] += point.pos - done
+        done = point.pos
+    return CacheUsage(read=read, created_5m=created["5m"], created_1h=created["1h"]), writes
+
+
+def reused_usage(points: Sequence[Breakpoint], reused: int) -> CacheUsage:
+    """The API's figures for a prompt an upstream says it took ``reused``
+    tokens of from its own prefix cache: the longest breakpoint prefix within
+    them is read (the API reads whole breakpoint prefixes), the rest up to the
+    last breakpoint is written. No breakpoints: nothing is reported."""
+    ordered = sorted(points)
+    read = max((b.pos for b in ordered if b.pos <= reused), default=0)
+    return accounted(ordered, read)[0]
+
+
 @dataclass(eq=False)
 class Entry:
     key: bytes
@@ -109,22 +135,12 @@ class PrefixCache:
                 read.pins += 1
                 self._entries.move_to_end(read.key)
                 self._counters["hits"] += 1
-        done = read.length if read is not None else 0
-        writes = [b for b in points if b.pos > done and b.pos >= self.min_tokens]
-        created: dict[Ttl, int] = {"5m": 0, "1h": 0}
-        for point in writes:
-            created[point.ttl] += point.pos - done
-            done = point.pos
+        usage, writes = accounted(points, read.length if read is not None else 0, self.min_tokens)
         # One snapshot per position: the longer TTL wins.
         by_pos: dict[int, Breakpoint] = {}
         for point in writes:
             if point.pos not in by_pos or point.ttl == "1h":
                 by_pos[point.pos] = point
-        usage = CacheUsage(
-            read=read.length if read is not None else 0,
-            created_5m=created["5m"],
-            created_1h=created["1h"],
-        )
         return CachePlan(usage, read, sorted(by_pos.values()))
 
     def release(self, plan: CachePlan) -> None:

@@ -9,6 +9,7 @@ count exactly what it sends as token ids.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,13 @@ from parley.boundary import Boundary
 from parley.engines.llamacpp.output import Grammar
 from parley.errors import EngineError, ParleyError
 from parley.logs import stderr_muted
+
+
+# The bindings open /dev/null twice at import (llama_cpp._utils) and never close
+# it: a ResourceWarning at every interpreter exit. Closed once nothing runs.
+for _null in (getattr(L._utils, "outnull_file", None), getattr(L._utils, "errnull_file", None)):
+    if _null is not None:
+        atexit.register(_null.close)
 
 
 class ModelLoadError(ParleyError):

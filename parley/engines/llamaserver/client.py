@@ -1,34 +1,81 @@
-"""The HTTP side of an upstream llama-server: ``/props`` and streamed ``/completion``.
+"""The HTTP side of an upstream llama-server: ``/health``, ``/props`` and streamed ``/completion``.
 
 httpx's exceptions and the upstream's error statuses cross into parley here
-(``UPSTREAM``): an upstream that cannot be reached, or answers 429 / 503,
-is overload (529 with ``retry-after``: the client retries); a timeout, a
-5xx or a refusal of what parley sent is an ``api_error`` naming the
-upstream. Nothing here retries: a request is sent once, so no token reaches
-a client twice.
+(``UPSTREAM`` and ``_status_error``)::
+
+    the upstream ...                                  parley answers
+    cannot be reached (nothing listening, connect     529 overloaded_error + retry-after
+      timeout)
+    answers 429 or 503 (busy; 503 also while it       529 overloaded_error + its retry-after
+      loads its model)
+    sends nothing for ``timeout`` s                   504 timeout_error
+    answers 400 exceed_context_size_error             400 invalid_request_error, "prompt is
+                                                        too long: N tokens > M maximum"
+    answers another status (its 500, a 4xx for what   500 api_error naming the upstream
+      parley sent), drops the connection, sends
+      malformed SSE or an error chunk, or ends the
+      stream before its last chunk
+
+A non-streamed request gets these as its status. A streamed one already has
+its ``message_start`` (sent at admission), so it gets them as ``event:
+error``. 504 rather than ``api_error`` for a silent upstream: the API's own
+``timeout_error`` says "took too long" (the SDK raises
+``GatewayTimeoutError``, and retries it like any 5xx).
+
+Retries: a ``/completion`` is sent again, at most ``retries`` times, while the
+upstream could not be reached, dropped the connection before answering, or
+answered 429/503 with a ``retry-after`` of at most ``RETRY_WAIT_MAX`` s;
+only before the response's headers, so nothing the upstream wrote has been
+relayed and no token reaches a client twice. Once a 200 began, a failure is
+final.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncGenerator, Mapping
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 
 from parley.boundary import Boundary
-from parley.errors import EngineError, OverloadedError, ParleyError
+from parley.engines.llamacpp.vocab import ModelLoadError
+from parley.errors import (
+    EngineError,
+    OverloadedError,
+    ParleyError,
+    PromptTooLongError,
+    TimeoutError_,
+)
+
+log = logging.getLogger("parley.engine.llamaserver")
+
+RETRY_WAIT_MAX = 2.0  # s: a busy upstream asking for longer is the client's to wait out
+HEALTH_POLL = 0.25  # s between start-up checks of /health
+PROGRESS_EVERY = 10.0  # s between "still waiting" log lines at start-up
 
 
 def _unreachable(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
     return OverloadedError(
-        f"{what}: the upstream {ctx['url']} cannot be reached ({exc}); retry shortly",
+        f"{what}: the upstream {ctx['url']} cannot be reached ({exc!r}); retry shortly",
         headers={"retry-after": "5"},
     )
 
 
 def _slow(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return EngineError(f"{what}: the upstream {ctx['url']} did not answer in time ({exc!r})")
+    return TimeoutError_(
+        f"{what}: the upstream {ctx['url']} sent nothing for {ctx['timeout']:g} s "
+        f"({type(exc).__name__})"
+    )
+
+
+def _dropped(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
+    return EngineError(
+        f"{what}: the upstream {ctx['url']} closed the connection before its answer ended ({exc!r})"
+    )
 
 
 def _failed(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
@@ -40,69 +87,236 @@ UPSTREAM = Boundary(
     [
         ((httpx.ConnectError, httpx.ConnectTimeout), _unreachable),
         (httpx.TimeoutException, _slow),
-        ((httpx.HTTPError, json.JSONDecodeError), _failed),
+        ((httpx.RemoteProtocolError, httpx.ReadError), _dropped),
+        (httpx.HTTPError, _failed),
     ],
+)
+
+# Failures before the upstream answered anything: the request may be sent again.
+_NOT_ANSWERED = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
 )
 
 
 class LlamaServerClient:
     def __init__(
-        self, url: str, *, api_key: str | None, timeout: float, connect_timeout: float
+        self,
+        url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        connect_timeout: float,
+        retries: int = 0,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
     ) -> None:
         self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._retries = retries
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=transport,
         )
 
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def wait_ready(self, seconds: float) -> None:
+        """Return once ``GET /health`` answers 200. llama-server answers 503 while
+        it loads its model, and may not listen yet when started beside parley:
+        both are waited for (logged every ``PROGRESS_EVERY`` s), at most
+        ``seconds``; then, or at once for an answer that is not llama-server's,
+        ``ModelLoadError`` says what was last seen."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + seconds
+        next_log = started
+        while True:
+            left = deadline - loop.time()
+            reason, hopeless = await self._health(max(left, 0.1))
+            if reason is None:
+                if loop.time() - started >= HEALTH_POLL:
+                    waited = _secs(loop.time() - started)
+                    log.info("upstream up", extra={"upstream": self.url, "waited_s": waited})
+                return
+            if hopeless:
+                raise ModelLoadError(f"{self.url}/health: it {reason}; is it llama-server?")
+            now = loop.time()
+            if now >= deadline:
+                raise ModelLoadError(
+                    f"llama-server at {self.url} was not ready after {seconds:g} s (it {reason}); "
+                    "start it first, or allow it longer with --engine-opt startup_timeout=SECONDS"
+                )
+            if now >= next_log:
+                log.info(
+                    "waiting for the upstream",
+                    extra={"upstream": self.url, "state": reason, "waited_s": _secs(now - started)},
+                )
+                next_log = now + PROGRESS_EVERY
+            await asyncio.sleep(min(HEALTH_POLL, max(deadline - now, 0)))
+
+    async def _health(self, within: float) -> tuple[str | None, bool]:
+        """(None, _) when healthy, else (what was seen, whether waiting cannot help)."""
+        limit = httpx.Timeout(within, connect=min(within, self._connect_timeout))
+        try:
+            response = await self._http.get("/health", timeout=limit)
+        except httpx.HTTPError as exc:  # not listening yet, restarting, or hung
+            return f"cannot be reached ({type(exc).__name__})", False
+        if response.status_code == 200:
+            return None, False
+        said = f"answers HTTP {response.status_code} {_message(_detail(response.text))[:200]}"
+        # 503 is llama-server loading; other 5xx may be a proxy in front of it, starting.
+        return said, response.status_code < 500
+
     async def props(self) -> dict[str, Any]:
-        with UPSTREAM.crossing("GET /props", url=self.url):
+        with UPSTREAM.crossing("GET /props", url=self.url, timeout=self._timeout):
             response = await self._http.get("/props")
-            _check(response, "GET /props", response.text)
-            data: dict[str, Any] = response.json()
+            if response.status_code != 200:
+                raise _status_error(response, response.text, "GET /props", self.url)
+            try:
+                data = response.json()
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                raise EngineError(f"GET /props: the upstream {self.url} answered no JSON object")
             return data
 
     async def completion(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """The chunks of a streamed ``/completion``; leaving the iteration closes
-        the request (llama-server then stops decoding it)."""
-        with UPSTREAM.crossing("POST /completion", url=self.url):
-            async with self._http.stream("POST", "/completion", json=body) as response:
-                if response.status_code != 200:
-                    _check(response, "POST /completion", (await response.aread()).decode())
+        """The chunks of a streamed ``/completion``, the last one with ``stop``
+        true; leaving the iteration closes the request (llama-server then stops
+        decoding it)."""
+        what = "POST /completion"
+        with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
+            async with self._answer(body) as response:
+                stopped = False
                 async for line in response.aiter_lines():
-                    if line.startswith("data: "):
-                        chunk: dict[str, Any] = json.loads(line[6:])
-                        if "error" in chunk:
-                            raise _upstream_error(chunk["error"], "POST /completion", self.url)
+                    chunk = _chunk(line, what, self.url)
+                    if chunk is not None:
+                        stopped = bool(chunk.get("stop"))
                         yield chunk
-                    elif line.startswith("error: "):
-                        raise _upstream_error(json.loads(line[7:]), "POST /completion", self.url)
+                if not stopped:
+                    raise EngineError(
+                        f"{what}: the upstream {self.url} ended its stream before the last chunk"
+                    )
+
+    @contextlib.asynccontextmanager
+    async def _answer(self, body: dict[str, Any]) -> AsyncIterator[httpx.Response]:
+        """The upstream's 200 to ``POST /completion``, its headers read (sent
+        again while it could not be reached or was briefly busy: module doc)."""
+        for attempt in range(self._retries + 1):
+            final = attempt == self._retries
+            request = self._http.build_request("POST", "/completion", json=body)
+            try:
+                response = await self._http.send(request, stream=True)
+            except _NOT_ANSWERED as exc:
+                if final:
+                    raise
+                wait, reason = 0.1 * 2**attempt, type(exc).__name__
+            else:
+                try:
+                    if response.status_code == 200:
+                        yield response
+                        return
+                    text = (await response.aread()).decode(errors="replace")
+                finally:
+                    await response.aclose()
+                error = _status_error(response, text, "POST /completion", self.url)
+                busy = _busy_wait(response)
+                if final or busy is None:
+                    raise error
+                wait, reason = busy, f"HTTP {response.status_code}"
+            log.info(
+                "upstream request sent again",
+                extra={"upstream": self.url, "reason": reason, "attempt": attempt + 2},
+            )
+            await asyncio.sleep(wait)
 
 
-def _check(response: httpx.Response, what: str, text: str) -> None:
-    if response.status_code == 200:
-        return
+def _chunk(line: str, what: str, url: str) -> dict[str, Any] | None:
+    """One SSE line's chunk (None for what carries none), or the upstream's error."""
+    if line.startswith("error: "):  # older llama-server builds
+        raise _upstream_error(_loads(line, 7, what, url), what, url)
+    if not line.startswith("data: "):
+        return None
+    chunk = _loads(line, 6, what, url)
+    if not isinstance(chunk, dict):
+        raise _malformed(line, what, url)
+    if "error" in chunk:  # llama-server ends the stream with it
+        raise _upstream_error(chunk["error"], what, url)
+    tokens = chunk.get("tokens", [])
+    if (
+        not isinstance(chunk.get("content", ""), str)
+        or not isinstance(tokens, list)
+        or not all(isinstance(t, int) for t in tokens)
+    ):
+        raise _malformed(line, what, url)
+    return chunk
+
+
+def _loads(line: str, start: int, what: str, url: str) -> Any:
     try:
-        detail = json.loads(text).get("error", text)
-    except (ValueError, AttributeError):
-        detail = text
+        return json.loads(line[start:])
+    except ValueError:
+        raise _malformed(line, what, url) from None
+
+
+def _malformed(line: str, what: str, url: str) -> EngineError:
+    return EngineError(f"{what}: the upstream {url} sent a malformed event: {line[:200]!r}")
+
+
+def _busy_wait(response: httpx.Response) -> float | None:
+    """Seconds to wait before sending again, for a 429/503 asking for at most
+    ``RETRY_WAIT_MAX``; None when it is not worth a retry here."""
+    if response.status_code not in (429, 503):
+        return None
+    retry = response.headers.get("retry-after", "")
+    wait = int(retry) if retry.isdigit() else 1
+    return float(wait) if wait <= RETRY_WAIT_MAX else None
+
+
+def _status_error(response: httpx.Response, text: str, what: str, url: str) -> ParleyError:
+    detail = _detail(text)
     status = response.status_code
     if status in (429, 503):
         retry = response.headers.get("retry-after", "1")
-        raise OverloadedError(
-            f"{what}: the upstream {response.url.host} is busy (HTTP {status}); retry shortly",
+        return OverloadedError(
+            f"{what}: the upstream {url} is busy (HTTP {status}); retry shortly",
             headers={"retry-after": retry if retry.isdigit() else "1"},
         )
-    raise _upstream_error(detail, what, str(response.request.url), status=status)
+    too_long = isinstance(detail, dict) and detail.get("type") == "exceed_context_size_error"
+    if status == 400 and too_long:
+        tokens, n_ctx = detail.get("n_prompt_tokens"), detail.get("n_ctx")
+        if isinstance(tokens, int) and isinstance(n_ctx, int):
+            # parley counted the prompt as fitting the context /props gave at
+            # start: the upstream's own count and context are the ones that hold.
+            return PromptTooLongError(tokens, context=n_ctx, model=f"the upstream {url}")
+    return _upstream_error(detail, what, url, status=status)
+
+
+def _detail(text: str) -> Any:
+    """llama-server's ``{"error": {"code", "message", "type", ...}}``, else the text."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text
+    return body.get("error", body) if isinstance(body, dict) else text
+
+
+def _message(detail: Any) -> str:
+    return str(detail.get("message", detail) if isinstance(detail, dict) else detail)
 
 
 def _upstream_error(detail: Any, what: str, url: str, *, status: int | None = None) -> ParleyError:
-    message = detail.get("message", detail) if isinstance(detail, dict) else detail
     code = f"HTTP {status}: " if status is not None else ""
-    return EngineError(f"{what}: the upstream {url} answered {code}{str(message)[:500]}")
+    return EngineError(f"{what}: the upstream {url} answered {code}{_message(detail)[:500]}")
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}"

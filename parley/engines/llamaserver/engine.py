@@ -23,7 +23,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from parley.engines.base import (
 )
 from parley.engines.llamacpp.model_file import mtime, read_template
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPrompt, ToolCallParser
+from parley.engines.llamacpp.prefix_cache import reused_usage
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.llamaserver.client import LlamaServerClient
@@ -73,12 +74,13 @@ class LlamaServerEngine(Engine):
             created_at="2024-01-01T00:00:00Z",
             context_length=4096,
             max_output_tokens=4096,
-            capabilities=Capabilities(images=False, tools=True, prompt_cache=False),
+            capabilities=Capabilities(images=False, tools=True, prompt_cache=True),
         )
 
     async def start(self) -> None:
         import anyio
 
+        await self._client.wait_ready(self._options.startup_timeout)
         props = await self._client.props()
         settings = props.get("default_generation_settings") or {}
         n_ctx = int(settings.get("n_ctx") or 0)
@@ -140,8 +142,9 @@ class LlamaServerEngine(Engine):
 
         async def produce(emit: Emit) -> None:
             async with self._slots.held(params.priority):
+                reuse = _Reuse()
                 try:
-                    finished = await self._generate(prompt, params, emit)
+                    finished = await self._generate(prompt, params, emit, reuse)
                 except asyncio.CancelledError:
                     self._counters["cancelled"] += 1
                     raise
@@ -150,11 +153,17 @@ class LlamaServerEngine(Engine):
                     raise
                 self._counters["completed"] += 1
                 self._counters["tokens"] += finished.output_tokens
+                if reuse.tokens is not None:  # the upstream's figures, known only now
+                    finished = replace(
+                        finished, cache=reused_usage(prompt.breakpoints, reuse.tokens)
+                    )
                 emit(finished)
 
         return TaskGeneration(produce)
 
-    async def _generate(self, prompt: LlamaPrompt, params: SamplingParams, emit: Emit) -> Finished:
+    async def _generate(
+        self, prompt: LlamaPrompt, params: SamplingParams, emit: Emit, reuse: _Reuse
+    ) -> Finished:
         assert self._vocab is not None
         budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
         if budget == 0:
@@ -181,6 +190,8 @@ class LlamaServerEngine(Engine):
             # Closed as soon as parley is done with it: llama-server then stops decoding.
             async with contextlib.aclosing(self._client.completion(body)) as chunks:
                 async for chunk in chunks:
+                    if reuse.tokens is None and "timings" in chunk:
+                        reuse.tokens = int(chunk["timings"].get("cache_n") or 0)
                     ids = chunk.get("tokens") or []
                     if parser.state == "thinking" and think_left <= 0 and ids:
                         close_thinking = True  # this token is dropped unseen
@@ -233,6 +244,7 @@ def _body(
         "stream": True,
         "cache_prompt": True,
         "return_tokens": True,
+        "timings_per_token": True,  # the first chunk says how much of the prompt was cached
         "temperature": params.temperature,
         "top_k": params.top_k or 0,
         "top_p": 1.0 if params.top_p is None else params.top_p,
@@ -254,6 +266,14 @@ def _body(
                 {"type": TRIGGER_PATTERN, "value": re.escape(grammar.lazy_trigger)}
             ]
     return body
+
+
+@dataclass
+class _Reuse:
+    """Prompt tokens the upstream took from its prefix cache (its first chunk's
+    ``timings.cache_n``), once it said."""
+
+    tokens: int | None = None
 
 
 class TaskGeneration(QueuedGeneration):
@@ -295,6 +315,8 @@ class LlamaServerOptions:
     queue_timeout: float = 300.0
     timeout: float = 600.0  # seconds without a byte from the upstream
     connect_timeout: float = 5.0
+    startup_timeout: float = 120.0  # seconds to wait at start for the upstream's /health
+    retries: int = 2  # resends of a request the upstream did not answer (client.py)
 
 
 def from_settings(settings: Settings) -> LlamaServerEngine:
@@ -310,9 +332,17 @@ def from_settings(settings: Settings) -> LlamaServerEngine:
             "llamaserver: the option 'url' must be the upstream's http(s) URL "
             "(--engine-opt url=http://127.0.0.1:8080)"
         )
-    if o.concurrency < 0 or o.max_queue < 0 or o.timeout <= 0 or o.connect_timeout <= 0:
-        raise ConfigError("llamaserver: concurrency ≥ 0, max_queue ≥ 0 and timeouts > 0 required")
+    if min(o.concurrency, o.max_queue, o.retries) < 0 or o.startup_timeout < 0:
+        raise ConfigError(
+            "llamaserver: concurrency, max_queue, retries and startup_timeout ≥ 0 required"
+        )
+    if o.timeout <= 0 or o.connect_timeout <= 0:
+        raise ConfigError("llamaserver: timeout and connect_timeout > 0 required")
     client = LlamaServerClient(
-        o.url, api_key=o.api_key, timeout=o.timeout, connect_timeout=o.connect_timeout
+        o.url,
+        api_key=o.api_key,
+        timeout=o.timeout,
+        connect_timeout=o.connect_timeout,
+        retries=o.retries,
     )
     return LlamaServerEngine(client, o)
