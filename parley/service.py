@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
@@ -45,6 +45,8 @@ from parley.wire.parse import parse_body
 
 log = logging.getLogger("parley.messages")
 
+T = TypeVar("T")
+
 
 class Draining:
     """Set when the server is asked to stop: open streams may go on until the
@@ -70,10 +72,13 @@ class Prepared:
     params: SamplingParams
 
 
-Guard = Callable[[Awaitable[Prepared]], Awaitable[Prepared]]  # e.g. stop if the client leaves
+class Guard(Protocol):
+    """Wraps work the client may give up on (e.g. stops it if the client leaves)."""
+
+    def __call__(self, work: Awaitable[T], /) -> Awaitable[T]: ...
 
 
-async def _as_is(work: Awaitable[Prepared]) -> Prepared:
+async def _as_is(work: Awaitable[T]) -> T:
     return await work
 
 
@@ -219,6 +224,13 @@ class MessagesService:
         if priority != prepared.params.priority:
             prepared = replace(prepared, params=replace(prepared.params, priority=priority))
         generation, state = self.submit(prepared)
+        try:
+            # Until the work is under way nothing has reached the client, so a
+            # refusal (an upstream's 429, a prompt it finds too long) is a status.
+            await guard(generation.started())
+        except BaseException:
+            generation.cancel()
+            raise
         return MessageRun(bool(req.stream), generation, state, meter, self)
 
     def submit(self, prepared: Prepared) -> tuple[Generation, MessageState]:

@@ -4,8 +4,10 @@ parley runs as a real subprocess (``--engine llamaserver``) in front of
 ``tests/fake_llama_server.py`` on a real socket, driven by the SDK (strict
 response validation) and, for the SSE itself, raw httpx. Each fault is
 tried non-streamed and streamed: the status and ``error.type`` (a streamed
-request has its ``message_start`` already, sent at admission, so the fault
-arrives as ``event: error``), parley serving the next request as before, and
+request gets a fault before the upstream answered 200 as the same status,
+since parley waits for that answer before it sends anything; one after
+that, once ``message_start`` went out, as ``event: error``), parley serving
+the next request as before, and
 the fake's count of requests in flight back to 0 (nothing leaked upstream).
 
 Expected mappings (``parley/engines/llamaserver/client.py``):
@@ -209,14 +211,39 @@ def test_a_fault_answers_a_whole_message_request_with_its_error(
     _serves_again(client)
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
-def test_a_fault_ends_a_stream_with_an_error_event(
+def _before_the_answer(behaviour: Behaviour) -> bool:
+    """A fault that comes before the upstream's 200 (its status, or no headers at all)."""
+    return isinstance(behaviour, (Refuse, ContextExceeded)) or behaviour == Hang(0)
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAULTS.items() if _before_the_answer(f.behaviour)])
+def test_a_fault_before_the_upstream_answered_is_a_streamed_requests_status(
+    name: str, fake: FakeLlamaServer, parley: Server, client: anthropic.Anthropic
+) -> None:
+    fault = FAULTS[name]
+    fake.script(fault.behaviour)
+    payload = {"model": MODEL, "max_tokens": 50, "messages": HI, "stream": True}
+    response = httpx.post(parley.url + "/v1/messages", json=payload, headers=HEADERS, timeout=60)
+    assert response.status_code == fault.status, response.text
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == fault.error_type
+    _check_message(fault, body["error"]["message"], fake)
+    if fault.retry_after is not None:
+        assert response.headers["retry-after"] == fault.retry_after
+    assert fake.requests == 1
+    _serves_again(client)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, f in FAULTS.items() if not _before_the_answer(f.behaviour)]
+)
+def test_a_fault_after_the_upstream_answered_ends_a_stream_with_an_error_event(
     name: str, fake: FakeLlamaServer, parley: Server, client: anthropic.Anthropic
 ) -> None:
     fault = FAULTS[name]
     fake.script(fault.behaviour)
     response, events = _sse(parley)
-    assert response.status_code == 200  # message_start went at admission
+    assert response.status_code == 200  # message_start went out once the upstream answered
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "message_start" and kinds[-1] == "error", kinds
     assert "message_stop" not in kinds and "message_delta" not in kinds
@@ -283,9 +310,8 @@ def test_an_upstream_that_goes_down_then_comes_back(
             _create(client)
         assert own.url in caught.value.message and "cannot be reached" in caught.value.message
         assert caught.value.response.headers["retry-after"]
-        _, events = _sse(server)
-        assert events[0][0] == "message_start"
-        assert events[-1][1]["error"]["type"] == "overloaded_error"
+        response, _ = _sse(server)  # not reached: a status, before anything was sent
+        assert response.status_code == 529
         assert server.process.poll() is None
         own.start()  # the same port again
         _serves_again(client)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
@@ -15,12 +15,13 @@ from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, read_body, unless_client_leaves
 from parley.ratelimit import Meter
-from parley.service import Prepared
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
 from parley.wire import responses as wresp
 from parley.wire.events import StreamEvent
 from parley.wire.parse import parse_body
+
+T = TypeVar("T")
 
 router = APIRouter(responses=openapi.error_responses())
 
@@ -35,8 +36,9 @@ async def create_message(
     settings, service = state.settings, state.messages
     meter = Meter(state.limiter, key_owner(request))
 
-    def until_client_leaves(work: Awaitable[Prepared]) -> Awaitable[Prepared]:
-        return unless_client_leaves(request, work)  # preparing may fetch URL documents
+    def until_client_leaves(work: Awaitable[T]) -> Awaitable[T]:
+        # preparing may fetch URL documents; an upstream may take its time to accept
+        return unless_client_leaves(request, work)
 
     run = await service.open(
         await read_body(request, settings.max_body_bytes, settings.body_timeout),

@@ -142,6 +142,13 @@ class Generation(abc.ABC):
         """Prompt tokens read from and written to the prompt cache (known at admission)."""
         return CacheUsage()
 
+    async def started(self) -> None:
+        """Returns once the work is under way where it runs, raising what ends it
+        before then (an upstream that refuses it). Nothing has reached the
+        client until this returns, so such an error is still an HTTP status.
+        An engine that admits work at ``submit`` has nothing to wait for."""
+        return None
+
     async def heartbeat(self, interval: float) -> AsyncIterator[EngineEvent | None]:
         """The events, with ``None`` whenever ``interval`` seconds pass without one.
 

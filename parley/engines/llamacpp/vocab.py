@@ -22,7 +22,6 @@ from parley.engines.llamacpp.output import Grammar
 from parley.errors import EngineError, ParleyError
 from parley.logs import stderr_muted
 
-
 # The bindings open /dev/null twice at import (llama_cpp._utils) and never close
 # it: a ResourceWarning at every interpreter exit. Closed once nothing runs.
 for _null in (getattr(L._utils, "outnull_file", None), getattr(L._utils, "errnull_file", None)):

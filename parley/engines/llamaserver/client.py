@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -188,13 +188,18 @@ class LlamaServerClient:
                 raise EngineError(f"GET /props: the upstream {self.url} answered no JSON object")
             return data
 
-    async def completion(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    async def completion(
+        self, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streamed ``/completion``, the last one with ``stop``
-        true; leaving the iteration closes the request (llama-server then stops
-        decoding it)."""
+        true; ``on_answer`` runs once the upstream answered 200 (before its
+        prefill: llama-server sends its headers at once). Leaving the iteration
+        closes the request (llama-server then stops decoding it)."""
         what = "POST /completion"
         with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
             async with self._answer(body) as response:
+                if on_answer is not None:
+                    on_answer()
                 stopped = False
                 async for line in response.aiter_lines():
                     chunk = _chunk(line, what, self.url)

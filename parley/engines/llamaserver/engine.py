@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,11 +140,11 @@ class LlamaServerEngine(Engine):
         assert isinstance(prompt, LlamaPrompt), "a prompt from this engine's prepare"
         self._slots.check()
 
-        async def produce(emit: Emit) -> None:
+        async def produce(run: TaskGeneration) -> None:
             async with self._slots.held(params.priority):
                 reuse = _Reuse()
                 try:
-                    finished = await self._generate(prompt, params, emit, reuse)
+                    finished = await self._generate(prompt, params, run, reuse)
                 except asyncio.CancelledError:
                     self._counters["cancelled"] += 1
                     raise
@@ -157,14 +157,15 @@ class LlamaServerEngine(Engine):
                     finished = replace(
                         finished, cache=reused_usage(prompt.breakpoints, reuse.tokens)
                     )
-                emit(finished)
+                run.emit(finished)
 
         return TaskGeneration(produce)
 
     async def _generate(
-        self, prompt: LlamaPrompt, params: SamplingParams, emit: Emit, reuse: _Reuse
+        self, prompt: LlamaPrompt, params: SamplingParams, run: TaskGeneration, reuse: _Reuse
     ) -> Finished:
         assert self._vocab is not None
+        emit = run.emit
         budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
         if budget == 0:
             return Finished(out_of_budget(0, params.max_tokens), 0)
@@ -188,7 +189,8 @@ class LlamaServerEngine(Engine):
             close_thinking = False
             body = _body(tokens, budget - produced, params, grammar)
             # Closed as soon as parley is done with it: llama-server then stops decoding.
-            async with contextlib.aclosing(self._client.completion(body)) as chunks:
+            answer = self._client.completion(body, on_answer=run.accepted)
+            async with contextlib.aclosing(answer) as chunks:
                 async for chunk in chunks:
                     if reuse.tokens is None and "timings" in chunk:
                         reuse.tokens = int(chunk["timings"].get("cache_n") or 0)
@@ -277,20 +279,40 @@ class _Reuse:
 
 
 class TaskGeneration(QueuedGeneration):
-    """A generation made by a task on the event loop; cancelling it cancels the
-    task (an upstream request under way is closed)."""
+    """A generation made by a task on the event loop: ``produce(generation)``
+    calls ``accepted()`` once the upstream took the work (``started`` returns
+    then; at the latest with the first event) and ``emit`` for each event.
+    Cancelling it cancels the task (an upstream request under way is closed)."""
 
-    def __init__(self, produce: Callable[[Emit], Any]) -> None:
+    def __init__(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
         self._events_in: asyncio.Queue[Any] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._run(produce))
+        self._accepted: asyncio.Future[None] = loop.create_future()
+        # Retrieved here, so an error nobody waited for is not logged as lost.
+        self._accepted.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._task = loop.create_task(self._run(produce))
 
-    async def _run(self, produce: Callable[[Emit], Any]) -> None:
+    async def _run(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
         try:
-            await produce(self._events_in.put_nowait)
-        except Exception as exc:  # raised to the reader
+            await produce(self)
+        except Exception as exc:  # raised to the reader, or by started()
+            if not self._accepted.done():
+                self._accepted.set_exception(exc)
             self._events_in.put_nowait(exc)
         finally:
+            self.accepted()
             self._events_in.put_nowait(END)
+
+    def accepted(self) -> None:
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def emit(self, event: EngineEvent) -> None:
+        self.accepted()
+        self._events_in.put_nowait(event)
+
+    async def started(self) -> None:
+        await asyncio.shield(self._accepted)
 
     @property
     def _queue(self) -> asyncio.Queue[Any]:
@@ -299,6 +321,8 @@ class TaskGeneration(QueuedGeneration):
     def cancel(self) -> None:
         self._done = True
         self._task.cancel()
+        if not self._accepted.done():
+            self._accepted.cancel()
 
 
 @dataclass(frozen=True)
