@@ -1,26 +1,12 @@
 """The HTTP side of an upstream llama-server: ``/health``, ``/props`` and streamed ``/completion``.
 
-httpx's exceptions and the upstream's error statuses cross into parley here
-(``UPSTREAM`` and ``_status_error``)::
+Upstream failures cross into parley at the shared boundary
+(``upstream_http``: its table says what each becomes); here, besides, a
+stream that ends before its last chunk is an ``api_error``.
 
-    the upstream ...                                  parley answers
-    cannot be reached (nothing listening, connect     529 overloaded_error + retry-after
-      timeout)
-    answers 429 or 503 (busy; 503 also while it       529 overloaded_error + its retry-after
-      loads its model)
-    sends nothing for ``timeout`` s                   504 timeout_error
-    answers 400 exceed_context_size_error             400 invalid_request_error, "prompt is
-                                                        too long: N tokens > M maximum"
-    answers another status (its 500, a 4xx for what   500 api_error naming the upstream
-      parley sent), drops the connection, sends
-      malformed SSE or an error chunk, or ends the
-      stream before its last chunk
-
-A non-streamed request gets these as its status. A streamed one already has
-its ``message_start`` (sent at admission), so it gets them as ``event:
-error``. 504 rather than ``api_error`` for a silent upstream: the API's own
-``timeout_error`` says "took too long" (the SDK raises
-``GatewayTimeoutError``, and retries it like any 5xx).
+A failure before the upstream answered 200 is the request's HTTP status
+(nothing reached the client yet: ``completion``'s ``on_answer``); one after
+that reaches a streamed client as ``event: error``.
 
 Retries: a ``/completion`` is sent again, at most ``retries`` times, while the
 upstream could not be reached, dropped the connection before answering, or
@@ -34,71 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
-from parley.boundary import Boundary
 from parley.engines.llamacpp.vocab import ModelLoadError
-from parley.errors import (
-    EngineError,
-    OverloadedError,
-    ParleyError,
-    PromptTooLongError,
-    TimeoutError_,
+from parley.engines.upstream_http import (
+    NOT_ANSWERED,
+    UPSTREAM,
+    error_detail,
+    error_message,
+    loads,
+    malformed,
+    status_error,
+    upstream_error,
 )
+from parley.errors import EngineError
 
 log = logging.getLogger("parley.engine.llamaserver")
 
 RETRY_WAIT_MAX = 2.0  # s: a busy upstream asking for longer is the client's to wait out
 HEALTH_POLL = 0.25  # s between start-up checks of /health
 PROGRESS_EVERY = 10.0  # s between "still waiting" log lines at start-up
-
-
-def _unreachable(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return OverloadedError(
-        f"{what}: the upstream {ctx['url']} cannot be reached ({exc!r}); retry shortly",
-        headers={"retry-after": "5"},
-    )
-
-
-def _slow(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return TimeoutError_(
-        f"{what}: the upstream {ctx['url']} sent nothing for {ctx['timeout']:g} s "
-        f"({type(exc).__name__})"
-    )
-
-
-def _dropped(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return EngineError(
-        f"{what}: the upstream {ctx['url']} closed the connection before its answer ended ({exc!r})"
-    )
-
-
-def _failed(exc: BaseException, what: str, ctx: Mapping[str, Any]) -> ParleyError:
-    return EngineError(f"{what}: the upstream {ctx['url']} failed: {exc!r}")
-
-
-UPSTREAM = Boundary(
-    "httpx",
-    [
-        ((httpx.ConnectError, httpx.ConnectTimeout), _unreachable),
-        (httpx.TimeoutException, _slow),
-        ((httpx.RemoteProtocolError, httpx.ReadError), _dropped),
-        (httpx.HTTPError, _failed),
-    ],
-)
-
-# Failures before the upstream answered anything: the request may be sent again.
-_NOT_ANSWERED = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-)
 
 
 class LlamaServerClient:
@@ -171,7 +116,8 @@ class LlamaServerClient:
             return f"cannot be reached ({type(exc).__name__})", False
         if response.status_code == 200:
             return None, False
-        said = f"answers HTTP {response.status_code} {_message(_detail(response.text))[:200]}"
+        message = error_message(error_detail(response.text))
+        said = f"answers HTTP {response.status_code} {message[:200]}"
         # 503 is llama-server loading; other 5xx may be a proxy in front of it, starting.
         return said, response.status_code < 500
 
@@ -179,7 +125,7 @@ class LlamaServerClient:
         with UPSTREAM.crossing("GET /props", url=self.url, timeout=self._timeout):
             response = await self._http.get("/props")
             if response.status_code != 200:
-                raise _status_error(response, response.text, "GET /props", self.url)
+                raise status_error(response, response.text, "GET /props", self.url)
             try:
                 data = response.json()
             except ValueError:
@@ -220,7 +166,7 @@ class LlamaServerClient:
             request = self._http.build_request("POST", "/completion", json=body)
             try:
                 response = await self._http.send(request, stream=True)
-            except _NOT_ANSWERED as exc:
+            except NOT_ANSWERED as exc:
                 if final:
                     raise
                 wait, reason = 0.1 * 2**attempt, type(exc).__name__
@@ -232,7 +178,7 @@ class LlamaServerClient:
                     text = (await response.aread()).decode(errors="replace")
                 finally:
                     await response.aclose()
-                error = _status_error(response, text, "POST /completion", self.url)
+                error = status_error(response, text, "POST /completion", self.url)
                 busy = _busy_wait(response)
                 if final or busy is None:
                     raise error
@@ -247,33 +193,22 @@ class LlamaServerClient:
 def _chunk(line: str, what: str, url: str) -> dict[str, Any] | None:
     """One SSE line's chunk (None for what carries none), or the upstream's error."""
     if line.startswith("error: "):  # older llama-server builds
-        raise _upstream_error(_loads(line, 7, what, url), what, url)
+        raise upstream_error(loads(line, 7, what, url), what, url)
     if not line.startswith("data: "):
         return None
-    chunk = _loads(line, 6, what, url)
+    chunk = loads(line, 6, what, url)
     if not isinstance(chunk, dict):
-        raise _malformed(line, what, url)
+        raise malformed(line, what, url)
     if "error" in chunk:  # llama-server ends the stream with it
-        raise _upstream_error(chunk["error"], what, url)
+        raise upstream_error(chunk["error"], what, url)
     tokens = chunk.get("tokens", [])
     if (
         not isinstance(chunk.get("content", ""), str)
         or not isinstance(tokens, list)
         or not all(isinstance(t, int) for t in tokens)
     ):
-        raise _malformed(line, what, url)
+        raise malformed(line, what, url)
     return chunk
-
-
-def _loads(line: str, start: int, what: str, url: str) -> Any:
-    try:
-        return json.loads(line[start:])
-    except ValueError:
-        raise _malformed(line, what, url) from None
-
-
-def _malformed(line: str, what: str, url: str) -> EngineError:
-    return EngineError(f"{what}: the upstream {url} sent a malformed event: {line[:200]!r}")
 
 
 def _busy_wait(response: httpx.Response) -> float | None:
@@ -284,43 +219,6 @@ def _busy_wait(response: httpx.Response) -> float | None:
     retry = response.headers.get("retry-after", "")
     wait = int(retry) if retry.isdigit() else 1
     return float(wait) if wait <= RETRY_WAIT_MAX else None
-
-
-def _status_error(response: httpx.Response, text: str, what: str, url: str) -> ParleyError:
-    detail = _detail(text)
-    status = response.status_code
-    if status in (429, 503):
-        retry = response.headers.get("retry-after", "1")
-        return OverloadedError(
-            f"{what}: the upstream {url} is busy (HTTP {status}); retry shortly",
-            headers={"retry-after": retry if retry.isdigit() else "1"},
-        )
-    too_long = isinstance(detail, dict) and detail.get("type") == "exceed_context_size_error"
-    if status == 400 and too_long:
-        tokens, n_ctx = detail.get("n_prompt_tokens"), detail.get("n_ctx")
-        if isinstance(tokens, int) and isinstance(n_ctx, int):
-            # parley counted the prompt as fitting the context /props gave at
-            # start: the upstream's own count and context are the ones that hold.
-            return PromptTooLongError(tokens, context=n_ctx, model=f"the upstream {url}")
-    return _upstream_error(detail, what, url, status=status)
-
-
-def _detail(text: str) -> Any:
-    """llama-server's ``{"error": {"code", "message", "type", ...}}``, else the text."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text
-    return body.get("error", body) if isinstance(body, dict) else text
-
-
-def _message(detail: Any) -> str:
-    return str(detail.get("message", detail) if isinstance(detail, dict) else detail)
-
-
-def _upstream_error(detail: Any, what: str, url: str, *, status: int | None = None) -> ParleyError:
-    code = f"HTTP {status}: " if status is not None else ""
-    return EngineError(f"{what}: the upstream {url} answered {code}{_message(detail)[:500]}")
 
 
 def _secs(seconds: float) -> str:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -44,15 +44,13 @@ from parley.engines.base import (
 from parley.engines.openai_chat.dialects import DIALECTS, KINDS, Dialect, Kind, count_of, detect
 from parley.engines.openai_chat.reply import Reply
 from parley.engines.openai_chat.request import Body, chat_body, sampling
-from parley.engines.upstream_http import UPSTREAM, check, stream_json
-from parley.errors import EngineError, InvalidRequestError, ParleyError, PromptTooLongError
+from parley.engines.upstream_http import UPSTREAM, status_error, stream_json
+from parley.errors import EngineError, ParleyError
 
 if TYPE_CHECKING:
     from parley.config import Settings
 
 log = logging.getLogger("parley.engine.openai")
-
-Emit = Callable[[EngineEvent], None]
 
 CHARS_PER_TOKEN = 4  # the estimate where the upstream cannot count
 
@@ -150,11 +148,12 @@ class OpenAIChatEngine(Engine):
     async def _get(self, path: str, *, quiet: bool = False) -> dict[str, Any] | None:
         """``GET path`` as JSON; with ``quiet``, None for any answer but a JSON 200
         (probing which kind of server this is)."""
-        with UPSTREAM.crossing(f"GET {path}", url=self.url):
+        with UPSTREAM.crossing(f"GET {path}", url=self.url, timeout=self._options.timeout):
             response = await self._http.get(path)
             if quiet and response.status_code != 200:
                 return None
-            check(response, f"GET {path}", response.text)
+            if response.status_code != 200:
+                raise status_error(response, response.text, f"GET {path}", self.url)
             try:
                 data = response.json()
             except json.JSONDecodeError:
@@ -183,43 +182,17 @@ class OpenAIChatEngine(Engine):
         what = f"POST {path}"
         keys = self.dialect.count_keys
         counted = body if keys is None else {k: v for k, v in body.items() if k in keys}
-        with UPSTREAM.crossing(what, url=self.url):
+        # vLLM and SGLang say a prompt is too long only in prose: parley's own check
+        # keeps them from it (the count is exact, max_tokens capped to the room left).
+        with UPSTREAM.crossing(what, url=self.url, timeout=self._options.timeout):
             response = self._counting.post(path, json=counted)
-            self._refuse(response.status_code, response.text)
-            check(response, what, response.text)
+            if response.status_code != 200:
+                raise status_error(response, response.text, what, self.url)
             try:
                 n = count_of(self.dialect, response.json())
             except ValueError as exc:
                 raise EngineError(f"{what}: the upstream {self.url} answered {exc}") from None
         return ChatPrompt(conversation, "", range(n), body=body)
-
-    def _refuse(self, status: int, text: str) -> None:
-        """An upstream 400 saying the prompt exceeds its context: parley's 400 with the count.
-
-        llama-server says so in a typed error (``exceed_context_size_error`` with
-        both numbers), OpenAI with ``code: context_length_exceeded`` (and no
-        numbers); vLLM and SGLang say it only in prose, and are kept from it by
-        parley's own check (the count is exact, ``max_tokens`` capped to the room
-        left)."""
-        if status != 400:
-            return
-        try:
-            error = json.loads(text).get("error") or {}
-        except (ValueError, AttributeError):
-            return
-        if not isinstance(error, dict):
-            return
-        if error.get("type") == "exceed_context_size_error":
-            raise PromptTooLongError(
-                int(error.get("n_prompt_tokens") or 0),
-                context=int(error.get("n_ctx") or self.card.context_length),
-                model=self.card.id,
-            )
-        if error.get("code") == "context_length_exceeded":  # OpenAI's code; no counts in it
-            raise InvalidRequestError(
-                f"prompt is too long for the context window of {self.card.id}: the upstream "
-                f"says: {str(error.get('message', ''))[:300]}"
-            )
 
     # --- generations --------------------------------------------------------------
 
@@ -230,10 +203,10 @@ class OpenAIChatEngine(Engine):
         body = {**prompt.body, **sampling(params, self.dialect, max_tokens=max(budget, 1))}
         self._slots.check()
 
-        async def produce(emit: Emit) -> None:
+        async def produce(run: TaskGeneration) -> None:
             async with self._slots.held(params.priority):
                 try:
-                    finished = await self._generate(prompt, params, body, emit)
+                    finished = await self._generate(prompt, params, body, run)
                 except asyncio.CancelledError:
                     self._counters["cancelled"] += 1
                     raise
@@ -242,18 +215,24 @@ class OpenAIChatEngine(Engine):
                     raise
                 self._counters["completed"] += 1
                 self._counters["tokens"] += finished.output_tokens
-                emit(finished)
+                run.emit(finished)
 
         return TaskGeneration(produce)
 
     async def _generate(
-        self, prompt: ChatPrompt, params: SamplingParams, body: Body, emit: Emit
+        self, prompt: ChatPrompt, params: SamplingParams, body: Body, run: TaskGeneration
     ) -> Finished:
         if prompt.n_tokens >= self.card.context_length:  # no room left to answer in
             return Finished(out_of_budget(0, params.max_tokens), 0)
+        emit = run.emit
         reply = Reply(prompt.conversation, params, self.dialect, url=self.url)
         chunks = stream_json(
-            self._http, "/v1/chat/completions", body, url=self.url, refuse=self._refuse
+            self._http,
+            "/v1/chat/completions",
+            body,
+            url=self.url,
+            read_timeout=self._options.timeout,
+            on_answer=run.accepted,
         )
         # Closed as soon as parley is done with it: the upstream then stops decoding.
         async with contextlib.aclosing(chunks):
@@ -294,20 +273,43 @@ def _context_of(model: dict[str, Any], props: dict[str, Any] | None) -> int | No
 
 
 class TaskGeneration(QueuedGeneration):
-    """A generation made by a task on the event loop; cancelling it cancels the
-    task (the upstream request under way is closed)."""
+    """A generation made by a task on the event loop: ``produce(generation)``
+    calls ``accepted()`` once the upstream took the work (``started`` returns
+    then; at the latest with the first event) and ``emit`` for each event.
+    Cancelling it cancels the task (an upstream request under way is closed).
 
-    def __init__(self, produce: Callable[[Emit], Any]) -> None:
+    The same as the llama-server engine's; one of the two can go once both
+    import it from one place."""
+
+    def __init__(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
         self._events_in: asyncio.Queue[Any] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._run(produce))
+        self._accepted: asyncio.Future[None] = loop.create_future()
+        # Retrieved here, so an error nobody waited for is not logged as lost.
+        self._accepted.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._task = loop.create_task(self._run(produce))
 
-    async def _run(self, produce: Callable[[Emit], Any]) -> None:
+    async def _run(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
         try:
-            await produce(self._events_in.put_nowait)
-        except Exception as exc:  # raised to the reader
+            await produce(self)
+        except Exception as exc:  # raised to the reader, or by started()
+            if not self._accepted.done():
+                self._accepted.set_exception(exc)
             self._events_in.put_nowait(exc)
         finally:
+            self.accepted()
             self._events_in.put_nowait(END)
+
+    def accepted(self) -> None:
+        if not self._accepted.done():
+            self._accepted.set_result(None)
+
+    def emit(self, event: EngineEvent) -> None:
+        self.accepted()
+        self._events_in.put_nowait(event)
+
+    async def started(self) -> None:
+        await asyncio.shield(self._accepted)
 
     @property
     def _queue(self) -> asyncio.Queue[Any]:
@@ -316,6 +318,8 @@ class TaskGeneration(QueuedGeneration):
     def cancel(self) -> None:
         self._done = True
         self._task.cancel()
+        if not self._accepted.done():
+            self._accepted.cancel()
 
 
 @dataclass(frozen=True)
