@@ -403,6 +403,12 @@ def test_upstream_failures_cross_the_boundary(
     failure: Any = caught.value
     if status in (429, 503):
         assert failure.status_code == 529 and failure.response.headers["retry-after"]
+        # A stream gets the status too: nothing went out before the upstream answered.
+        with pytest.raises(anthropic.APIStatusError) as streamed:
+            parley["openai"].messages.create(
+                model=MODEL, max_tokens=20, messages=user(f"status {status}"), stream=True
+            )
+        assert streamed.value.status_code == 529
     else:
         assert failure.status_code == 500 and "fake failure 500" in failure.message
 
