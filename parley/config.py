@@ -98,6 +98,32 @@ class Settings:
     # Options engines declare for themselves (parley.engines.options), by engine name:
     # the config file's [engines.NAME] tables, --engine-opt and PARLEY_ENGINE_OPTS.
     engine_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The config file's [[models]]: several models served side by side, each an
+    # engine name and that engine's options. Empty: the one engine above.
+    models: tuple[ModelEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``[[models]]`` table: ``engine`` and its options (``where`` names it in errors)."""
+
+    engine: str
+    options: dict[str, Any]
+    where: str
+
+
+def model_entries(path: Path, raw: Any) -> tuple[ModelEntry, ...]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{path}: [[models]] must be tables, one per model")
+    entries = []
+    for i, table in enumerate(raw):
+        where = f"{path}: models.{i}"
+        options = dict(table)
+        engine = options.pop("engine", None)
+        if not isinstance(engine, str) or not engine:
+            raise ConfigError(f"{where}: 'engine' is required (e.g. engine = \"llamaserver\")")
+        entries.append(ModelEntry(engine, options, where))
+    return tuple(entries)
 
 
 _ENV_PREFIX = "PARLEY_"
@@ -170,11 +196,13 @@ def load_settings(
         if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
             raise ConfigError(f"{path}: [engines.NAME] must be tables of engine options")
         values["engine_options"] = {name: dict(t) for name, t in tables.items()}
+        if "models" in data:
+            values["models"] = model_entries(path, data.pop("models"))
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values.update({k: _coerce(k, v) for k, v in data.items()})
-    for name in names - {"engine_options"}:
+    for name in names - {"engine_options", "models"}:
         raw = env.get(_ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
             values[name] = _coerce(name, raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI
 
@@ -15,9 +16,10 @@ from parley.api.middleware import RequestIdMiddleware, SlowReaders
 from parley.batches.store import BatchStore
 from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
-from parley.config import CLAUDE_MODEL_IDS, Settings
+from parley.config import CLAUDE_MODEL_IDS, ConfigError, Settings
 from parley.engines import registry
 from parley.engines.base import Engine
+from parley.engines.registry import UnknownEngineError
 from parley.errors import ParleyError
 from parley.fetch import FetchPolicy
 from parley.ratelimit import RateLimiter
@@ -28,7 +30,35 @@ log = logging.getLogger("parley")
 
 
 def build_engines(settings: Settings) -> list[Engine]:
-    return [registry.load(settings.engine)(settings)]
+    """The served engines: the one of ``settings.engine``, or one per ``[[models]]``
+    entry (its options over the ``[engines.NAME]`` table of its engine; the flat
+    ``model``/``model_name``/``chat_template``/``script`` settings, meant for the
+    one-engine case, do not apply to entries)."""
+    if not settings.models:
+        return [registry.load(settings.engine)(settings)]
+    engines = []
+    for entry in settings.models:
+        tables = dict(settings.engine_options)
+        tables[entry.engine] = {**tables.get(entry.engine, {}), **entry.options}
+        own = replace(
+            settings, engine=entry.engine, engine_options=tables,
+            model=None, model_name=None, chat_template=None, script=None,
+        )  # fmt: skip
+        try:
+            engines.append(registry.load(entry.engine)(own))
+        except (ConfigError, UnknownEngineError) as exc:
+            raise ConfigError(f"{entry.where}: {exc}") from exc
+    return engines
+
+
+def _check_unique(engines: Sequence[Engine]) -> None:
+    seen: set[str] = set()
+    for engine in engines:
+        if engine.card.id in seen:
+            raise ConfigError(
+                f"two models are served as '{engine.card.id}': give one another model_name"
+            )
+        seen.add(engine.card.id)
 
 
 def aliases_for(settings: Settings, default_model: str) -> dict[str, str]:
@@ -54,6 +84,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             except ParleyError as exc:  # one line saying why, above uvicorn's traceback
                 log.error("cannot start", extra={"error": exc.message})
                 raise
+        _check_unique(chosen)  # ids are known once started (an upstream's from its /props)
         default = chosen[0].card.id
         catalog = Catalog(
             chosen,
