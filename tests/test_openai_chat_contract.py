@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -441,3 +442,21 @@ def test_an_error_chunk_mid_stream_ends_the_stream_with_an_error_event(
         for _ in stream:
             pass
     assert "engine dead" in str(caught.value)
+
+
+def test_several_upstreams_side_by_side_from_one_config(
+    fakes: dict[str, Fake], server_factory: Callable[..., Server], tmp_path: Path
+) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        "".join(
+            f'[[models]]\nengine = "openai"\nurl = "{fakes[kind].url}"\nmodel_name = "{kind}-model"\n\n'
+            for kind in ("vllm", "ollama")
+        )
+    )
+    client = server_factory("--config", str(config)).client()
+    assert {m.id for m in client.models.list()} >= {"vllm-model", "ollama-model"}
+    for kind in ("vllm", "ollama"):
+        message = client.messages.create(model=f"{kind}-model", max_tokens=20, messages=user("hi"))
+        assert message.content[0].text == "Hello there."  # type: ignore[union-attr]
+        assert sent(fakes[kind])["messages"] == [{"role": "user", "content": "hi"}]
