@@ -179,6 +179,7 @@ def test_kinds_are_detected_and_counts_read() -> None:
         ({"url": "http://x", "kind": "tgi"}, "'kind' is one of"),
         ({"url": "http://x", "modle": "m"}, "did you mean 'model'"),
         ({"url": "http://x", "images": "maybe"}, "expected true or false"),
+        ({"url": "http://x", "chat_template": "t.jinja"}, "its own chat template"),
     ],
 )
 def test_options_are_checked_at_start(options: dict[str, Any], says: str) -> None:

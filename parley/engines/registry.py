@@ -23,6 +23,7 @@ BUILTIN_ENGINES = {
     "llamacpp": "parley.engines.llamacpp:from_settings",
     "llamaserver": "parley.engines.llamaserver:from_settings",
     "openai": "parley.engines.openai_chat:from_settings",
+    "vllm": "parley.engines.vllm:from_settings",
     "scripted": "parley.engines.scripted:from_settings",
 }
 

@@ -1,6 +1,7 @@
 """The chat-mode upstream engine: any OpenAI-compatible ``/v1/chat/completions``.
 
-At start it reads the upstream's ``/v1/models`` (the model to serve, vLLM's
+At start it reads the upstream's ``/v1/models`` (waiting up to
+``startup_timeout`` for an upstream still loading; the model to serve, vLLM's
 and SGLang's ``max_model_len``) and finds its kind (``dialects.detect``:
 llama-server answers ``/props``, Ollama ``/api/version``) unless the option
 ``kind`` says it. ``prepare`` builds the chat body (``request.chat_body``)
@@ -10,7 +11,8 @@ so ``count_tokens`` is what the generation's usage says), else estimates
 (documented: about four characters a token). A generation is one task on
 the event loop streaming the completion through ``reply.Reply``; leaving it
 (client gone, stop sequence matched by parley, a second call when one was
-allowed) closes the upstream request.
+allowed) closes the upstream request. HTTP goes through ``client.ChatClient``
+(the upstreams' shared failure rules and retries).
 """
 
 from __future__ import annotations
@@ -20,32 +22,28 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from parley.conversation import Capabilities, Conversation
 from parley.engines.admission import Slots
 from parley.engines.base import (
-    END,
     CacheUsage,
     Engine,
-    EngineEvent,
     Finished,
     Generation,
     ModelCard,
     Prompt,
-    QueuedGeneration,
     SamplingParams,
     out_of_budget,
 )
+from parley.engines.openai_chat.client import ChatClient
 from parley.engines.openai_chat.dialects import DIALECTS, KINDS, Dialect, Kind, count_of, detect
 from parley.engines.openai_chat.reply import Reply
 from parley.engines.openai_chat.request import Body, chat_body, sampling
-from parley.engines.upstream_http import UPSTREAM, status_error, stream_json
-from parley.errors import EngineError, ParleyError
+from parley.engines.upstream.generation import TaskGeneration
+from parley.engines.upstream.options import UpstreamOptions, read_options
+from parley.errors import EngineError, OverloadedError, ParleyError
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -53,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.engine.openai")
 
 CHARS_PER_TOKEN = 4  # the estimate where the upstream cannot count
+START_POLL = 0.25  # s between looks at an upstream that is not up yet
 
 
 @dataclass(frozen=True)
@@ -64,19 +63,10 @@ class ChatPrompt(Prompt):
 
 
 class OpenAIChatEngine(Engine):
-    def __init__(self, options: OpenAIChatOptions) -> None:
+    def __init__(self, client: ChatClient, options: OpenAIChatOptions) -> None:
+        self._client = client
         self._options = options
-        self.url = options.url.rstrip("/")
-        headers = {"authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-        timeout = httpx.Timeout(options.timeout, connect=options.connect_timeout)
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
-        # prepare runs in worker threads: counting is a blocking call of its own.
-        self._counting = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.url = client.url
         self.dialect: Dialect = DIALECTS[options.kind or "openai"]
         self._model = options.model or ""
         self._call_prefix = options.forced_call_prefix or ""
@@ -99,14 +89,14 @@ class OpenAIChatEngine(Engine):
         )
 
     async def start(self) -> None:
-        models = await self._get("/v1/models")
-        props = await self._get("/props", quiet=True)
+        models = await self._models()
+        props = await self._client.probe("/props")
         version = None
         if self._options.kind is None and props is None:
-            version = await self._get("/api/version", quiet=True)
+            version = await self._client.probe("/api/version")
         kind = self._options.kind or detect(models, props, version is not None)
         self.dialect = DIALECTS[kind]
-        listed = [m for m in (models or {}).get("data") or [] if isinstance(m, dict)]
+        listed = [m for m in models.get("data") or [] if isinstance(m, dict)]
         if not self._model:
             if not listed:
                 raise UpstreamStartError(
@@ -145,26 +135,24 @@ class OpenAIChatEngine(Engine):
             },
         )
 
-    async def _get(self, path: str, *, quiet: bool = False) -> dict[str, Any] | None:
-        """``GET path`` as JSON; with ``quiet``, None for any answer but a JSON 200
-        (probing which kind of server this is)."""
-        with UPSTREAM.crossing(f"GET {path}", url=self.url, timeout=self._options.timeout):
-            response = await self._http.get(path)
-            if quiet and response.status_code != 200:
-                return None
-            if response.status_code != 200:
-                raise status_error(response, response.text, f"GET {path}", self.url)
+    async def _models(self) -> dict[str, Any]:
+        """``/v1/models``, waited for while the upstream is not up yet (not listening,
+        or 503 while it loads its model), at most ``startup_timeout`` s. Not
+        ``/health``: Ollama and generic servers have none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.startup_timeout
+        while True:
             try:
-                data = response.json()
-            except json.JSONDecodeError:
-                if quiet:
-                    return None
-                raise
-            return data if isinstance(data, dict) else None
+                return await self._client.get_json("/v1/models")
+            except OverloadedError:
+                if loop.time() >= deadline:
+                    raise
+                log.info("waiting for the upstream", extra={"upstream": self.url})
+            # Nothing to await but the upstream itself: look again shortly.
+            await asyncio.sleep(START_POLL)
 
     async def close(self) -> None:
-        await self._http.aclose()
-        self._counting.close()
+        await self._client.close()
 
     # --- prompts ----------------------------------------------------------------
 
@@ -179,19 +167,13 @@ class OpenAIChatEngine(Engine):
             )
             n = math.ceil(len(text) / CHARS_PER_TOKEN)
             return ChatPrompt(conversation, "", range(n), body=body, exact=False)
-        what = f"POST {path}"
         keys = self.dialect.count_keys
         counted = body if keys is None else {k: v for k, v in body.items() if k in keys}
-        # vLLM and SGLang say a prompt is too long only in prose: parley's own check
-        # keeps them from it (the count is exact, max_tokens capped to the room left).
-        with UPSTREAM.crossing(what, url=self.url, timeout=self._options.timeout):
-            response = self._counting.post(path, json=counted)
-            if response.status_code != 200:
-                raise status_error(response, response.text, what, self.url)
-            try:
-                n = count_of(self.dialect, response.json())
-            except ValueError as exc:
-                raise EngineError(f"{what}: the upstream {self.url} answered {exc}") from None
+        answer = self._client.count(path, counted)
+        try:
+            n = count_of(self.dialect, answer)
+        except ValueError as exc:
+            raise EngineError(f"POST {path}: the upstream {self.url} answered {exc}") from None
         return ChatPrompt(conversation, "", range(n), body=body)
 
     # --- generations --------------------------------------------------------------
@@ -226,14 +208,7 @@ class OpenAIChatEngine(Engine):
             return Finished(out_of_budget(0, params.max_tokens), 0)
         emit = run.emit
         reply = Reply(prompt.conversation, params, self.dialect, url=self.url)
-        chunks = stream_json(
-            self._http,
-            "/v1/chat/completions",
-            body,
-            url=self.url,
-            read_timeout=self._options.timeout,
-            on_answer=run.accepted,
-        )
+        chunks = self._client.chat(body, on_answer=run.accepted)
         # Closed as soon as parley is done with it: the upstream then stops decoding.
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
@@ -272,73 +247,17 @@ def _context_of(model: dict[str, Any], props: dict[str, Any] | None) -> int | No
     return None
 
 
-class TaskGeneration(QueuedGeneration):
-    """A generation made by a task on the event loop: ``produce(generation)``
-    calls ``accepted()`` once the upstream took the work (``started`` returns
-    then; at the latest with the first event) and ``emit`` for each event.
-    Cancelling it cancels the task (an upstream request under way is closed).
-
-    The same as the llama-server engine's; one of the two can go once both
-    import it from one place."""
-
-    def __init__(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
-        loop = asyncio.get_running_loop()
-        self._events_in: asyncio.Queue[Any] = asyncio.Queue()
-        self._accepted: asyncio.Future[None] = loop.create_future()
-        # Retrieved here, so an error nobody waited for is not logged as lost.
-        self._accepted.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._task = loop.create_task(self._run(produce))
-
-    async def _run(self, produce: Callable[[TaskGeneration], Awaitable[None]]) -> None:
-        try:
-            await produce(self)
-        except Exception as exc:  # raised to the reader, or by started()
-            if not self._accepted.done():
-                self._accepted.set_exception(exc)
-            self._events_in.put_nowait(exc)
-        finally:
-            self.accepted()
-            self._events_in.put_nowait(END)
-
-    def accepted(self) -> None:
-        if not self._accepted.done():
-            self._accepted.set_result(None)
-
-    def emit(self, event: EngineEvent) -> None:
-        self.accepted()
-        self._events_in.put_nowait(event)
-
-    async def started(self) -> None:
-        await asyncio.shield(self._accepted)
-
-    @property
-    def _queue(self) -> asyncio.Queue[Any]:
-        return self._events_in
-
-    def cancel(self) -> None:
-        self._done = True
-        self._task.cancel()
-        if not self._accepted.done():
-            self._accepted.cancel()
-
-
 @dataclass(frozen=True)
-class OpenAIChatOptions:
-    """The chat-mode upstream's options (``[engines.openai]``, ``--engine-opt``)."""
+class OpenAIChatOptions(UpstreamOptions):
+    """The chat-mode upstream's options (``[engines.openai]``, ``--engine-opt``):
+    the upstreams' own (url, api_key, concurrency, queues, timeouts, retries)
+    and these. ``chat_template`` is refused: the upstream renders with its own."""
 
-    url: str = ""
     model: str | None = None  # the upstream's model name; default: the first of /v1/models
-    model_name: str | None = None  # the id parley serves it under
-    api_key: str | None = None  # the upstream's own key
     kind: Kind | None = None  # vllm|sglang|llamaserver|ollama|openai; default: detected
     context_length: int = 0  # 0: the upstream's (max_model_len, n_ctx), else 4096
     images: bool | None = None  # the model takes images; default: llama-server's /props
     forced_call_prefix: str | None = None  # prefilled when tool_choice forces a call
-    concurrency: int = 0  # requests sent at once; 0: llama-server's slots, else 16
-    max_queue: int = 64
-    queue_timeout: float = 300.0
-    timeout: float = 600.0  # seconds without a byte from the upstream
-    connect_timeout: float = 5.0
 
 
 class UpstreamStartError(ParleyError):
@@ -347,19 +266,22 @@ class UpstreamStartError(ParleyError):
 
 def from_settings(settings: Settings) -> OpenAIChatEngine:
     from parley.config import ConfigError
-    from parley.engines.options import engine_options
 
-    base = {"model_name": settings.model_name}
-    o = engine_options(settings, "openai", OpenAIChatOptions, base)
-    if not o.url.startswith(("http://", "https://")):
-        raise ConfigError(
-            "openai: the option 'url' must be the upstream's http(s) URL "
-            "(--engine-opt url=http://127.0.0.1:8000)"
-        )
+    o = read_options(settings, "openai", OpenAIChatOptions, "http://127.0.0.1:8000")
     if o.kind is not None and o.kind not in KINDS:
         raise ConfigError(f"openai: the option 'kind' is one of {', '.join(KINDS)}, not {o.kind!r}")
-    if o.concurrency < 0 or o.max_queue < 0 or o.timeout <= 0 or o.connect_timeout <= 0:
-        raise ConfigError("openai: concurrency ≥ 0, max_queue ≥ 0 and timeouts > 0 required")
     if o.context_length < 0:
         raise ConfigError("openai: context_length ≥ 0 required")
-    return OpenAIChatEngine(o)
+    if o.chat_template is not None:
+        raise ConfigError(
+            "openai: the upstream renders prompts with its own chat template in chat mode; "
+            "give it the template instead (llama-server --chat-template-file)"
+        )
+    client = ChatClient(
+        o.url,
+        api_key=o.api_key,
+        timeout=o.timeout,
+        connect_timeout=o.connect_timeout,
+        retries=o.retries,
+    )
+    return OpenAIChatEngine(client, o)

@@ -1,0 +1,54 @@
+"""The options every upstream engine takes, and reading them from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from parley.config import Settings
+
+
+@dataclass(frozen=True)
+class UpstreamOptions:
+    """Options of an upstream engine (``[engines.NAME]``, ``--engine-opt``);
+    an engine's own options extend these."""
+
+    url: str = ""
+    model: str | None = None  # the GGUF the upstream serves (its vocabulary renders here)
+    model_name: str | None = None  # the id parley serves it under
+    api_key: str | None = None  # the upstream's own key
+    chat_template: str | None = None  # a Jinja file overriding the model's template
+    concurrency: int = 0  # requests sent at once; 0: the upstream's own figure
+    max_queue: int = 64
+    queue_timeout: float = 300.0
+    timeout: float = 600.0  # seconds without a byte from the upstream
+    connect_timeout: float = 5.0
+    startup_timeout: float = 120.0  # seconds to wait at start for the upstream's /health
+    retries: int = 2  # resends of a request the upstream did not answer (upstream.http)
+
+
+OptionsT = TypeVar("OptionsT", bound=UpstreamOptions)
+
+
+def read_options(settings: Settings, engine: str, kind: type[OptionsT], example: str) -> OptionsT:
+    """The engine's options; ``--model``, ``--model-name`` and ``--chat-template``
+    mean the same as for the embedded engine. ``example`` is a URL for the error."""
+    from parley.config import ConfigError
+    from parley.engines.options import engine_options
+
+    base = {"model": settings.model, "model_name": settings.model_name}
+    base["chat_template"] = settings.chat_template
+    o = engine_options(settings, engine, kind, base)
+    if not o.url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{engine}: the option 'url' must be the upstream's http(s) URL "
+            f"(--engine-opt url={example})"
+        )
+    if min(o.concurrency, o.max_queue, o.retries) < 0 or o.startup_timeout < 0:
+        raise ConfigError(
+            f"{engine}: concurrency, max_queue, retries and startup_timeout ≥ 0 required"
+        )
+    if o.timeout <= 0 or o.connect_timeout <= 0:
+        raise ConfigError(f"{engine}: timeout and connect_timeout > 0 required")
+    return o

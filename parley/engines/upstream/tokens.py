@@ -1,0 +1,204 @@
+"""Tokens mode: parley renders and parses, the upstream only decodes token ids.
+
+``TokensEngine`` is the part every such engine shares: ``prepare`` renders
+and counts with the GGUF's vocabulary exactly as the embedded engine does
+(``llamacpp.render``), ``submit`` admits through ``admission.Slots`` and runs
+one ``TaskGeneration``, and the generation loop feeds the upstream's text
+through ``ToolCallParser``. A subclass starts itself (reads the upstream's
+context size, loads the vocabulary, sets ``card`` and the renderer) and
+gives ``_pieces``: one upstream request as a stream of ``Piece`` values.
+
+The loop ends the upstream request (by closing that stream) as soon as
+parley is done with it: a stop sequence matched, a duplicate tool call, the
+budget spent, or a thinking section over its budget. A thinking section so
+cut, or ended by the model's end of generation, is closed by parley: a new
+request continues from the prompt, the tokens written and the closing
+marker (the upstream's prefix cache makes that a few tokens' prefill).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from parley.conversation import Capabilities, Conversation
+from parley.engines.admission import Slots
+from parley.engines.base import (
+    Engine,
+    Finished,
+    Generation,
+    ModelCard,
+    Prompt,
+    SamplingParams,
+    out_of_budget,
+)
+from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPrompt, ToolCallParser
+from parley.engines.llamacpp.prefix_cache import reused_usage
+from parley.engines.llamacpp.render import Renderer
+from parley.engines.llamacpp.vocab import LlamaVocab
+from parley.engines.upstream.generation import Emit, TaskGeneration
+from parley.engines.upstream.options import UpstreamOptions
+from parley.errors import ParleyError
+
+End = Literal["eos", "limit"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """What one chunk of the upstream's stream brought: the text and token ids
+    decoded, and ``end`` on the last one (``eos``: the model ended; ``limit``:
+    the token budget did). Token ids never include the end-of-generation token."""
+
+    text: str
+    ids: Sequence[int] = ()
+    end: End | None = None
+
+
+@dataclass
+class Report:
+    """What the upstream says about one generation: ``accepted`` is called once
+    it took a request (answered 200, before its prefill), ``cached`` is set to
+    the prompt tokens it took from its prefix cache, once it says."""
+
+    accepted: Callable[[], None]
+    cached: int | None = None
+
+
+class TokensEngine(Engine):
+    """An upstream engine in tokens mode (see the module docstring)."""
+
+    def __init__(self, options: UpstreamOptions, default_id: str) -> None:
+        self._options = options
+        self._vocab: LlamaVocab | None = None
+        self._renderer: Renderer | None = None
+        self._slots = Slots(1, max_queue=options.max_queue, timeout=options.queue_timeout)
+        self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0}
+        self.card = ModelCard(
+            id=options.model_name or default_id,
+            display_name=options.model_name or default_id,
+            created_at="2024-01-01T00:00:00Z",
+            context_length=4096,
+            max_output_tokens=4096,
+            capabilities=Capabilities(images=False, tools=True, prompt_cache=True),
+        )
+
+    @abc.abstractmethod
+    def _pieces(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        params: SamplingParams,
+        grammar: Grammar | None,
+        report: Report,
+    ) -> AsyncGenerator[Piece, None]:
+        """One upstream request decoding from ``tokens``, at most ``max_tokens``
+        more, under ``grammar``; calls ``report.accepted`` when the upstream
+        answered, sets ``report.cached`` when it says. Closing the generator
+        must end the upstream request."""
+
+    async def close(self) -> None:
+        if self._vocab is not None:
+            self._vocab.close()
+            self._vocab = None
+
+    def prepare(self, conversation: Conversation, *, limit: int | None = None) -> Prompt:
+        assert self._renderer is not None, "engine not started"
+        return self._renderer.prepare(conversation, limit=limit)
+
+    def submit(self, prompt: Prompt, params: SamplingParams) -> Generation:
+        assert isinstance(prompt, LlamaPrompt), "a prompt from this engine's prepare"
+        self._slots.check()
+
+        async def produce(run: TaskGeneration) -> None:
+            async with self._slots.held(params.priority):
+                report = Report(run.accepted)
+                try:
+                    finished = await self._generate(prompt, params, run.emit, report)
+                except asyncio.CancelledError:
+                    self._counters["cancelled"] += 1
+                    raise
+                except ParleyError:
+                    self._counters["failed"] += 1
+                    raise
+                self._counters["completed"] += 1
+                self._counters["tokens"] += finished.output_tokens
+                if report.cached is not None:  # the upstream's figures, known only now
+                    finished = replace(
+                        finished, cache=reused_usage(prompt.breakpoints, report.cached)
+                    )
+                run.emit(finished)
+
+        return TaskGeneration(produce)
+
+    async def _generate(
+        self, prompt: LlamaPrompt, params: SamplingParams, emit: Emit, report: Report
+    ) -> Finished:
+        assert self._vocab is not None
+        budget = max(0, min(params.max_tokens, self.card.context_length - prompt.n_tokens))
+        if budget == 0:
+            return Finished(out_of_budget(0, params.max_tokens), 0)
+        conversation, grammar = prompt.conversation, prompt.grammar
+        parser = ToolCallParser(
+            conversation.tools,
+            params.stop_sequences,
+            grammar.syntax if grammar is not None else None,
+            thinking=conversation.thinking_budget is not None,
+        )
+        think_left = conversation.thinking_budget or 0
+        if budget < params.max_tokens:
+            think_left = min(think_left, max(1, budget // 2))  # room for an answer
+        tokens = list(prompt.tokens)
+        produced = 0
+
+        def ran_out() -> Finished:
+            return Finished(out_of_budget(produced, params.max_tokens), produced)
+
+        while True:
+            close_thinking = False
+            pieces = self._pieces(tokens, budget - produced, params, grammar, report)
+            # Closed as soon as parley is done with it: the upstream then stops decoding.
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    if parser.state == "thinking" and think_left <= 0 and piece.ids:
+                        close_thinking = True  # this token is dropped unseen
+                        break
+                    produced += len(piece.ids)
+                    tokens += piece.ids
+                    if parser.state == "thinking":
+                        think_left -= len(piece.ids)
+                    for event in parser.feed(piece.text):
+                        emit(event)
+                    if parser.duplicate:
+                        return Finished("tool_use", produced)
+                    if parser.stop_hit is not None:
+                        return Finished("stop_sequence", produced, parser.stop_hit)
+                    if piece.end is None:
+                        if produced >= budget:
+                            break
+                        continue
+                    if piece.end == "eos" and parser.state == "thinking":
+                        close_thinking = True
+                        break
+                    for event in parser.flush():
+                        emit(event)
+                    if piece.end == "eos":
+                        return Finished("tool_use" if parser.calls else "end_turn", produced)
+                    return ran_out()
+            if not close_thinking:
+                for event in parser.flush():
+                    emit(event)
+                return ran_out()
+            for event in parser.end_thinking():
+                emit(event)
+            forced = self._vocab.tokenize(THINK_FORCED_CLOSE, add_bos=False)
+            tokens += forced
+            produced += len(forced)
+            if produced >= budget:
+                return ran_out()
+
+    def stats(self) -> dict[str, Any]:
+        return {"running": self._slots.running, "waiting": self._slots.waiting, **self._counters}

@@ -1,0 +1,236 @@
+"""The vLLM engine: parley's rendering and output protocol, vLLM's decoding.
+
+At start it reads the upstream's ``/v1/models`` (the served model's id and
+``max_model_len``, the context size), loads the GGUF's vocabulary (the
+option ``model``: vLLM serves safetensors, so parley cannot find the GGUF
+itself) and checks that vLLM tokenizes a probe text to the same ids, since
+parley counts and vLLM decodes with them. A generation sends the token ids
+to ``/v1/completions`` with every sampler pinned to the API's meaning (the
+model's ``generation_config.json`` would otherwise set vLLM's defaults) and
+the tool grammar as a structured output: the GBNF itself when the call is
+forced, an xgrammar ``structural_tag`` of ``triggered_tags`` for
+``tool_choice: auto`` (free text until the call syntax's trigger, then the
+grammar; llama.cpp's lazy grammar). Prefix-cache reuse comes from the final
+usage chunk (``prompt_tokens_details.cached_tokens``, with vLLM's
+``--enable-prompt-tokens-details``); a request parley ends early (a stop
+sequence, a duplicate call) closes its stream before that chunk, so it
+reports no cache figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from parley.engines.base import ModelCard, SamplingParams
+from parley.engines.llamacpp.model_file import mtime, read_template
+from parley.engines.llamacpp.output import Grammar
+from parley.engines.llamacpp.render import Renderer
+from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
+from parley.engines.upstream.http import upstream_error
+from parley.engines.upstream.options import UpstreamOptions, read_options
+from parley.engines.upstream.tokens import End, Piece, Report, TokensEngine
+from parley.engines.vllm.client import VllmClient
+
+if TYPE_CHECKING:
+    from parley.config import Settings
+
+log = logging.getLogger("parley.engine.vllm")
+
+# Requests parley sends at once when the option says 0: vLLM batches and queues
+# by itself, and does not say its --max-num-seqs.
+DEFAULT_CONCURRENCY = 16
+
+
+class VllmEngine(TokensEngine):
+    def __init__(self, client: VllmClient, options: VllmOptions) -> None:
+        super().__init__(options, "vllm")
+        self._client = client
+        self._options: VllmOptions = options
+        self._served = ""  # vLLM's id of the model, sent in every request
+
+    async def start(self) -> None:
+        import anyio
+
+        await self._client.wait_ready(self._options.startup_timeout)
+        models = await self._client.models()
+        wanted = self._options.served_model
+        chosen = [m for m in models if wanted in (None, m.get("id"))]
+        if not chosen:
+            served = ", ".join(str(m.get("id")) for m in models) or "none"
+            raise ModelLoadError(
+                f"vLLM at {self._client.url} does not serve {wanted!r} (it serves: {served})"
+            )
+        model = chosen[0]
+        self._served = str(model["id"])
+        n_ctx = int(model.get("max_model_len") or 0)
+        if n_ctx <= 0:
+            raise ModelLoadError(
+                f"{self._client.url}/v1/models gives no max_model_len: is it vLLM?"
+            )
+        path = self._gguf()
+        self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
+        await self._check_tokenizer(vocab, path)
+        self._slots.size = self._options.concurrency or DEFAULT_CONCURRENCY
+        model_id = self._options.model_name or path.stem.lower()
+        self.card = ModelCard(
+            id=model_id,
+            display_name=f"{vocab.metadata('general.name') or path.stem} (vLLM)",
+            created_at=mtime(path),
+            context_length=n_ctx,
+            max_output_tokens=n_ctx,
+            capabilities=self.card.capabilities,
+        )
+        self._renderer = Renderer(vocab, self.card, read_template(self._options.chat_template))
+        log.info(
+            "upstream ready",
+            extra={"model": model_id, "upstream": self._client.url, "n_ctx": n_ctx},
+        )
+
+    def _gguf(self) -> Path:
+        if not self._options.model:
+            raise ModelLoadError(
+                "the vllm engine renders and counts prompts with the served model's GGUF "
+                "vocabulary: give it with --engine-opt model=PATH"
+            )
+        return Path(self._options.model).expanduser()
+
+    async def _check_tokenizer(self, vocab: LlamaVocab, path: Path) -> None:
+        """Refuse to start when vLLM's tokenizer is not the GGUF's: counts would lie."""
+        eos = vocab.token_text(vocab.eos)
+        probe = f"Hello, wörld! 12345 東京\n\t  {eos}x"
+        ours = vocab.tokenize(probe, add_bos=False)
+        theirs = await self._client.tokenize(self._served, probe)
+        if theirs != ours:
+            raise ModelLoadError(
+                f"vLLM at {self._client.url} tokenizes differently from {path.name} "
+                f"({theirs[:12]} against {ours[:12]}): serve a model with that GGUF's tokenizer"
+            )
+
+    async def close(self) -> None:
+        await self._client.close()
+        await super().close()
+
+    async def _pieces(
+        self,
+        tokens: list[int],
+        max_tokens: int,
+        params: SamplingParams,
+        grammar: Grammar | None,
+        report: Report,
+    ) -> AsyncGenerator[Piece, None]:
+        body = _body(self._served, tokens, max_tokens, params, grammar)
+        last: Piece | None = None  # held until the usage chunk that follows it
+        answer = self._client.completions(body, on_answer=report.accepted)
+        async with contextlib.aclosing(answer) as chunks:
+            async for chunk in chunks:
+                usage = chunk.get("usage")
+                if usage:
+                    details = usage.get("prompt_tokens_details") or {}
+                    if details.get("cached_tokens") is not None:
+                        report.cached = int(details["cached_tokens"])
+                for choice in chunk.get("choices") or []:
+                    text, ids = choice.get("text") or "", list(choice.get("token_ids") or [])
+                    reason = choice.get("finish_reason")
+                    if reason is None:
+                        yield Piece(text, ids)
+                        continue
+                    end: End
+                    if reason == "stop":  # the end-of-generation token, last in its ids
+                        end, ids = "eos", ids[:-1]
+                    elif reason == "length":
+                        end = "limit"
+                    else:
+                        raise upstream_error(
+                            f"the generation ended with finish_reason {reason!r}",
+                            "POST /v1/completions",
+                            self._client.url,
+                        )
+                    last = Piece(text, ids, end)
+        if last is not None:
+            yield last
+
+
+def _body(
+    model: str, tokens: list[int], max_tokens: int, params: SamplingParams, grammar: Grammar | None
+) -> dict[str, Any]:
+    """A ``/v1/completions`` request with every sampler pinned to the API's meaning."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": tokens,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,
+        "temperature": params.temperature,
+        "top_p": 1.0 if params.top_p is None else params.top_p,
+        "top_k": params.top_k or 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+    }
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if grammar is not None:
+        body["structured_outputs"] = structured_output(grammar)
+    return body
+
+
+def structured_output(grammar: Grammar) -> dict[str, str]:
+    """parley's tool grammar as vLLM's ``structured_outputs``: xgrammar takes the
+    GBNF as it is; a lazy grammar becomes a structural tag whose content is the
+    grammar after the call syntax's opening, woken by its trigger, the
+    generation ending after the calls (as under llama.cpp's lazy grammar)."""
+    if grammar.lazy_trigger is None:
+        return {"grammar": grammar.text}
+    assert grammar.syntax is not None, "a lazy grammar has a call syntax"
+    opening = grammar.syntax.open
+    root, _, rules = grammar.text.partition("\n")
+    head = f"{grammar.root} ::= {json.dumps(opening)} call"
+    assert root.startswith(head), "grammar.py's root: the opening, then the calls"
+    content = f"root ::= call{root[len(head) :]}\n{rules}"
+    tag = {
+        "type": "structural_tag",
+        "format": {
+            "type": "triggered_tags",
+            "triggers": [grammar.lazy_trigger],
+            "tags": [
+                {
+                    "type": "tag",
+                    "begin": opening,
+                    "content": {"type": "grammar", "grammar": content},
+                    "end": "",
+                }
+            ],
+            "stop_after_first": True,
+        },
+    }
+    return {"structural_tag": json.dumps(tag)}
+
+
+@dataclass(frozen=True)
+class VllmOptions(UpstreamOptions):
+    """The vllm engine's options (``[engines.vllm]``, ``--engine-opt``). ``model``
+    (the GGUF whose vocabulary renders here) is required; ``concurrency`` 0 is
+    16 requests at once; ``served_model`` picks one of vLLM's models (default:
+    the first it lists)."""
+
+    served_model: str | None = None
+
+
+def from_settings(settings: Settings) -> VllmEngine:
+    o = read_options(settings, "vllm", VllmOptions, "http://127.0.0.1:8000")
+    client = VllmClient(
+        o.url,
+        api_key=o.api_key,
+        timeout=o.timeout,
+        connect_timeout=o.connect_timeout,
+        retries=o.retries,
+    )
+    return VllmEngine(client, o)
