@@ -10,6 +10,7 @@ bounded by ``max_tokens``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -324,3 +325,77 @@ def test_start_up_fails_clearly_when_vllm_never_comes(gguf: Path, tmp_path: Path
         assert "cannot be reached" in log
     finally:
         stop_server(server)
+
+
+@needs_vllm
+def test_thinking_is_cut_at_its_budget_and_signed(client: anthropic.Anthropic) -> None:
+    """Adaptive thinking gets at most half of ``max_tokens`` (here 40): parley
+    ends vLLM's request at the budget and continues with the closing marker."""
+    message = client.messages.create(
+        model=MODEL, max_tokens=80, thinking={"type": "adaptive"},  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "What is 17 times 23?"}],
+    )  # fmt: skip
+    block = message.content[0]
+    assert block.type == "thinking" and block.signature
+    base = client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    with_it = client.messages.count_tokens(
+        model=MODEL, messages=[{"role": "user", "content": "x" + block.thinking}]
+    )
+    assert with_it.input_tokens - base.input_tokens <= 40 + 2
+    assert message.usage.output_tokens <= 80
+
+
+@needs_vllm
+def test_streamed_tool_input_arrives_in_deltas(client: anthropic.Anthropic) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+    }
+    with client.messages.stream(
+        model=MODEL, max_tokens=60, extra_body=GREEDY,  # type: ignore[arg-type]
+        tools=[{"name": "get_weather", "description": "Weather", "input_schema": schema}],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    ) as stream:  # fmt: skip
+        events = list(stream)
+        final = stream.get_final_message()
+    pieces = [
+        e.delta.partial_json
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+    ]
+    assert len(pieces) > 1 and final.stop_reason == "tool_use"
+    call = final.content[0]
+    assert call.type == "tool_use" and call.input == json.loads("".join(pieces))
+    jsonschema.validate(call.input, schema)
+
+
+@needs_vllm
+def test_a_message_batch_runs_on_vllm(client: anthropic.Anthropic) -> None:
+    batch = client.messages.batches.create(
+        requests=[
+            {
+                "custom_id": f"m{i}",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 8,
+                    "temperature": 0.0,
+                    "messages": [{"role": "user", "content": f"Name a colour. ({i})"}],
+                },
+            }
+            for i in range(3)
+        ]  # type: ignore[misc]
+    )
+
+    def ended() -> object:
+        current = client.messages.batches.retrieve(batch.id)
+        return current if current.processing_status == "ended" else None
+
+    wait_for(ended, "the batch to end", timeout=120)
+    got = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+    assert sorted(got) == ["m0", "m1", "m2"]
+    for result in got.values():
+        assert result.type == "succeeded"
+        assert 0 < result.message.usage.output_tokens <= 8
+        assert result.message.usage.service_tier == "batch"
