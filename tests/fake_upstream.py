@@ -136,7 +136,8 @@ class Fake:
         if text.startswith("status "):
             status = int(text.split()[1])
             error = {"message": f"fake failure {status}", "type": "fake", "code": status}
-            return JSONResponse({"error": error}, status_code=status)
+            # Longer than parley waits to resend: the client is told to come back.
+            return JSONResponse({"error": error}, status_code=status, headers={"retry-after": "10"})
         return StreamingResponse(self._stream(body, text), media_type="text/event-stream")
 
     async def _stream(self, body: dict[str, Any], text: str) -> AsyncIterator[bytes]:

@@ -403,7 +403,7 @@ def test_upstream_failures_cross_the_boundary(
         )
     failure: Any = caught.value
     if status in (429, 503):
-        assert failure.status_code == 529 and failure.response.headers["retry-after"]
+        assert failure.status_code == 529 and failure.response.headers["retry-after"] == "10"
         # A stream gets the status too: nothing went out before the upstream answered.
         with pytest.raises(anthropic.APIStatusError) as streamed:
             parley["openai"].messages.create(
