@@ -15,8 +15,9 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
     """What ``/v1/models`` says a model supports: what parley honours for it.
 
     Every engine gets batches and thinking (rendered by parley itself, so any
-    model can take it; not interleaved between tool calls) and ``effort``, which
-    sizes adaptive thinking's budget. Images and tools follow the engine card.
+    model can take it; not interleaved between tool calls; unless the card says
+    its upstream cannot bound it) and ``effort``, which sizes adaptive
+    thinking's budget. Images and tools follow the engine card.
     Citations, PDF input, structured outputs, server tools, code execution and
     context management are refused for every model, so they are not supported.
     """
@@ -40,8 +41,13 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
         server_tools=wr.ServerToolsCapability(supported=False, code_execution=no, web_search=no),
         structured_outputs=no,
         thinking=wr.ThinkingCapability(
-            supported=True,
-            types=wr.ThinkingTypes(adaptive=yes, between_tools=no, disabled=yes, enabled=yes),
+            supported=caps.thinking,
+            types=wr.ThinkingTypes(
+                adaptive=yes if caps.thinking else no,
+                between_tools=no,
+                disabled=yes,
+                enabled=yes if caps.thinking else no,
+            ),
         ),
     )
 

@@ -25,6 +25,7 @@ from parley.conversation.rules import (
 from parley.conversation.types import (
     Capabilities,
     Conversation,
+    ImagePart,
     Part,
     TextPart,
     ThinkingPart,
@@ -168,8 +169,17 @@ def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
             if not text:
                 raise InvalidRequestError(f"{path}.text: text content blocks must be non-empty")
             return [TextPart(text)]
-        case wc.ImageBlock():
-            raise UnsupportedFeatureError(f"{path}: model '{model}' does not support image input")
+        case wc.ImageBlock(source=source):
+            if not caps.images:
+                raise UnsupportedFeatureError(
+                    f"{path}: model '{model}' does not support image input"
+                )
+            if not isinstance(source, wc.Base64ImageSource):
+                raise UnsupportedFeatureError(
+                    f"{path}.source: image sources of type '{source.type}' are not supported "
+                    "by parley yet (send the image as base64)"
+                )
+            return [ImagePart(source.media_type, source.data)]
         case wc.DocumentBlock(source=source, title=title, context=context):
             return [TextPart(_document_text(source, title, context, path=path))]
         case wc.SearchResultBlock(title=title, source=source, content=blocks):
@@ -232,6 +242,11 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
         pieces: list[str] = []
         for k, item in enumerate(block.content):
             for part in _block_parts(item, ctx, path=f"{path}.content.{k}"):
+                if isinstance(part, ImagePart):
+                    raise UnsupportedFeatureError(
+                        f"{path}.content.{k}: images in tool results are not supported by parley "
+                        "yet"
+                    )
                 if isinstance(part, TextPart):
                     pieces.append(part.text)
         text = "\n".join(pieces)

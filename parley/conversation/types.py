@@ -38,7 +38,15 @@ class ThinkingPart:
     text: str
 
 
-Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart
+@dataclass(frozen=True)
+class ImagePart:
+    """A base64 image of a user turn (only for a model whose capabilities take images)."""
+
+    media_type: str
+    data: str
+
+
+Part = TextPart | ToolCallPart | ToolResultPart | ThinkingPart | ImagePart
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Capabilities:
     images: bool = False
     tools: bool = False
     prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
+    thinking: bool = True  # extended thinking with a budget (an upstream may lack one)
 
 
 @dataclass(frozen=True)

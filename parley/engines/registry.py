@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 BUILTIN_ENGINES = {
     "llamacpp": "parley.engines.llamacpp:from_settings",
     "llamaserver": "parley.engines.llamaserver:from_settings",
+    "openai": "parley.engines.openai_chat:from_settings",
     "vllm": "parley.engines.vllm:from_settings",
     "scripted": "parley.engines.scripted:from_settings",
 }
