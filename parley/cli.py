@@ -130,9 +130,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--upstream",
         metavar="URL",
-        help="serve through a llama-server at URL (the llamaserver engine; --model gives "
-        "the GGUF it serves, when its own path is not readable here)",
+        help="serve the model of the inference server at URL (llama-server, vLLM, SGLang, "
+        "Ollama or any OpenAI-compatible one; its kind is detected). With the GGUF it serves "
+        "(--model, or llama-server's own path when readable here) parley renders and counts "
+        "itself (tokens mode), else it speaks chat completions",
     )
+    serve.add_argument(
+        "--upstream-kind",
+        choices=["vllm", "sglang", "llamaserver", "ollama", "openai"],
+        help="the upstream's kind, when it cannot be detected",
+    )
+    serve.add_argument("--upstream-model", metavar="NAME", help="the upstream's model name")
+    serve.add_argument("--upstream-api-key", metavar="KEY", help="the upstream's own API key")
     serve.add_argument(
         "--redact-thinking",
         action="store_true",
@@ -141,6 +150,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level")
     batch_cli.add_parser(sub)
     return parser
+
+
+def _upstream_opts(args: argparse.Namespace) -> list[str]:
+    given = {
+        "url": args.upstream,
+        "kind": args.upstream_kind,
+        "served_model": args.upstream_model,
+        "api_key": args.upstream_api_key,
+    }
+    if args.upstream is None and any(given.values()):
+        raise SystemExit("parley serve: --upstream-kind/-model/-api-key need --upstream URL")
+    return [f"{key}={value}" for key, value in given.items() if value]
 
 
 def _engine_opts(items: list[str]) -> dict[str, str] | None:
@@ -159,10 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "model_name": args.model_name,
         "chat_template": args.chat_template,
-        "engine": args.engine or ("llamaserver" if args.upstream else None),
-        "engine_opts": _engine_opts(
-            args.engine_opt + ([f"url={args.upstream}"] if args.upstream else [])
-        ),
+        "engine": args.engine or ("upstream" if args.upstream else None),
+        "engine_opts": _engine_opts(args.engine_opt + _upstream_opts(args)),
         "script": args.script,
         "data_dir": args.data_dir,
         "n_ctx": args.n_ctx,

@@ -25,6 +25,7 @@ BUILTIN_ENGINES = {
     "openai": "parley.engines.openai_chat:from_settings",
     "vllm": "parley.engines.vllm:from_settings",
     "scripted": "parley.engines.scripted:from_settings",
+    "upstream": "parley.engines.upstream.auto:from_settings",
 }
 
 EngineFactory = Callable[["Settings"], "Engine"]
