@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import (
     UPSTREAM,
     UpstreamClient,
@@ -34,15 +35,20 @@ class LlamaServerClient(UpstreamClient):
         return await self.get_json("/props")
 
     async def completion(
-        self, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        on_answer: Callable[[], None] | None = None,
+        attempt: Attempt | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streamed ``/completion``, the last one with ``stop``
         true; ``on_answer`` runs once llama-server answered 200 (at once, before
-        its prefill). Leaving the iteration closes the request (llama-server
-        then stops decoding it)."""
+        its prefill), ``attempt`` records how it went. Leaving the iteration
+        closes the request (llama-server then stops decoding it)."""
         what = "POST /completion"
         with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self.answer("/completion", body, on_answer=on_answer) as response:
+            answer = self.answer("/completion", body, on_answer=on_answer, attempt=attempt)
+            async with answer as response:
                 stopped = False
                 async for line in response.aiter_lines():
                     chunk = _chunk(line, what, self.url)
