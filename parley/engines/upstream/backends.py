@@ -18,8 +18,9 @@ Circuit breaker, per backend (``Backend``)::
       └──────────────────────────── it succeeds ──────────────────────────┘
 
 A failure is what says the backend is broken: it could not be reached, it
-answered 5xx, went silent or broke its stream; a 429 (busy) or a 4xx for
-the request (prompt too long) is not. The engine's health task polls the
+answered 5xx (503 included: llama-server's "loading model"), went silent or
+broke its stream; a 429 (busy) or a 4xx for the request (prompt too long)
+is not. The engine's health task polls the
 ``/health`` of open backends and closes their circuit when they answer.
 
 ``Pool.stream`` runs one upstream request with failover: a request that
@@ -176,16 +177,15 @@ class Pool(Generic[C]):
         usable = [b for b in self.backends if b not in exclude and self._admits(b)]
         if not usable:
             return None
-        if key is None:
-            turn = next(self._turns)
-            ranked = usable[turn % len(usable) :] + usable[: turn % len(usable)]
-        else:
-            ranked = sorted(usable, key=lambda b: _score(key, b.score_salt), reverse=True)
-        least = min(b.in_flight for b in ranked)
-        preferred = ranked[0]
-        if preferred.in_flight - least > self._slack:
-            preferred = next(b for b in ranked if b.in_flight == least)
-        return preferred
+        least = min(b.in_flight for b in usable)
+        if key is None:  # the least loaded, equals in turn
+            turn = next(self._turns) % len(usable)
+            ranked = usable[turn:] + usable[:turn]
+            return next(b for b in ranked if b.in_flight == least)
+        ranked = sorted(usable, key=lambda b: _score(key, b.score_salt), reverse=True)
+        if ranked[0].in_flight - least > self._slack:
+            return next(b for b in ranked if b.in_flight == least)
+        return ranked[0]
 
     async def stream(
         self,

@@ -146,9 +146,10 @@ class TokensEngine(Engine, Generic[ClientT]):
         return [b.client for b in self._pool.backends]
 
     async def _reach(self) -> list[Backend[ClientT]]:
-        """The backends whose ``/health`` answered at start, waiting (up to
-        ``startup_timeout``) until one does; the others start with their circuit
-        open, for the health task to probe. None up: the first one's error."""
+        """The backends whose ``/health`` answers at start, waiting (up to
+        ``startup_timeout``) until one does, then asking the others once; those
+        not up start with their circuit open, for the health task to probe.
+        None up: the first one's error."""
         backends = self._pool.backends
         timeout = self._options.startup_timeout
         waits = {asyncio.ensure_future(b.client.wait_ready(timeout)): b for b in backends}
@@ -170,6 +171,9 @@ class TokensEngine(Engine, Generic[ClientT]):
             await asyncio.gather(*pending, return_exceptions=True)
         if not up:
             raise min(errors, key=lambda e: backends.index(e[0]))[1]
+        for backend in backends:  # the others: up now, or left to the health task
+            if backend not in up and await backend.client.healthy():
+                up.append(backend)
         for backend in backends:
             if backend not in up:
                 self._pool.open(backend)
