@@ -34,7 +34,14 @@ from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.llamaserver.client import LlamaServerClient
 from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.options import UpstreamOptions, read_options
-from parley.engines.upstream.tokens import End, Fit, Piece, Report, TokensEngine
+from parley.engines.upstream.tokens import (
+    End,
+    Fit,
+    Piece,
+    Report,
+    TokensEngine,
+    tokenizer_probe,
+)
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -56,10 +63,10 @@ class LlamaServerEngine(TokensEngine[LlamaServerClient]):
         up = await self._reach()
         first = up[0].client
         props = await first.props()
-        fit = await self._fits(up)
-        n_ctx, slots = fit.context, fit.slots
         path = self._gguf(props, first.url)
         self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
+        fit = await self._fits(up)  # each checked: its context, its tokenizer
+        n_ctx, slots = fit.context, fit.slots
         self._slots.size = self._options.concurrency or slots
         model_id = self._options.model_name or path.stem.lower()
         self.card = ModelCard(
@@ -90,6 +97,14 @@ class LlamaServerEngine(TokensEngine[LlamaServerClient]):
         n_ctx = int(settings.get("n_ctx") or 0)
         if n_ctx <= 0:
             raise ModelLoadError(f"{client.url}/props gives no context size: is it llama-server?")
+        assert self._vocab is not None, "loaded before the backends are checked"
+        probe, ours = tokenizer_probe(self._vocab)
+        theirs = await client.tokenize(probe)
+        if theirs != ours:
+            raise ModelLoadError(
+                f"llama-server at {client.url} tokenizes differently from the GGUF parley "
+                f"renders with ({theirs[:12]} against {ours[:12]}): serve the same model"
+            )
         return Fit(n_ctx, int(props.get("total_slots") or 1))
 
     def _gguf(self, props: dict[str, Any], url: str) -> Path:

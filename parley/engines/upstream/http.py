@@ -26,7 +26,10 @@ Retries: a POST is sent again, at most ``retries`` times, while the upstream
 could not be reached, dropped the connection before answering, or answered
 429/503 with a ``retry-after`` of at most ``RETRY_WAIT_MAX`` s; only before
 the response's headers, so nothing the upstream wrote has been relayed and no
-token reaches a client twice. Once a 200 began, a failure is final.
+token reaches a client twice. Once a 200 began, a failure is final. With
+several backends (``backends.Pool``) a client does not retry by itself: the
+pool sends the request to another backend instead, reading how it went from
+the ``Attempt`` that ``answer`` fills in.
 """
 
 from __future__ import annotations

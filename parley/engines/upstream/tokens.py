@@ -79,6 +79,13 @@ class Report:
     affinity: bytes | None = None
 
 
+def tokenizer_probe(vocab: LlamaVocab) -> tuple[str, list[int]]:
+    """A text whose ids tell tokenizers apart (bytes, digits, CJK, whitespace
+    runs, a special token) and its ids here: a backend must give the same."""
+    probe = f"Hello, wörld! 12345 東京\n\t  {vocab.token_text(vocab.eos)}x"
+    return probe, vocab.tokenize(probe, add_bos=False)
+
+
 @dataclass(frozen=True)
 class Fit:
     """What one backend offers: its context per request, the requests it runs at once."""
@@ -196,15 +203,18 @@ class TokensEngine(Engine, Generic[ClientT]):
         return Fit(context, max(f.slots for f in fits) * len(self._pool.backends))
 
     def _watch_backends(self) -> None:
-        """Start the health task (several backends only: one is always tried)."""
-        if len(self._pool.backends) > 1:
-            self._watch = asyncio.get_running_loop().create_task(self._probe_forever())
+        """Start the health task (one backend is tried even when its circuit is
+        open, so there the task only keeps its state in ``stats`` true)."""
+        self._watch = asyncio.get_running_loop().create_task(self._probe_forever())
 
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.sleep(self._options.health_interval)
             for backend in self._pool.down():
-                await self._probe(backend)
+                try:
+                    await self._probe(backend)
+                except Exception:  # a bug: said, and the others still probed
+                    log.exception("health probe failed", extra={"upstream": backend.url})
 
     async def _probe(self, backend: Backend[ClientT]) -> None:
         """Close the circuit of a backend whose /health answers 200 and that still fits."""

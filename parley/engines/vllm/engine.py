@@ -36,7 +36,14 @@ from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import upstream_error
 from parley.engines.upstream.options import UpstreamOptions, read_options
-from parley.engines.upstream.tokens import End, Fit, Piece, Report, TokensEngine
+from parley.engines.upstream.tokens import (
+    End,
+    Fit,
+    Piece,
+    Report,
+    TokensEngine,
+    tokenizer_probe,
+)
 from parley.engines.vllm.client import VllmClient
 
 if TYPE_CHECKING:
@@ -113,9 +120,7 @@ class VllmEngine(TokensEngine[VllmClient]):
 
     async def _check_tokenizer(self, client: VllmClient, vocab: LlamaVocab, path: Path) -> None:
         """Refuse a backend whose tokenizer is not the GGUF's: counts would lie."""
-        eos = vocab.token_text(vocab.eos)
-        probe = f"Hello, wörld! 12345 東京\n\t  {eos}x"
-        ours = vocab.tokenize(probe, add_bos=False)
+        probe, ours = tokenizer_probe(vocab)
         theirs = await client.tokenize(self._served, probe)
         if theirs != ours:
             raise ModelLoadError(
