@@ -111,6 +111,7 @@ class TokensEngine(Engine, Generic[ClientT]):
         # One backend retries by itself (UpstreamClient.answer); several fail over.
         self._attempts = 1 if len(clients) == 1 else options.retries + 1
         self._watch: asyncio.Task[None] | None = None
+        self._said: dict[str, str] = {}  # what the health task last said of a backend kept out
         self._vocab: LlamaVocab | None = None
         self._renderer: Renderer | None = None
         self._slots = Slots(1, max_queue=options.max_queue, timeout=options.queue_timeout)
@@ -223,18 +224,25 @@ class TokensEngine(Engine, Generic[ClientT]):
         try:
             fit = await self._fit(backend.client)
         except ParleyError as exc:
-            log.warning(
-                "backend up but unusable", extra={"upstream": backend.url, "error": str(exc)}
-            )
+            self._kept_out(backend, "backend up but unusable: kept out", error=str(exc))
             return
         if fit.context < self.card.context_length:
-            log.warning(
+            self._kept_out(
+                backend,
                 "backend up but its context is smaller than the model's: kept out",
-                extra={"upstream": backend.url, "n_ctx": fit.context},
+                n_ctx=fit.context,
             )
             return
+        self._said.pop(backend.url, None)
         self._pool.recovered(backend)
         log.info("backend back", extra={"upstream": backend.url})
+
+    def _kept_out(self, backend: Backend[ClientT], message: str, **extra: object) -> None:
+        """Logged once for as long as the reason holds (the probe repeats it)."""
+        said = f"{message} {extra}"
+        if self._said.get(backend.url) != said:
+            self._said[backend.url] = said
+            log.warning(message, extra={"upstream": backend.url, **extra})
 
     async def close(self) -> None:
         if self._watch is not None:
