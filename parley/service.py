@@ -221,8 +221,8 @@ class MessagesService:
             meter.admit_request()  # before prepare: a key at its limit costs no rendering
             prepared = await guard(self.prepare(req, size=size))
         meter.admit_input(prepared.prompt.n_tokens)
-        if priority != prepared.params.priority:
-            prepared = replace(prepared, params=replace(prepared.params, priority=priority))
+        params = replace(prepared.params, priority=priority, tenant=meter.owner)
+        prepared = replace(prepared, params=params)
         generation, state = self.submit(prepared)
         try:
             # Until the work is under way nothing has reached the client, so a

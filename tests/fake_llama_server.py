@@ -2,7 +2,7 @@
 
 ``FakeLlamaServer`` is a Starlette app served by uvicorn on 127.0.0.1 in a
 background thread (``start`` / ``stop``). It answers ``/health`` (503
-"Loading model" while ``loading``), ``/props`` and a streamed ``/completion``
+"Loading model" while ``loading``), ``/props``, ``/tokenize`` and a streamed ``/completion``
 in the shapes the real llama-server sends (checked against the build
 ``scripts/install test`` installs):
 
@@ -241,6 +241,7 @@ class FakeLlamaServer:
             routes=[
                 Route("/health", self._health),
                 Route("/props", self._props),
+                Route("/tokenize", self._tokenize, methods=["POST"]),
                 Route("/completion", _Completion(self), methods=["POST"]),
             ],
             lifespan=lifespan,
@@ -266,6 +267,15 @@ class FakeLlamaServer:
                 "is_sleeping": False,
             }
         )
+
+    async def _tokenize(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        ids = self._vocab.tokenize(
+            body["content"],
+            add_bos=bool(body.get("add_special", False)),
+            special=bool(body.get("parse_special", True)),
+        )
+        return JSONResponse({"tokens": ids})
 
     def _next(self) -> Behaviour:
         return self._script.popleft() if self._script else Answer()

@@ -81,3 +81,37 @@ def test_an_unknown_engine_option_stops_start_up(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "did you mean 'context_length'?" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@dataclass(frozen=True)
+class Listed:
+    url: tuple[str, ...] = ()
+    ports: tuple[int, ...] = (1,)
+
+
+def test_a_list_option_takes_a_toml_array_or_comma_separated_items(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text('[engines.demo]\nurl = ["http://a:1", "http://b:2"]\n')
+    from_file = load_settings({"engine": "demo"}, environ={}, config_file=config)
+    assert engine_options(from_file, "demo", Listed).url == ("http://a:1", "http://b:2")
+    flag = load_settings(
+        {"engine": "demo", "engine_opts": {"url": "http://a:1, http://b:2,", "ports": "8,9"}},
+        environ={},
+    )
+    assert engine_options(flag, "demo", Listed) == Listed(("http://a:1", "http://b:2"), (8, 9))
+    bad = load_settings({"engine": "demo", "engine_opts": {"ports": "8,x"}}, environ={})
+    with pytest.raises(ConfigError, match="option 'ports'"):
+        engine_options(bad, "demo", Listed)
+
+
+def test_an_upstream_url_list_is_checked(tmp_path: Path) -> None:
+    from parley.engines.upstream.options import UpstreamOptions, read_options
+
+    def read(url: str) -> UpstreamOptions:
+        settings = load_settings({"engine": "vllm", "engine_opts": {"url": url}}, environ={})
+        return read_options(settings, "vllm", UpstreamOptions, "http://h:1")
+
+    assert read("http://a:1,https://b:2").url == ("http://a:1", "https://b:2")
+    for wrong in ["", "http://a:1,b:2", "http://a:1,http://a:1"]:
+        with pytest.raises(ConfigError, match="'url'"):
+            read(wrong)

@@ -307,6 +307,39 @@ def test_vllms_prefix_cache_is_reported_at_the_breakpoint(client: anthropic.Anth
     assert final.usage.input_tokens + written == counted.input_tokens
 
 
+@needs_vllm
+def test_each_api_key_has_a_prefix_cache_of_its_own(
+    vllm: str, gguf: Path, server_factory: Callable[..., Server]
+) -> None:
+    """parley sends each key's ``cache_salt``: a key's repeat reads its own cached
+    prefix, another key's same prompt finds nothing cached (nor can time it)."""
+    keyed = server_factory(
+        "--engine", "vllm",
+        "--engine-opt", f"url={vllm}",
+        "--engine-opt", f"model={gguf}",
+        "--engine-opt", f"model_name={MODEL}",
+        "--api-key", "tenant-a", "--api-key", "tenant-b",
+    )  # fmt: skip
+    system = [
+        {
+            "type": "text",
+            "text": "You are a terse assistant for the city of Grenoble. " * 40,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
+    messages = [{"role": "user", "content": "Tell me about the mountains and the old town. " * 20}]
+    ask = {"model": MODEL, "max_tokens": 4, "system": system, "messages": messages}
+    one, two = keyed.client(api_key="tenant-a"), keyed.client(api_key="tenant-b")
+    first = one.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    written = first.usage.cache_creation_input_tokens or 0
+    assert first.usage.cache_read_input_tokens == 0 and written > 400
+    again = one.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    assert again.usage.cache_read_input_tokens == written
+    other = two.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    assert other.usage.cache_read_input_tokens == 0
+    assert other.usage.cache_creation_input_tokens == written
+
+
 def test_start_up_fails_clearly_when_vllm_never_comes(gguf: Path, tmp_path: Path) -> None:
     """No vLLM needed: parley waits for ``/health`` (the upstreams' shared
     start-up wait), then stops with one line naming vLLM."""

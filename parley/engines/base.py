@@ -78,6 +78,7 @@ class SamplingParams:
     stop_sequences: tuple[str, ...] = ()
     seed: int | None = None
     priority: int = 0  # lower runs first: interactive 0, batch work later
+    tenant: str = ""  # the API key's scope (a hash of it; "" without keys): caches it may not share
 
 
 # --- events an engine yields ------------------------------------------------

@@ -6,8 +6,11 @@ Options, base)``. Values come, lowest first, from the dataclass defaults,
 ``base`` (for the llama.cpp engine: its long-standing flat settings and
 flags, such as ``--n-ctx``), the config file's ``[engines.NAME]`` table, and
 ``--engine-opt KEY=VALUE`` / ``PARLEY_ENGINE_OPTS`` (``KEY=VALUE,...``) for
-the engine being served. An unknown key is a start-up error that lists the
-engine's options and the closest match.
+the engine being served. A ``tuple[X, ...]`` field takes a TOML array or, as
+one string, comma-separated items (``--engine-opt url=http://a,http://b``;
+not through ``PARLEY_ENGINE_OPTS``, whose pairs are comma-separated too).
+An unknown key is a start-up error that lists the engine's options and the
+closest match.
 """
 
 from __future__ import annotations
@@ -54,6 +57,16 @@ def parse(kind: type[T], raw: Mapping[str, Any], *, engine: str) -> T:
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:
     args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        # A list: a TOML array, or one string of comma-separated items (--engine-opt).
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: cannot use {value!r}: expected a list")
+        return tuple(
+            _coerce(args[0], i.strip() if isinstance(i, str) else i, where)
+            for i in items
+            if not (isinstance(i, str) and not i.strip())
+        )
     if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (isinstance(value, str) and value.lower() in ("", "none")):
             return None

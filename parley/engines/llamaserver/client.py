@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import (
     UPSTREAM,
     UpstreamClient,
@@ -33,16 +34,33 @@ class LlamaServerClient(UpstreamClient):
     async def props(self) -> dict[str, Any]:
         return await self.get_json("/props")
 
+    async def tokenize(self, text: str) -> list[int]:
+        """llama-server's token ids of ``text`` (special-token text parsed, no BOS)."""
+        what = "POST /tokenize"
+        body = {"content": text, "add_special": False, "parse_special": True}
+        with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
+            async with self.answer("/tokenize", body) as response:
+                data = loads((await response.aread()).decode(errors="replace"), 0, what, self.url)
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise EngineError(f"{what}: the upstream {self.url} answered no token list")
+        return tokens
+
     async def completion(
-        self, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        on_answer: Callable[[], None] | None = None,
+        attempt: Attempt | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streamed ``/completion``, the last one with ``stop``
         true; ``on_answer`` runs once llama-server answered 200 (at once, before
-        its prefill). Leaving the iteration closes the request (llama-server
-        then stops decoding it)."""
+        its prefill), ``attempt`` records how it went. Leaving the iteration
+        closes the request (llama-server then stops decoding it)."""
         what = "POST /completion"
         with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self.answer("/completion", body, on_answer=on_answer) as response:
+            answer = self.answer("/completion", body, on_answer=on_answer, attempt=attempt)
+            async with answer as response:
                 stopped = False
                 async for line in response.aiter_lines():
                     chunk = _chunk(line, what, self.url)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +32,16 @@ from parley.engines.llamacpp.output import Grammar
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.llamaserver.client import LlamaServerClient
+from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.options import UpstreamOptions, read_options
-from parley.engines.upstream.tokens import End, Piece, Report, TokensEngine
+from parley.engines.upstream.tokens import (
+    End,
+    Fit,
+    Piece,
+    Report,
+    TokensEngine,
+    tokenizer_probe,
+)
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -44,26 +52,21 @@ log = logging.getLogger("parley.engine.llamaserver")
 TRIGGER_PATTERN = 2
 
 
-class LlamaServerEngine(TokensEngine):
-    def __init__(self, client: LlamaServerClient, options: LlamaServerOptions) -> None:
-        super().__init__(options, "llama-server")
-        self._client = client
+class LlamaServerEngine(TokensEngine[LlamaServerClient]):
+    def __init__(self, clients: Sequence[LlamaServerClient], options: LlamaServerOptions) -> None:
+        super().__init__(options, "llama-server", clients)
         self._options: LlamaServerOptions = options
 
     async def start(self) -> None:
         import anyio
 
-        await self._client.wait_ready(self._options.startup_timeout)
-        props = await self._client.props()
-        settings = props.get("default_generation_settings") or {}
-        n_ctx = int(settings.get("n_ctx") or 0)
-        if n_ctx <= 0:
-            raise ModelLoadError(
-                f"{self._client.url}/props gives no context size: is it llama-server?"
-            )
-        path = self._gguf(props)
+        up = await self._reach()
+        first = up[0].client
+        props = await first.props()
+        path = self._gguf(props, first.url)
         self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
-        slots = int(props.get("total_slots") or 1)
+        fit = await self._fits(up)  # each checked: its context, its tokenizer
+        n_ctx, slots = fit.context, fit.slots
         self._slots.size = self._options.concurrency or slots
         model_id = self._options.model_name or path.stem.lower()
         self.card = ModelCard(
@@ -80,30 +83,43 @@ class LlamaServerEngine(TokensEngine):
             "upstream ready",
             extra={
                 "model": model_id,
-                "upstream": self._client.url,
+                "upstream": ",".join(c.url for c in self._clients),
                 "n_ctx": n_ctx,
                 "slots": slots,
                 "build": props.get("build_info"),
             },
         )
+        self._watch_backends()
 
-    def _gguf(self, props: dict[str, Any]) -> Path:
+    async def _fit(self, client: LlamaServerClient) -> Fit:
+        props = await client.props()
+        settings = props.get("default_generation_settings") or {}
+        n_ctx = int(settings.get("n_ctx") or 0)
+        if n_ctx <= 0:
+            raise ModelLoadError(f"{client.url}/props gives no context size: is it llama-server?")
+        assert self._vocab is not None, "loaded before the backends are checked"
+        probe, ours = tokenizer_probe(self._vocab)
+        theirs = await client.tokenize(probe)
+        if theirs != ours:
+            raise ModelLoadError(
+                f"llama-server at {client.url} tokenizes differently from the GGUF parley "
+                f"renders with ({theirs[:12]} against {ours[:12]}): serve the same model"
+            )
+        return Fit(n_ctx, int(props.get("total_slots") or 1))
+
+    def _gguf(self, props: dict[str, Any], url: str) -> Path:
         if self._options.model:
             return Path(self._options.model).expanduser()
         served = props.get("model_path")
         if served and Path(served).is_file():
             return Path(served)
         raise ModelLoadError(
-            f"llama-server at {self._client.url} serves {served or 'a model'}, which is not "
+            f"llama-server at {url} serves {served or 'a model'}, which is not "
             "readable here: give the same GGUF file with --engine-opt model=PATH (parley "
             "renders and counts prompts with its vocabulary)"
         )
 
-    async def close(self) -> None:
-        await self._client.close()
-        await super().close()
-
-    async def _pieces(
+    def _pieces(
         self,
         tokens: list[int],
         max_tokens: int,
@@ -112,15 +128,22 @@ class LlamaServerEngine(TokensEngine):
         report: Report,
     ) -> AsyncGenerator[Piece, None]:
         body = _body(tokens, max_tokens, params, grammar)
-        answer = self._client.completion(body, on_answer=report.accepted)
-        async with contextlib.aclosing(answer) as chunks:
-            async for chunk in chunks:
-                if report.cached is None and "timings" in chunk:
-                    report.cached = int(chunk["timings"].get("cache_n") or 0)
-                end: End | None = None
-                if chunk.get("stop"):
-                    end = "eos" if chunk.get("stop_type") == "eos" else "limit"
-                yield Piece(chunk.get("content") or "", chunk.get("tokens") or [], end)
+        return self._route(report, lambda client, attempt: _read(client, attempt, body, report))
+
+
+async def _read(
+    client: LlamaServerClient, attempt: Attempt, body: dict[str, Any], report: Report
+) -> AsyncGenerator[Piece, None]:
+    """One ``/completion`` on one backend, as ``Piece`` values."""
+    answer = client.completion(body, on_answer=report.accepted, attempt=attempt)
+    async with contextlib.aclosing(answer) as chunks:
+        async for chunk in chunks:
+            if report.cached is None and "timings" in chunk:
+                report.cached = int(chunk["timings"].get("cache_n") or 0)
+            end: End | None = None
+            if chunk.get("stop"):
+                end = "eos" if chunk.get("stop_type") == "eos" else "limit"
+            yield Piece(chunk.get("content") or "", chunk.get("tokens") or [], end)
 
 
 def _body(
@@ -165,11 +188,14 @@ class LlamaServerOptions(UpstreamOptions):
 
 def from_settings(settings: Settings) -> LlamaServerEngine:
     o = read_options(settings, "llamaserver", LlamaServerOptions, "http://127.0.0.1:8080")
-    client = LlamaServerClient(
-        o.url,
-        api_key=o.api_key,
-        timeout=o.timeout,
-        connect_timeout=o.connect_timeout,
-        retries=o.retries,
-    )
-    return LlamaServerEngine(client, o)
+    clients = [
+        LlamaServerClient(
+            url,
+            api_key=o.api_key,
+            timeout=o.timeout,
+            connect_timeout=o.connect_timeout,
+            retries=o.retries if len(o.url) == 1 else 0,  # several: the pool fails over
+        )
+        for url in o.url
+    ]
+    return LlamaServerEngine(clients, o)

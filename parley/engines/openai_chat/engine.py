@@ -277,8 +277,13 @@ def from_settings(settings: Settings) -> OpenAIChatEngine:
             "openai: the upstream renders prompts with its own chat template in chat mode; "
             "give it the template instead (llama-server --chat-template-file)"
         )
+    if len(o.url) != 1:
+        raise ConfigError(
+            "openai: one upstream URL (several backends for one model are for the tokens-mode "
+            "engines, llamaserver and vllm)"
+        )
     client = ChatClient(
-        o.url,
+        o.url[0],
         api_key=o.api_key,
         timeout=o.timeout,
         connect_timeout=o.connect_timeout,

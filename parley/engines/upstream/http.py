@@ -26,7 +26,10 @@ Retries: a POST is sent again, at most ``retries`` times, while the upstream
 could not be reached, dropped the connection before answering, or answered
 429/503 with a ``retry-after`` of at most ``RETRY_WAIT_MAX`` s; only before
 the response's headers, so nothing the upstream wrote has been relayed and no
-token reaches a client twice. Once a 200 began, a failure is final.
+token reaches a client twice. Once a 200 began, a failure is final. With
+several backends (``backends.Pool``) a client does not retry by itself: the
+pool sends the request to another backend instead, reading how it went from
+the ``Attempt`` that ``answer`` fills in.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import httpx
 
 from parley.boundary import Boundary
 from parley.engines.llamacpp.vocab import ModelLoadError
+from parley.engines.upstream.backends import Attempt
 from parley.errors import EngineError, OverloadedError, ParleyError, TimeoutError_
 
 log = logging.getLogger("parley.engine.upstream")
@@ -160,6 +164,11 @@ class UpstreamClient:
                 next_log = now + PROGRESS_EVERY
             await asyncio.sleep(min(HEALTH_POLL, max(deadline - now, 0)))
 
+    async def healthy(self) -> bool:
+        """Whether ``/health`` answers 200 now (the health task's probe)."""
+        reason, _ = await self._health(self._connect_timeout)
+        return reason is None
+
     async def _health(self, within: float) -> tuple[str | None, bool]:
         """(None, _) when healthy, else (what was seen, whether waiting cannot help)."""
         limit = httpx.Timeout(within, connect=min(within, self._connect_timeout))
@@ -190,29 +199,39 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def answer(
-        self, path: str, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        on_answer: Callable[[], None] | None = None,
+        attempt: Attempt | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """The upstream's 200 to ``POST path``, its headers read, its body to be
         streamed (sent again while it could not be reached or was briefly busy:
-        module doc); ``on_answer`` runs when the 200 came. Call it inside
-        ``UPSTREAM.crossing``."""
+        module doc); ``on_answer`` runs when the 200 came, ``attempt`` records
+        how it went (for the pool of backends). Call it inside ``UPSTREAM.crossing``."""
         what = f"POST {path}"
-        for attempt in range(self._retries + 1):
-            final = attempt == self._retries
+        seen = attempt if attempt is not None else Attempt()
+        for n in range(self._retries + 1):
+            final = n == self._retries
             request = self._http.build_request("POST", path, json=body)
             try:
                 response = await self._http.send(request, stream=True)
             except _NOT_ANSWERED as exc:
+                seen.unreachable = True
                 if final:
                     raise
-                wait, reason = 0.1 * 2**attempt, type(exc).__name__
+                wait, reason = 0.1 * 2**n, type(exc).__name__
             else:
+                seen.unreachable = False
                 try:
                     if response.status_code == 200:
+                        seen.answered, seen.status = True, None
                         if on_answer is not None:
                             on_answer()
                         yield response
                         return
+                    seen.status = response.status_code
                     text = (await response.aread()).decode(errors="replace")
                 finally:
                     await response.aclose()
@@ -223,7 +242,7 @@ class UpstreamClient:
                 wait, reason = busy, f"HTTP {response.status_code}"
             log.info(
                 "upstream request sent again",
-                extra={"upstream": self.url, "reason": reason, "attempt": attempt + 2},
+                extra={"upstream": self.url, "reason": reason, "attempt": n + 2},
             )
             await asyncio.sleep(wait)
 

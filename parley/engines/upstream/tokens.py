@@ -4,9 +4,12 @@
 and counts with the GGUF's vocabulary exactly as the embedded engine does
 (``llamacpp.render``), ``submit`` admits through ``admission.Slots`` and runs
 one ``TaskGeneration``, and the generation loop feeds the upstream's text
-through ``ToolCallParser``. A subclass starts itself (reads the upstream's
-context size, loads the vocabulary, sets ``card`` and the renderer) and
-gives ``_pieces``: one upstream request as a stream of ``Piece`` values.
+through ``ToolCallParser``. A subclass starts itself (``_reach`` the
+backends, reads their context size, loads the vocabulary, sets ``card`` and
+the renderer, ``_watch_backends``), gives ``_fit`` (what one backend offers,
+also asked of a backend coming back) and ``_pieces``: one upstream request
+as a stream of ``Piece`` values, sent through ``_route`` to a backend of the
+pool (``upstream.backends``: affinity, load, circuit breaker, failover).
 
 The loop ends the upstream request (by closing that stream) as soon as
 parley is done with it: a stop sequence matched, a duplicate tool call, the
@@ -21,9 +24,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from parley.conversation import Capabilities, Conversation
 from parley.engines.admission import Slots
@@ -40,11 +44,16 @@ from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPro
 from parley.engines.llamacpp.prefix_cache import reused_usage
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab
+from parley.engines.upstream.backends import Attempt, Backend, Pool, affinity_key
 from parley.engines.upstream.generation import Emit, TaskGeneration
+from parley.engines.upstream.http import UpstreamClient
 from parley.engines.upstream.options import UpstreamOptions
 from parley.errors import ParleyError
 
+log = logging.getLogger("parley.engine.upstream")
+
 End = Literal["eos", "limit"]
+ClientT = TypeVar("ClientT", bound=UpstreamClient)
 
 
 @dataclass(frozen=True)
@@ -60,19 +69,49 @@ class Piece:
 
 @dataclass
 class Report:
-    """What the upstream says about one generation: ``accepted`` is called once
-    it took a request (answered 200, before its prefill), ``cached`` is set to
-    the prompt tokens it took from its prefix cache, once it says."""
+    """One generation's link with the upstream: ``accepted`` is called once it
+    took a request (answered 200, before its prefill), ``cached`` is set to
+    the prompt tokens it took from its prefix cache, once it says; ``affinity``
+    is the prompt's key for choosing a backend (``backends.affinity_key``)."""
 
     accepted: Callable[[], None]
     cached: int | None = None
+    affinity: bytes | None = None
 
 
-class TokensEngine(Engine):
-    """An upstream engine in tokens mode (see the module docstring)."""
+def tokenizer_probe(vocab: LlamaVocab) -> tuple[str, list[int]]:
+    """A text whose ids tell tokenizers apart (bytes, digits, CJK, whitespace
+    runs, a special token) and its ids here: a backend must give the same."""
+    probe = f"Hello, wörld! 12345 東京\n\t  {vocab.token_text(vocab.eos)}x"
+    return probe, vocab.tokenize(probe, add_bos=False)
 
-    def __init__(self, options: UpstreamOptions, default_id: str) -> None:
+
+@dataclass(frozen=True)
+class Fit:
+    """What one backend offers: its context per request, the requests it runs at once."""
+
+    context: int
+    slots: int
+
+
+class TokensEngine(Engine, Generic[ClientT]):
+    """An upstream engine in tokens mode (see the module docstring) over the
+    backends ``clients`` (one per URL of the option ``url``)."""
+
+    def __init__(
+        self, options: UpstreamOptions, default_id: str, clients: Sequence[ClientT]
+    ) -> None:
         self._options = options
+        self._pool = Pool(
+            clients,
+            failures=options.breaker_failures,
+            cooldown=options.breaker_cooldown,
+            slack=options.affinity_slack,
+        )
+        # One backend retries by itself (UpstreamClient.answer); several fail over.
+        self._attempts = 1 if len(clients) == 1 else options.retries + 1
+        self._watch: asyncio.Task[None] | None = None
+        self._said: dict[str, str] = {}  # what the health task last said of a backend kept out
         self._vocab: LlamaVocab | None = None
         self._renderer: Renderer | None = None
         self._slots = Slots(1, max_queue=options.max_queue, timeout=options.queue_timeout)
@@ -98,9 +137,121 @@ class TokensEngine(Engine):
         """One upstream request decoding from ``tokens``, at most ``max_tokens``
         more, under ``grammar``; calls ``report.accepted`` when the upstream
         answered, sets ``report.cached`` when it says. Closing the generator
-        must end the upstream request."""
+        must end the upstream request. Sent with ``_route``."""
+
+    @abc.abstractmethod
+    async def _fit(self, client: ClientT) -> Fit:
+        """What the backend offers (``ModelLoadError`` when it cannot serve here)."""
+
+    def _route(
+        self, report: Report, call: Callable[[ClientT, Attempt], AsyncGenerator[Piece, None]]
+    ) -> AsyncGenerator[Piece, None]:
+        """``call``'s pieces from the backend the pool chooses for ``report.affinity``."""
+        return self._pool.stream(report.affinity, call, attempts=self._attempts)
+
+    @property
+    def _clients(self) -> list[ClientT]:
+        return [b.client for b in self._pool.backends]
+
+    async def _reach(self) -> list[Backend[ClientT]]:
+        """The backends whose ``/health`` answers at start, waiting (up to
+        ``startup_timeout``) until one does, then asking the others once; those
+        not up start with their circuit open, for the health task to probe.
+        None up: the first one's error."""
+        backends = self._pool.backends
+        timeout = self._options.startup_timeout
+        waits = {asyncio.ensure_future(b.client.wait_ready(timeout)): b for b in backends}
+        pending = set(waits)
+        up: list[Backend[ClientT]] = []
+        errors: list[tuple[Backend[ClientT], BaseException]] = []
+        try:
+            while pending and not up:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        up.append(waits[task])
+                    else:
+                        errors.append((waits[task], error))
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not up:
+            raise min(errors, key=lambda e: backends.index(e[0]))[1]
+        for backend in backends:  # the others: up now, or left to the health task
+            if backend not in up and await backend.client.healthy():
+                up.append(backend)
+        for backend in backends:
+            if backend not in up:
+                self._pool.open(backend)
+                log.warning(
+                    "backend not up at start: its circuit is open until /health answers",
+                    extra={"upstream": backend.url},
+                )
+        return [b for b in backends if b in up]
+
+    async def _fits(self, up: Sequence[Backend[ClientT]]) -> Fit:
+        """What the backends up at start agree on: the smallest context (said
+        in the log when they differ); slots: the largest figure, for each backend."""
+        fits = [await self._fit(b.client) for b in up]
+        context = min(f.context for f in fits)
+        if any(f.context != context for f in fits):
+            log.warning(
+                "backends differ in context: the smallest holds",
+                extra={"contexts": {b.url: f.context for b, f in zip(up, fits, strict=True)}},
+            )
+        return Fit(context, max(f.slots for f in fits) * len(self._pool.backends))
+
+    def _watch_backends(self) -> None:
+        """Start the health task (one backend is tried even when its circuit is
+        open, so there the task only keeps its state in ``stats`` true)."""
+        self._watch = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._options.health_interval)
+            for backend in self._pool.down():
+                try:
+                    await self._probe(backend)
+                except Exception:  # a bug: said, and the others still probed
+                    log.exception("health probe failed", extra={"upstream": backend.url})
+
+    async def _probe(self, backend: Backend[ClientT]) -> None:
+        """Close the circuit of a backend whose /health answers 200 and that still fits."""
+        if not await backend.client.healthy():
+            return
+        try:
+            fit = await self._fit(backend.client)
+        except ParleyError as exc:
+            self._kept_out(backend, "backend up but unusable: kept out", error=str(exc))
+            return
+        if fit.context < self.card.context_length:
+            self._kept_out(
+                backend,
+                "backend up but its context is smaller than the model's: kept out",
+                n_ctx=fit.context,
+            )
+            return
+        self._said.pop(backend.url, None)
+        self._pool.recovered(backend)
+        log.info("backend back", extra={"upstream": backend.url})
+
+    def _kept_out(self, backend: Backend[ClientT], message: str, **extra: object) -> None:
+        """Logged once for as long as the reason holds (the probe repeats it)."""
+        said = f"{message} {extra}"
+        if self._said.get(backend.url) != said:
+            self._said[backend.url] = said
+            log.warning(message, extra={"upstream": backend.url, **extra})
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        for client in self._clients:
+            await client.close()
         if self._vocab is not None:
             self._vocab.close()
             self._vocab = None
@@ -115,7 +266,9 @@ class TokensEngine(Engine):
 
         async def produce(run: TaskGeneration) -> None:
             async with self._slots.held(params.priority):
-                report = Report(run.accepted)
+                report = Report(
+                    run.accepted, affinity=affinity_key(prompt.tokens, prompt.breakpoints)
+                )
                 try:
                     finished = await self._generate(prompt, params, run.emit, report)
                 except asyncio.CancelledError:
@@ -201,4 +354,9 @@ class TokensEngine(Engine):
                 return ran_out()
 
     def stats(self) -> dict[str, Any]:
-        return {"running": self._slots.running, "waiting": self._slots.waiting, **self._counters}
+        return {
+            "running": self._slots.running,
+            "waiting": self._slots.waiting,
+            **self._counters,
+            "backends": self._pool.stats(),
+        }

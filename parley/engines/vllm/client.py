@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import (
     UPSTREAM,
     UpstreamClient,
@@ -40,14 +41,19 @@ class VllmClient(UpstreamClient):
         return tokens
 
     async def completions(
-        self, body: dict[str, Any], *, on_answer: Callable[[], None] | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        on_answer: Callable[[], None] | None = None,
+        attempt: Attempt | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """The chunks of a streamed ``/v1/completions`` (the usage chunk last);
-        ``on_answer`` runs once vLLM answered 200. Leaving the iteration closes
-        the request (vLLM then aborts it)."""
+        ``on_answer`` runs once vLLM answered 200, ``attempt`` records how it
+        went. Leaving the iteration closes the request (vLLM then aborts it)."""
         what = "POST /v1/completions"
         with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self.answer("/v1/completions", body, on_answer=on_answer) as response:
+            answer = self.answer("/v1/completions", body, on_answer=on_answer, attempt=attempt)
+            async with answer as response:
                 done = False
                 async for line in response.aiter_lines():
                     if line == "data: [DONE]":

@@ -20,9 +20,10 @@ reports no cache figures.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +33,17 @@ from parley.engines.llamacpp.model_file import mtime, read_template
 from parley.engines.llamacpp.output import Grammar
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
+from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import upstream_error
 from parley.engines.upstream.options import UpstreamOptions, read_options
-from parley.engines.upstream.tokens import End, Piece, Report, TokensEngine
+from parley.engines.upstream.tokens import (
+    End,
+    Fit,
+    Piece,
+    Report,
+    TokensEngine,
+    tokenizer_probe,
+)
 from parley.engines.vllm.client import VllmClient
 
 if TYPE_CHECKING:
@@ -47,36 +56,20 @@ log = logging.getLogger("parley.engine.vllm")
 DEFAULT_CONCURRENCY = 16
 
 
-class VllmEngine(TokensEngine):
-    def __init__(self, client: VllmClient, options: VllmOptions) -> None:
-        super().__init__(options, "vllm")
-        self._client = client
+class VllmEngine(TokensEngine[VllmClient]):
+    def __init__(self, clients: Sequence[VllmClient], options: VllmOptions) -> None:
+        super().__init__(options, "vllm", clients)
         self._options: VllmOptions = options
         self._served = ""  # vLLM's id of the model, sent in every request
 
     async def start(self) -> None:
         import anyio
 
-        await self._client.wait_ready(self._options.startup_timeout)
-        models = await self._client.models()
-        wanted = self._options.served_model
-        chosen = [m for m in models if wanted in (None, m.get("id"))]
-        if not chosen:
-            served = ", ".join(str(m.get("id")) for m in models) or "none"
-            raise ModelLoadError(
-                f"vLLM at {self._client.url} does not serve {wanted!r} (it serves: {served})"
-            )
-        model = chosen[0]
-        self._served = str(model["id"])
-        n_ctx = int(model.get("max_model_len") or 0)
-        if n_ctx <= 0:
-            raise ModelLoadError(
-                f"{self._client.url}/v1/models gives no max_model_len: is it vLLM?"
-            )
+        up = await self._reach()
         path = self._gguf()
         self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
-        await self._check_tokenizer(vocab, path)
-        self._slots.size = self._options.concurrency or DEFAULT_CONCURRENCY
+        n_ctx = (await self._fits(up)).context  # each checked: the model, its tokenizer
+        self._slots.size = self._options.concurrency or DEFAULT_CONCURRENCY * len(self._clients)
         model_id = self._options.model_name or path.stem.lower()
         self.card = ModelCard(
             id=model_id,
@@ -89,8 +82,33 @@ class VllmEngine(TokensEngine):
         self._renderer = Renderer(vocab, self.card, read_template(self._options.chat_template))
         log.info(
             "upstream ready",
-            extra={"model": model_id, "upstream": self._client.url, "n_ctx": n_ctx},
+            extra={
+                "model": model_id,
+                "upstream": ",".join(c.url for c in self._clients),
+                "n_ctx": n_ctx,
+            },
         )
+        self._watch_backends()
+
+    async def _fit(self, client: VllmClient) -> Fit:
+        """The served model's context; it must be the one the other backends serve
+        (the first one up picks it) and tokenize as the GGUF does."""
+        models = await client.models()
+        wanted = self._options.served_model or self._served or None
+        chosen = [m for m in models if wanted in (None, m.get("id"))]
+        if not chosen:
+            served = ", ".join(str(m.get("id")) for m in models) or "none"
+            raise ModelLoadError(
+                f"vLLM at {client.url} does not serve {wanted!r} (it serves: {served})"
+            )
+        model = chosen[0]
+        self._served = str(model["id"])
+        n_ctx = int(model.get("max_model_len") or 0)
+        if n_ctx <= 0:
+            raise ModelLoadError(f"{client.url}/v1/models gives no max_model_len: is it vLLM?")
+        assert self._vocab is not None
+        await self._check_tokenizer(client, self._vocab, self._gguf())
+        return Fit(n_ctx, DEFAULT_CONCURRENCY)
 
     def _gguf(self) -> Path:
         if not self._options.model:
@@ -100,23 +118,17 @@ class VllmEngine(TokensEngine):
             )
         return Path(self._options.model).expanduser()
 
-    async def _check_tokenizer(self, vocab: LlamaVocab, path: Path) -> None:
-        """Refuse to start when vLLM's tokenizer is not the GGUF's: counts would lie."""
-        eos = vocab.token_text(vocab.eos)
-        probe = f"Hello, wörld! 12345 東京\n\t  {eos}x"
-        ours = vocab.tokenize(probe, add_bos=False)
-        theirs = await self._client.tokenize(self._served, probe)
+    async def _check_tokenizer(self, client: VllmClient, vocab: LlamaVocab, path: Path) -> None:
+        """Refuse a backend whose tokenizer is not the GGUF's: counts would lie."""
+        probe, ours = tokenizer_probe(vocab)
+        theirs = await client.tokenize(self._served, probe)
         if theirs != ours:
             raise ModelLoadError(
-                f"vLLM at {self._client.url} tokenizes differently from {path.name} "
+                f"vLLM at {client.url} tokenizes differently from {path.name} "
                 f"({theirs[:12]} against {ours[:12]}): serve a model with that GGUF's tokenizer"
             )
 
-    async def close(self) -> None:
-        await self._client.close()
-        await super().close()
-
-    async def _pieces(
+    def _pieces(
         self,
         tokens: list[int],
         max_tokens: int,
@@ -125,35 +137,42 @@ class VllmEngine(TokensEngine):
         report: Report,
     ) -> AsyncGenerator[Piece, None]:
         body = _body(self._served, tokens, max_tokens, params, grammar)
-        last: Piece | None = None  # held until the usage chunk that follows it
-        answer = self._client.completions(body, on_answer=report.accepted)
-        async with contextlib.aclosing(answer) as chunks:
-            async for chunk in chunks:
-                usage = chunk.get("usage")
-                if usage:
-                    details = usage.get("prompt_tokens_details") or {}
-                    if details.get("cached_tokens") is not None:
-                        report.cached = int(details["cached_tokens"])
-                for choice in chunk.get("choices") or []:
-                    text, ids = choice.get("text") or "", list(choice.get("token_ids") or [])
-                    reason = choice.get("finish_reason")
-                    if reason is None:
-                        yield Piece(text, ids)
-                        continue
-                    end: End
-                    if reason == "stop":  # the end-of-generation token, last in its ids
-                        end, ids = "eos", ids[:-1]
-                    elif reason == "length":
-                        end = "limit"
-                    else:
-                        raise upstream_error(
-                            f"the generation ended with finish_reason {reason!r}",
-                            "POST /v1/completions",
-                            self._client.url,
-                        )
-                    last = Piece(text, ids, end)
-        if last is not None:
-            yield last
+        return self._route(report, lambda client, attempt: _read(client, attempt, body, report))
+
+
+async def _read(
+    client: VllmClient, attempt: Attempt, body: dict[str, Any], report: Report
+) -> AsyncGenerator[Piece, None]:
+    """One ``/v1/completions`` on one backend, as ``Piece`` values."""
+    last: Piece | None = None  # held until the usage chunk that follows it
+    answer = client.completions(body, on_answer=report.accepted, attempt=attempt)
+    async with contextlib.aclosing(answer) as chunks:
+        async for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage:
+                details = usage.get("prompt_tokens_details") or {}
+                if details.get("cached_tokens") is not None:
+                    report.cached = int(details["cached_tokens"])
+            for choice in chunk.get("choices") or []:
+                text, ids = choice.get("text") or "", list(choice.get("token_ids") or [])
+                reason = choice.get("finish_reason")
+                if reason is None:
+                    yield Piece(text, ids)
+                    continue
+                end: End
+                if reason == "stop":  # the end-of-generation token, last in its ids
+                    end, ids = "eos", ids[:-1]
+                elif reason == "length":
+                    end = "limit"
+                else:
+                    raise upstream_error(
+                        f"the generation ended with finish_reason {reason!r}",
+                        "POST /v1/completions",
+                        client.url,
+                    )
+                last = Piece(text, ids, end)
+    if last is not None:
+        yield last
 
 
 def _body(
@@ -177,9 +196,17 @@ def _body(
     }
     if params.seed is not None:
         body["seed"] = params.seed
+    if params.tenant:  # tenants never share cached prefixes, nor time each other's
+        body["cache_salt"] = cache_salt(params.tenant)
     if grammar is not None:
         body["structured_outputs"] = structured_output(grammar)
     return body
+
+
+def cache_salt(tenant: str) -> str:
+    """vLLM's ``cache_salt`` for a key's scope: unpredictable without the key
+    (the scope is a hash of it), 64 hex characters (vLLM takes at most 128)."""
+    return hashlib.sha256(b"parley cache_salt\0" + tenant.encode()).hexdigest()
 
 
 def structured_output(grammar: Grammar) -> dict[str, str]:
@@ -226,11 +253,14 @@ class VllmOptions(UpstreamOptions):
 
 def from_settings(settings: Settings) -> VllmEngine:
     o = read_options(settings, "vllm", VllmOptions, "http://127.0.0.1:8000")
-    client = VllmClient(
-        o.url,
-        api_key=o.api_key,
-        timeout=o.timeout,
-        connect_timeout=o.connect_timeout,
-        retries=o.retries,
-    )
-    return VllmEngine(client, o)
+    clients = [
+        VllmClient(
+            url,
+            api_key=o.api_key,
+            timeout=o.timeout,
+            connect_timeout=o.connect_timeout,
+            retries=o.retries if len(o.url) == 1 else 0,  # several: the pool fails over
+        )
+        for url in o.url
+    ]
+    return VllmEngine(clients, o)
