@@ -60,7 +60,8 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(WEIGHTS), "--host", "127.0.0.1", "--port", str(port),
                "--enforce-eager", "--max-model-len", "4096",
-               "--enable-prompt-tokens-details"]  # fmt: skip
+               "--enable-prompt-tokens-details",
+               "--enable-scale-out"]  # fmt: skip  # /v1/chat/completions/render, for chat mode
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"}
     env["HF_HUB_OFFLINE"] = "1"
     process = subprocess.Popen(
@@ -432,3 +433,64 @@ def test_a_message_batch_runs_on_vllm(client: anthropic.Anthropic) -> None:
         assert result.type == "succeeded"
         assert 0 < result.message.usage.output_tokens <= 8
         assert result.message.usage.service_tier == "batch"
+
+
+# --- the same vLLM in chat mode (the openai engine): vLLM renders ------------------
+
+CHAT = "smollm2-vllm-chat"
+
+
+@pytest.fixture(scope="module")
+def chat_client(vllm: str, server_factory: Callable[..., Server]) -> anthropic.Anthropic:
+    server = server_factory(
+        "--engine", "openai", "--engine-opt", f"url={vllm}", "--engine-opt", f"model_name={CHAT}"
+    )  # fmt: skip
+    return server.client()
+
+
+@needs_vllm
+def test_chat_mode_counts_with_vllms_render_and_streams(chat_client: anthropic.Anthropic) -> None:
+    model = chat_client.models.retrieve(CHAT)
+    assert model.max_input_tokens == 4096 and model.display_name.endswith("(vllm upstream)")
+    counted = chat_client.messages.count_tokens(model=CHAT, messages=HI)  # type: ignore[arg-type]
+    message = chat_client.messages.create(
+        model=CHAT,
+        max_tokens=6,
+        extra_body=GREEDY,
+        messages=HI,  # type: ignore[arg-type]
+    )
+    usage = message.usage
+    prompt = usage.input_tokens + (usage.cache_read_input_tokens or 0)
+    assert prompt + (usage.cache_creation_input_tokens or 0) == counted.input_tokens > 0
+    assert 0 < usage.output_tokens <= 6
+    with chat_client.messages.stream(
+        model=CHAT,
+        max_tokens=6,
+        extra_body=GREEDY,
+        messages=HI,  # type: ignore[arg-type]
+    ) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert 0 < final.usage.output_tokens <= 6
+
+
+@needs_vllm
+def test_chat_mode_reports_the_stop_vllm_matched(
+    chat_client: anthropic.Anthropic, vllm: str
+) -> None:
+    message = chat_client.messages.create(
+        model=CHAT, max_tokens=200, extra_body=GREEDY, stop_sequences=["5"],  # type: ignore[arg-type]
+        messages=[{"role": "user", "content": "Count from 1 to 50, separated by commas."}],
+    )  # fmt: skip
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "5"
+    wait_for(lambda: running(vllm) == 0, "vLLM to have no request running")
+
+
+@needs_vllm
+def test_chat_mode_reports_vllms_prefix_cache(chat_client: anthropic.Anthropic) -> None:
+    system = "You are a terse assistant for the city of Lyon. " * 40  # several KV blocks
+    ask = {"model": CHAT, "max_tokens": 4, "system": system, "messages": HI}
+    chat_client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    again = chat_client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
+    assert (again.usage.cache_read_input_tokens or 0) >= 128  # whole 128-token blocks on CPU

@@ -123,6 +123,7 @@ class OpenAIChatEngine(Engine):
             call_prefix = "<tool_call>\n" if "<tool_call>" in template else ""
         self._call_prefix = call_prefix or ""
         self.card = self._card(context, capabilities)
+        await self._check_counting()
         log.info(
             "upstream ready",
             extra={
@@ -134,6 +135,27 @@ class OpenAIChatEngine(Engine):
                 "counting": self.dialect.count_path or "estimate",
             },
         )
+
+    async def _check_counting(self) -> None:
+        """The counting endpoint answers, or start-up stops saying why (vLLM serves
+        its render endpoint only with ``--enable-scale-out``)."""
+        import anyio
+
+        path, keys = self.dialect.count_path, self.dialect.count_keys
+        if path is None:
+            return
+        body = {"model": self._model, "messages": [{"role": "user", "content": "x"}]}
+        body = body if keys is None else {k: v for k, v in body.items() if k in keys}
+        try:
+            answer = await anyio.to_thread.run_sync(self._client.count, path, body)
+            count_of(self.dialect, answer)
+        except (ParleyError, ValueError) as exc:
+            hint = " (start vLLM with --enable-scale-out)" if self.dialect.kind == "vllm" else ""
+            said = exc.message if isinstance(exc, ParleyError) else str(exc)
+            raise UpstreamStartError(
+                f"{self.url}{path} does not count prompts{hint}: parley's count_tokens and "
+                f"usage need it; it said: {said}"
+            ) from exc
 
     async def _models(self) -> dict[str, Any]:
         """``/v1/models``, waited for while the upstream is not up yet (not listening,
