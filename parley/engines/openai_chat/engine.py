@@ -221,7 +221,7 @@ class OpenAIChatEngine(Engine):
                 self._counters["tokens"] += finished.output_tokens
                 run.emit(finished)
 
-        return TaskGeneration(produce)
+        return TaskGeneration(produce, interval=self._options.stream_interval_ms / 1000)
 
     async def _generate(
         self, prompt: ChatPrompt, params: SamplingParams, body: Body, run: TaskGeneration

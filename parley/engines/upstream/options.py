@@ -26,6 +26,7 @@ class UpstreamOptions:
     connect_timeout: float = 5.0
     startup_timeout: float = 120.0  # seconds to wait at start for the upstream's /health
     retries: int = 2  # resends of a request the upstream did not answer (upstream.http)
+    stream_interval_ms: int = 20  # text merged into one event per interval (upstream.generation)
     # Several backends (upstream.backends):
     affinity_slack: int = 4  # in-flight requests beyond the least loaded before affinity yields
     breaker_failures: int = 3  # failures in a row that open a backend's circuit
@@ -52,10 +53,11 @@ def read_options(settings: Settings, engine: str, kind: type[OptionsT], example:
         )
     if len(set(o.url)) != len(o.url):
         raise ConfigError(f"{engine}: the option 'url' names a backend twice")
-    if min(o.concurrency, o.max_queue, o.retries, o.affinity_slack) < 0 or o.startup_timeout < 0:
+    counts = (o.concurrency, o.max_queue, o.retries, o.affinity_slack, o.stream_interval_ms)
+    if min(counts) < 0 or o.startup_timeout < 0:
         raise ConfigError(
-            f"{engine}: concurrency, max_queue, retries, affinity_slack and startup_timeout "
-            "≥ 0 required"
+            f"{engine}: concurrency, max_queue, retries, affinity_slack, stream_interval_ms "
+            "and startup_timeout ≥ 0 required"
         )
     if min(o.timeout, o.connect_timeout, o.breaker_cooldown, o.health_interval) <= 0:
         raise ConfigError(

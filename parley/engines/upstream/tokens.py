@@ -285,7 +285,7 @@ class TokensEngine(Engine, Generic[ClientT]):
                     )
                 run.emit(finished)
 
-        return TaskGeneration(produce)
+        return TaskGeneration(produce, interval=self._options.stream_interval_ms / 1000)
 
     async def _generate(
         self, prompt: LlamaPrompt, params: SamplingParams, emit: Emit, report: Report
