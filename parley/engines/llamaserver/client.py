@@ -36,15 +36,8 @@ class LlamaServerClient(UpstreamClient):
 
     async def tokenize(self, text: str) -> list[int]:
         """llama-server's token ids of ``text`` (special-token text parsed, no BOS)."""
-        what = "POST /tokenize"
         body = {"content": text, "add_special": False, "parse_special": True}
-        with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self.answer("/tokenize", body) as response:
-                data = loads((await response.aread()).decode(errors="replace"), 0, what, self.url)
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise EngineError(f"{what}: the upstream {self.url} answered no token list")
-        return tokens
+        return await self.token_ids("/tokenize", body)
 
     async def completion(
         self,

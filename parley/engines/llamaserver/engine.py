@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parley.engines.base import ModelCard, SamplingParams
-from parley.engines.llamacpp.model_file import mtime, read_template
+from parley.engines.base import SamplingParams
+from parley.engines.llamacpp.model_file import read_template
 from parley.engines.llamacpp.output import Grammar
-from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.llamaserver.client import LlamaServerClient
 from parley.engines.upstream.backends import Attempt
@@ -64,21 +63,12 @@ class LlamaServerEngine(TokensEngine[LlamaServerClient]):
         first = up[0].client
         props = await first.props()
         path = self._gguf(props, first.url)
-        self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
+        self._vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
         fit = await self._fits(up)  # each checked: its context, its tokenizer
         n_ctx, slots = fit.context, fit.slots
         self._slots.size = self._options.concurrency or slots
-        model_id = self._options.model_name or path.stem.lower()
-        self.card = ModelCard(
-            id=model_id,
-            display_name=f"{vocab.metadata('general.name') or path.stem} (llama-server)",
-            created_at=mtime(path),
-            context_length=n_ctx,
-            max_output_tokens=n_ctx,
-            capabilities=self.card.capabilities,
-        )
         template = read_template(self._options.chat_template) or props.get("chat_template") or None
-        self._renderer = Renderer(vocab, self.card, template)
+        model_id = self._serve(path, n_ctx, "llama-server", template)
         log.info(
             "upstream ready",
             extra={

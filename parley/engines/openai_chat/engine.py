@@ -141,20 +141,17 @@ class OpenAIChatEngine(Engine):
         its render endpoint only with ``--enable-scale-out``)."""
         import anyio
 
-        path, keys = self.dialect.count_path, self.dialect.count_keys
+        path = self.dialect.count_path
         if path is None:
             return
         body = {"model": self._model, "messages": [{"role": "user", "content": "x"}]}
-        body = body if keys is None else {k: v for k, v in body.items() if k in keys}
         try:
-            answer = await anyio.to_thread.run_sync(self._client.count, path, body)
-            count_of(self.dialect, answer)
-        except (ParleyError, ValueError) as exc:
+            await anyio.to_thread.run_sync(self._count, path, body)
+        except ParleyError as exc:
             hint = " (start vLLM with --enable-scale-out)" if self.dialect.kind == "vllm" else ""
-            said = exc.message if isinstance(exc, ParleyError) else str(exc)
             raise UpstreamStartError(
                 f"{self.url}{path} does not count prompts{hint}: parley's count_tokens and "
-                f"usage need it; it said: {said}"
+                f"usage need it; it said: {exc.message}"
             ) from exc
 
     async def _models(self) -> dict[str, Any]:
@@ -189,14 +186,17 @@ class OpenAIChatEngine(Engine):
             )
             n = math.ceil(len(text) / CHARS_PER_TOKEN)
             return ChatPrompt(conversation, "", range(n), body=body, exact=False)
+        return ChatPrompt(conversation, "", range(self._count(path, body)), body=body)
+
+    def _count(self, path: str, body: dict[str, Any]) -> int:
+        """The upstream's count of ``body``'s prompt (blocking: off the loop)."""
         keys = self.dialect.count_keys
         counted = body if keys is None else {k: v for k, v in body.items() if k in keys}
         answer = self._client.count(path, counted)
         try:
-            n = count_of(self.dialect, answer)
+            return count_of(self.dialect, answer)
         except ValueError as exc:
             raise EngineError(f"POST {path}: the upstream {self.url} answered {exc}") from None
-        return ChatPrompt(conversation, "", range(n), body=body)
 
     # --- generations --------------------------------------------------------------
 

@@ -197,6 +197,17 @@ class UpstreamClient:
                 raise EngineError(f"{what}: the upstream {self.url} answered no JSON object")
             return data
 
+    async def token_ids(self, path: str, body: dict[str, Any]) -> list[int]:
+        """The ``tokens`` list of ``POST path``'s JSON answer (a tokenize endpoint)."""
+        what = f"POST {path}"
+        with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
+            async with self.answer(path, body) as response:
+                data = loads((await response.aread()).decode(errors="replace"), 0, what, self.url)
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise EngineError(f"{what}: the upstream {self.url} answered no token list")
+        return tokens
+
     @contextlib.asynccontextmanager
     async def answer(
         self,

@@ -27,6 +27,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from parley.conversation import Capabilities, Conversation
@@ -40,6 +41,7 @@ from parley.engines.base import (
     SamplingParams,
     out_of_budget,
 )
+from parley.engines.llamacpp.model_file import mtime
 from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPrompt, ToolCallParser
 from parley.engines.llamacpp.prefix_cache import reused_usage
 from parley.engines.llamacpp.render import Renderer
@@ -138,6 +140,22 @@ class TokensEngine(Engine, Generic[ClientT]):
         more, under ``grammar``; calls ``report.accepted`` when the upstream
         answered, sets ``report.cached`` when it says. Closing the generator
         must end the upstream request. Sent with ``_route``."""
+
+    def _serve(self, path: Path, n_ctx: int, label: str, template: str | None) -> str:
+        """The model card (id, name, context) and the renderer, once the
+        vocabulary of ``path`` is loaded and the backends checked; its id."""
+        assert self._vocab is not None, "the vocabulary is loaded first"
+        model_id = self._options.model_name or path.stem.lower()
+        self.card = ModelCard(
+            id=model_id,
+            display_name=f"{self._vocab.metadata('general.name') or path.stem} ({label})",
+            created_at=mtime(path),
+            context_length=n_ctx,
+            max_output_tokens=n_ctx,
+            capabilities=self.card.capabilities,
+        )
+        self._renderer = Renderer(self._vocab, self.card, template)
+        return model_id
 
     @abc.abstractmethod
     async def _fit(self, client: ClientT) -> Fit:

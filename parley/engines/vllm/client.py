@@ -30,15 +30,8 @@ class VllmClient(UpstreamClient):
 
     async def tokenize(self, model: str, text: str) -> list[int]:
         """vLLM's token ids of ``text`` (no special tokens added)."""
-        what = "POST /tokenize"
         body = {"model": model, "prompt": text, "add_special_tokens": False}
-        with UPSTREAM.crossing(what, url=self.url, timeout=self._timeout):
-            async with self.answer("/tokenize", body) as response:
-                data = loads((await response.aread()).decode(errors="replace"), 0, what, self.url)
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise EngineError(f"{what}: the upstream {self.url} answered no token list")
-        return tokens
+        return await self.token_ids("/tokenize", body)
 
     async def completions(
         self,

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parley.engines.base import ModelCard, SamplingParams
-from parley.engines.llamacpp.model_file import mtime, read_template
+from parley.engines.base import SamplingParams
+from parley.engines.llamacpp.model_file import read_template
 from parley.engines.llamacpp.output import Grammar
-from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
 from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import upstream_error
@@ -67,19 +66,10 @@ class VllmEngine(TokensEngine[VllmClient]):
 
         up = await self._reach()
         path = self._gguf()
-        self._vocab = vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
+        self._vocab = await anyio.to_thread.run_sync(LlamaVocab, path)
         n_ctx = (await self._fits(up)).context  # each checked: the model, its tokenizer
         self._slots.size = self._options.concurrency or DEFAULT_CONCURRENCY * len(self._clients)
-        model_id = self._options.model_name or path.stem.lower()
-        self.card = ModelCard(
-            id=model_id,
-            display_name=f"{vocab.metadata('general.name') or path.stem} (vLLM)",
-            created_at=mtime(path),
-            context_length=n_ctx,
-            max_output_tokens=n_ctx,
-            capabilities=self.card.capabilities,
-        )
-        self._renderer = Renderer(vocab, self.card, read_template(self._options.chat_template))
+        model_id = self._serve(path, n_ctx, "vLLM", read_template(self._options.chat_template))
         log.info(
             "upstream ready",
             extra={
