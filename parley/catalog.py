@@ -18,8 +18,9 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
     model can take it; not interleaved between tool calls; unless the card says
     its upstream cannot bound it) and ``effort``, which sizes adaptive
     thinking's budget. Images and tools follow the engine card.
-    Citations, PDF input, structured outputs, server tools, code execution and
-    context management are refused for every model, so they are not supported.
+    Structured outputs follow the card (parley's grammar, or an upstream's own).
+    Citations, PDF input, server tools, code execution and context management
+    are refused for every model, so they are not supported.
     """
     yes, no = wr.CapabilitySupport(supported=True), wr.CapabilitySupport(supported=False)
     return wr.ModelCapabilities(
@@ -39,7 +40,7 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
         image_input=yes if caps.images else no,
         pdf_input=no,
         server_tools=wr.ServerToolsCapability(supported=False, code_execution=no, web_search=no),
-        structured_outputs=no,
+        structured_outputs=yes if caps.structured_outputs else no,
         thinking=wr.ThinkingCapability(
             supported=caps.thinking,
             types=wr.ThinkingTypes(

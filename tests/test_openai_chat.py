@@ -10,6 +10,7 @@ its prompt cache. The model is tiny: every generation is bounded by a small
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,35 @@ def test_a_client_that_leaves_closes_the_upstream_request(
             raise AssertionError("the stream ended before llama-server showed it decoding")
     wait_for(lambda: busy_slots(llama_server) == 0, "llama-server to drop the request")
     upstream.wait_stats(MODEL, cancelled=1)
+
+
+ANSWER = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output_goes_as_response_format(client: anthropic.Anthropic) -> None:
+    """llama-server constrains the answer by ``response_format``; parley checks it,
+    and counts the instruction it adds to the system prompt."""
+    messages: Any = [{"role": "user", "content": "Alice is 31. Give her as JSON."}]
+    fmt: Any = {"format": {"type": "json_schema", "schema": ANSWER}}
+    counted = client.messages.count_tokens(model=MODEL, messages=messages, output_config=fmt)
+    plain = client.messages.count_tokens(model=MODEL, messages=messages)
+    assert counted.input_tokens > plain.input_tokens
+    message = client.messages.create(
+        model=MODEL, max_tokens=300, messages=messages, output_config=fmt, extra_body=GREEDY
+    )
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[0].text), ANSWER)
+    assert (
+        message.usage.input_tokens
+        + (message.usage.cache_read_input_tokens or 0)
+        + (message.usage.cache_creation_input_tokens or 0)
+        == counted.input_tokens
+    )

@@ -18,7 +18,7 @@ import pytest
 from parley.conversation import Conversation, Turn
 from parley.engines.base import Finished, SamplingParams, TextChunk, ThinkingChunk
 from parley.engines.llamacpp.ops import BatchEntry
-from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, LlamaPrompt
+from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, LlamaPrompt
 from parley.engines.llamacpp.prefix_cache import Breakpoint, PrefixCache
 from parley.engines.llamacpp.scheduler import BatchScheduler
 from parley.errors import EngineError
@@ -252,3 +252,28 @@ def test_thinking_past_its_budget_is_closed_by_parley(make: Any) -> None:
     # The closing marker was fed to the model as a prompt chunk after the budget.
     fed = [e.token for batch in native.batches for e in batch if e.token == 2]
     assert len(fed) == forced
+
+
+def test_parley_closing_the_reasoning_swaps_in_the_answer_grammar(make: Any) -> None:
+    """A format's lazy grammar wakes when the model closes its reasoning; when
+    parley closes it at the budget, the sampler is rebuilt with the grammar that
+    constrains the answer from its first token."""
+    answer = Grammar('root ::= "x"*', "root")
+    lazy = Grammar('root ::= "</think>" lazy-rest\nlazy-rest ::= "x"*', "root", "</think>")
+    lazy = Grammar(lazy.text, "root", "</think>", None, "</think>", answer)
+    native = RecordingNative()
+    scheduler = make(native)
+    (events,) = run(scheduler, (prompt([1] * 10, thinking=5, grammar=lazy), 20))
+    assert events[-1] == Finished("max_tokens", 20)
+    assert native.grammars == [lazy, answer]
+    assert native.samplers == 0  # the first sampler was freed when swapped, the second at the end
+
+
+class RecordingNative(KvNative):
+    def __init__(self) -> None:
+        super().__init__()
+        self.grammars: list[Any] = []
+
+    def new_sampler(self, **options: Any) -> Any:
+        self.grammars.append(options.get("grammar"))
+        return super().new_sampler(**options)

@@ -494,3 +494,49 @@ def test_chat_mode_reports_vllms_prefix_cache(chat_client: anthropic.Anthropic) 
     chat_client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
     again = chat_client.messages.create(**ask, extra_body=GREEDY)  # type: ignore[arg-type]
     assert (again.usage.cache_read_input_tokens or 0) >= 128  # whole 128-token blocks on CPU
+
+
+# --- structured outputs: parley's grammar in tokens mode, vLLM's in chat mode ------
+
+ANSWER = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@needs_vllm
+@pytest.mark.parametrize("mode", ["tokens", "chat"])
+def test_structured_output_validates(
+    mode: str, client: anthropic.Anthropic, chat_client: anthropic.Anthropic
+) -> None:
+    model, sdk = (MODEL, client) if mode == "tokens" else (CHAT, chat_client)
+    message = sdk.messages.create(
+        model=model,
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Alice is 31. Give her as JSON."}],
+        output_config={"format": {"type": "json_schema", "schema": ANSWER}},
+    )
+    assert message.stop_reason == "end_turn"
+    assert message.content[0].type == "text"
+    jsonschema.validate(json.loads(message.content[0].text), ANSWER)
+
+
+@needs_vllm
+def test_structured_output_after_thinking_cut_at_its_budget(client: anthropic.Anthropic) -> None:
+    """Adaptive thinking gets half of max_tokens (100): past it, parley closes the
+    reasoning in a new vLLM request, whose grammar is the answer's."""
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Alice is 31. Give her as JSON."}],
+        thinking={"type": "adaptive"},
+        output_config={"format": {"type": "json_schema", "schema": ANSWER}},
+    )
+    assert message.content[0].type == "thinking" and message.content[-1].type == "text"
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[-1].text), ANSWER)

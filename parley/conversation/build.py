@@ -17,7 +17,9 @@ from typing import Any
 from parley.conversation.claude_code import normalize_billing_line
 from parley.conversation.marks import Marks
 from parley.conversation.rules import (
+    check_answer_format,
     check_breakpoints,
+    check_schema,
     check_tool_pairing,
     refuse_unsupported,
     thinking_budget,
@@ -54,6 +56,9 @@ def build_conversation(
     budget = thinking_budget(req)
     marks = Marks(caps.prompt_cache)
     context = _Context(caps, model, signer, marks)
+    for i, tool in enumerate(req.tools or ()):
+        if isinstance(tool, wr.CustomTool):
+            check_schema(tool.input_schema, f"tools.{i}.input_schema")
     tools = tuple(_tool_spec(t, marks) for t in req.tools or ())
     system = _system_text(req.system, marks)
     turns: list[Turn] = []
@@ -93,6 +98,7 @@ def build_conversation(
             raise InvalidRequestError(
                 "messages: final assistant content cannot end with trailing whitespace"
             )
+    check_answer_format(req, bool(prefill))
     if not any(t.role == "user" for t in turns):
         raise InvalidRequestError("messages: at least one user message is required")
 
@@ -113,6 +119,7 @@ def build_conversation(
         disable_parallel_tool_use=bool(getattr(choice, "disable_parallel_tool_use", False)),
         thinking_budget=budget,
         marks=tuple(marks.found),
+        answer_schema=dict(req.answer_format.schema_) if req.answer_format is not None else None,
     )
 
 
@@ -256,6 +263,8 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
 def _tool_spec(tool: Any, marks: Marks) -> ToolSpec:
     tag = marks.tag(getattr(tool, "cache_control", None))
     if isinstance(tool, wr.CustomTool):
-        return ToolSpec(tool.name, (tool.description or "") + tag, tool.input_schema)
+        return ToolSpec(
+            tool.name, (tool.description or "") + tag, tool.input_schema, bool(tool.strict)
+        )
     description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
     return ToolSpec(tool.name, description + tag, schema)

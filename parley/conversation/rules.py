@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsonschema
+
 from parley.conversation.types import Capabilities
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
 from parley.wire import content as wc
@@ -46,12 +48,47 @@ def refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model:
                 raise InvalidRequestError(
                     "`top_p` must be greater than or equal to 0.95 when thinking is enabled."
                 )
-    if req.output_config is not None and req.output_config.format is not None:
+    answer = req.answer_format
+    if answer is not None and not caps.structured_outputs:
         raise UnsupportedFeatureError(
-            "output_config.format: structured outputs are not supported by parley yet"
+            f"output_config.format: model '{model}' does not support structured outputs"
         )
+    if answer is not None:
+        where = "output_format" if req.output_format is not None else "output_config.format"
+        check_schema(answer.schema_, f"{where}.schema")
     if req.tools and not caps.tools:
         raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
+
+
+def check_schema(schema: dict[str, Any], path: str) -> None:
+    """A JSON Schema (2020-12) that is itself valid, or a 400 naming where it is not."""
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator.check_schema(schema)
+    except jsonschema.exceptions.SchemaError as exc:
+        where = "".join(f".{p}" for p in exc.path)
+        raise InvalidRequestError(
+            f"{path}{where}: not a valid JSON Schema: {exc.message}"
+        ) from None
+
+
+def check_answer_format(req: wr.CountTokensRequest, prefill: bool) -> None:
+    """What structured outputs cannot be combined with, as on the API."""
+    if req.answer_format is None:
+        return
+    if prefill:
+        raise InvalidRequestError(
+            "messages: prefilling the assistant message is not supported with "
+            "output_config.format (structured outputs)"
+        )
+    for i, message in enumerate(req.messages):
+        for j, block in enumerate(_blocks(message)):
+            config = getattr(block, "citations", None)
+            if getattr(config, "enabled", False):
+                raise InvalidRequestError(
+                    f"messages.{i}.content.{j}.citations: citations are not supported with "
+                    "output_config.format (structured outputs)"
+                )
 
 
 MAX_BREAKPOINTS = 4

@@ -6,6 +6,7 @@ marks); ``build.py`` makes them from a validated request.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,6 +65,7 @@ class ToolSpec:
     name: str
     description: str
     input_schema: dict[str, Any]
+    strict: bool = False  # the input must validate: what the grammar cannot guarantee is refused
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Capabilities:
     tools: bool = False
     prompt_cache: bool = False  # the engine keeps KV state at cache_control breakpoints
     thinking: bool = True  # extended thinking with a budget (an upstream may lack one)
+    structured_outputs: bool = False  # output_config.format and strict tools are guaranteed
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,19 @@ class Conversation:
     disable_parallel_tool_use: bool = False
     thinking_budget: int | None = None  # open a reasoning section of at most this many tokens
     marks: tuple[CacheMark, ...] = ()  # cache breakpoints, in no particular order
+    # ``output_config.format``: the answer text is one JSON value of this schema.
+    answer_schema: dict[str, Any] | None = None
+
+    @property
+    def answer_instruction(self) -> str | None:
+        """What the system prompt adds when the answer has a JSON format (every
+        engine says it the same way, so the model knows what it is held to)."""
+        if self.answer_schema is None:
+            return None
+        schema = json.dumps(self.answer_schema, ensure_ascii=False)
+        return (
+            f"Reply with only a JSON value (no other text) that matches this JSON Schema:\n{schema}"
+        )
 
     @property
     def last_user_text(self) -> str:

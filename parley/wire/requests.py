@@ -286,6 +286,8 @@ class CountTokensRequest(RequestModel):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    # The beta's first spelling of ``output_config.format`` (SDKs before 2.10 send it).
+    output_format: JSONOutputFormat | None = None
     cache_control: CacheControlEphemeral | None = None
     speed: Literal["standard", "fast"] | None = None
     # Accepted: they route or bill requests in Anthropic's service, with no
@@ -297,6 +299,24 @@ class CountTokensRequest(RequestModel):
     mcp_servers: list[dict[str, Any]] | None = None
     billing_policy: Any = None
     compaction: Any = None
+
+    @model_validator(mode="after")
+    def _one_format(self) -> CountTokensRequest:
+        config = self.output_config
+        if self.output_format is not None and config is not None and config.format is not None:
+            raise PydanticCustomError(
+                "conflicting_output_format",
+                "output_format: give either output_format or output_config.format, not "
+                "both (output_format is deprecated)",
+            )
+        return self
+
+    @property
+    def answer_format(self) -> JSONOutputFormat | None:
+        """The JSON format the answer text must follow (``output_config.format``)."""
+        if self.output_config is not None and self.output_config.format is not None:
+            return self.output_config.format
+        return self.output_format
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""

@@ -139,6 +139,8 @@ def _messages(
         system = f"{system}\n\n{system_section(conversation)}".strip()
     elif conversation.tools and conversation.tool_choice == "none":
         system = f"{system}\n\nDo not call any tool in this reply.".strip()
+    if conversation.answer_instruction is not None:
+        system = f"{system}\n\n{conversation.answer_instruction}".strip()
     if system:
         out.append({"role": "system", "content": system})
     pending_system: list[str] = []

@@ -81,7 +81,9 @@ class LlamaCppEngine(Engine):
             created_at=mtime(model_path),
             context_length=config.n_ctx,
             max_output_tokens=config.n_ctx,
-            capabilities=Capabilities(images=False, tools=True, prompt_cache=cache is not None),
+            capabilities=Capabilities(
+                images=False, tools=True, prompt_cache=cache is not None, structured_outputs=True
+            ),
         )
 
     async def start(self) -> None:

@@ -33,37 +33,126 @@ def grammar_for(
     syntax: CallSyntax = FALLBACK,
     usable: Callable[[Grammar], bool] | None = None,
 ) -> Grammar | None:
-    """The constraint for this request's tool calls, in ``syntax``; None for no calls.
+    """The constraint for this request's output, in ``syntax``; None for free text.
 
-    ``usable`` tells whether llama.cpp accepts a grammar. When it refuses the
-    whole, each tool is tried alone and the ones it refuses are constrained to
-    a JSON object only, so one schema never costs the request its tools."""
-    if not conv.tools or conv.tool_choice == "none":
+    Tool calls and a structured answer (``output_config.format``) are one
+    grammar: either may come when both are allowed. ``usable`` tells whether
+    llama.cpp accepts a grammar. When it refuses the whole, each tool is tried
+    alone and the ones it refuses are constrained to a JSON object only, so one
+    schema never costs the request its tools (a strict tool or the answer
+    format is refused instead: its guarantee would not hold)."""
+    calls = bool(conv.tools) and conv.tool_choice != "none"
+    answer = conv.answer_schema is not None and conv.tool_choice in ("auto", "none")
+    if not calls and not answer:
         return None
     allowed = [t for t in conv.tools if conv.tool_choice != "tool" or t.name == conv.tool_name]
-    grammar = _grammar(conv, syntax, allowed, set())
+    if not calls:
+        allowed = []
+    _check_guarantees(conv, allowed, answer)
+    grammar = _grammar(conv, syntax, allowed, set(), answer)
     if usable is None or usable(grammar):
         return grammar
+    if answer and not usable(_grammar(conv, syntax, [], set(), answer)):
+        raise InvalidRequestError(
+            "output_config.format.schema: llama.cpp refused the grammar built from this schema"
+        )
     plain = {
-        i for i, tool in enumerate(allowed) if not usable(_grammar(conv, syntax, [tool], set()))
+        i
+        for i, tool in enumerate(allowed)
+        if not usable(_grammar(conv, syntax, [tool], set(), False))
     }
+    for i in sorted(plain):
+        if allowed[i].strict:
+            raise InvalidRequestError(
+                f"tools.{conv.tools.index(allowed[i])}.input_schema: llama.cpp refused the "
+                "grammar built from this schema, so `strict` cannot be guaranteed"
+            )
     log.warning(
         "llama.cpp refused the grammar of some tool schemas; their inputs are constrained "
         "to a JSON object only",
         extra={"tools": len(plain)},
     )
-    grammar = _grammar(conv, syntax, allowed, plain)
+    grammar = _grammar(conv, syntax, allowed, plain, answer)
     if not usable(grammar):
         raise EngineError("llama.cpp refused the grammar built from the tool schemas")
     return grammar
 
 
+def _check_guarantees(conv: Conversation, allowed: list[ToolSpec], answer: bool) -> None:
+    """A 400 naming the first schema feature a strict tool or the answer format
+    asks for that the grammar would not enforce."""
+    from parley.engines.llamacpp.grammar_strict import unguaranteed
+
+    if answer:
+        gaps = unguaranteed(conv.answer_schema, "output_config.format.schema")
+        if gaps:
+            raise InvalidRequestError(
+                f"{gaps[0]}: structured outputs guarantee the answer validates; this schema "
+                "feature cannot be guaranteed by parley"
+            )
+    for tool in allowed:
+        if tool.strict:
+            i = conv.tools.index(tool)
+            gaps = unguaranteed(tool.input_schema, f"tools.{i}.input_schema")
+            if gaps:
+                raise InvalidRequestError(
+                    f"{gaps[0]}: cannot be guaranteed for a tool with `strict: true`"
+                )
+
+
 def _grammar(
-    conv: Conversation, syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int]
+    conv: Conversation,
+    syntax: CallSyntax,
+    allowed: list[ToolSpec],
+    plain: set[int],
+    answer: bool,
 ) -> Grammar:
     from parley.engines.llamacpp.grammar_json import SafeConverter
 
     converter = SafeConverter()
+    rules: list[str] = []
+    choices: list[str] = []
+    if answer:
+        choices.append(_answer_rule(converter, conv.answer_schema))
+    if allowed:
+        rules.append(_call_rule(syntax, allowed, plain, converter))
+        if answer or conv.tool_choice != "auto":
+            rules.append(f"calls ::= {_literal(syntax.open)} call{_more(conv, syntax)}")
+            choices.append("calls")
+    body = converter.format_grammar()
+    # JSON strings may not hold raw control characters; the converter's rule allows them.
+    body = body.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+    either = " | ".join(choices)
+    extra = "\n".join(rules)
+    if answer and conv.thinking_budget is not None:
+        # The reasoning is free; the grammar wakes when the model closes it.
+        from parley.engines.llamacpp.output import THINK_CLOSE
+
+        opening = THINK_CLOSE
+        head = f"root ::= {_literal(opening)} lazy-rest\nlazy-rest ::= [ \\n]* ({either})"
+        resume = Grammar(
+            f"root ::= {either}\n{extra}\n{body}", "root", None, _syntax(allowed, syntax)
+        )
+        return Grammar(f"{head}\n{extra}\n{body}", "root", opening, resume.syntax, opening, resume)
+    if not answer and conv.tool_choice == "auto":
+        # Free text until the model opens a call.
+        opening = syntax.open
+        head = f"root ::= {_literal(opening)} lazy-rest\nlazy-rest ::= call{_more(conv, syntax)}"
+        return Grammar(f"{head}\n{extra}\n{body}", "root", syntax.trigger, syntax, opening)
+    return Grammar(f"root ::= {either}\n{extra}\n{body}", "root", None, _syntax(allowed, syntax))
+
+
+def _syntax(allowed: list[ToolSpec], syntax: CallSyntax) -> CallSyntax | None:
+    return syntax if allowed else None
+
+
+def _more(conv: Conversation, syntax: CallSyntax) -> str:
+    again = _literal(syntax.separator + syntax.open)
+    return "" if conv.disable_parallel_tool_use else f" ({again} call)*"
+
+
+def _call_rule(syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int], converter: Any) -> str:
+    """``call``: one alternative per tool, its name then its input."""
     alternatives = []
     for i, tool in enumerate(allowed):
         relaxed = len(converter.relaxed)
@@ -77,15 +166,19 @@ def _grammar(
                 extra={"tool_index": i, "patterns": len(converter.relaxed) - relaxed},
             )
         alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
-    body = converter.format_grammar()
-    # JSON strings may not hold raw control characters; the converter's rule allows them.
-    body = body.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
-    call = "call ::= (" + " | ".join(alternatives) + ") " + _literal(syntax.close)
-    again = _literal(syntax.separator + syntax.open)
-    more = "" if conv.disable_parallel_tool_use else f" ({again} call)*"
-    root = f"root ::= {_literal(syntax.open)} call{more}"
-    lazy = syntax.trigger if conv.tool_choice == "auto" else None
-    return Grammar(f"{root}\n{call}\n{body}", "root", lazy, syntax)
+    return "call ::= (" + " | ".join(alternatives) + ") " + _literal(syntax.close)
+
+
+def _answer_rule(converter: Any, schema: Any) -> str:
+    """The rule of the answer's schema; a schema the converter cannot express is a 400."""
+    try:
+        resolved = converter.resolve_refs(_gbnf_safe(schema), "answer")
+        return str(converter.visit(resolved, "answer"))
+    except Exception as exc:
+        raise InvalidRequestError(
+            "output_config.format.schema: this schema cannot be expressed as a grammar "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _tool_rule(converter: Any, tool: ToolSpec, i: int) -> str | None:

@@ -68,12 +68,21 @@ class CallSyntax:
 
 @dataclass(frozen=True)
 class Grammar:
-    """A decoding constraint in llama.cpp's GBNF, optionally woken by a trigger text."""
+    """A decoding constraint in llama.cpp's GBNF, optionally woken by a trigger text.
+
+    A lazy grammar's first line is ``root ::= "OPENING" lazy-rest``: the text it
+    wakes at (``opening``, which begins with ``lazy_trigger``), then the rule of
+    what follows, so an upstream with structural tags can take the two apart."""
 
     text: str
     root: str = "root"
     lazy_trigger: str | None = None  # None: constrain from the first token
     syntax: CallSyntax | None = None  # the tool-call syntax the grammar writes
+    opening: str = ""  # a lazy grammar: the literal its root starts with
+    # Once parley itself closes the reasoning section (its budget spent), the
+    # constraint of the answer from its first token (a lazy grammar woken by the
+    # close never sees the close parley writes).
+    resume: Grammar | None = None
 
 
 @dataclass(frozen=True)

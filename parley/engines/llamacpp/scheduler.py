@@ -51,7 +51,7 @@ from parley.engines.llamacpp.delivery import Outbox
 from parley.engines.llamacpp.grammar import too_slow
 from parley.engines.llamacpp.jobs import Job, QueueGeneration
 from parley.engines.llamacpp.ops import NativeOps
-from parley.engines.llamacpp.output import LlamaPrompt
+from parley.engines.llamacpp.output import Grammar, LlamaPrompt
 from parley.engines.llamacpp.placement import Placement, place
 from parley.engines.llamacpp.prefix_cache import PrefixCache
 from parley.engines.llamacpp.sequence import Running
@@ -353,6 +353,26 @@ class BatchScheduler:
         self._emit(run, events)
         if end is not None:
             self._finish(run, *end)
+        elif run.swap is not None:
+            self._swap_sampler(run, run.swap)
+
+    def _swap_sampler(self, run: Running, grammar: Grammar) -> None:
+        """Constrain the rest of the sequence by ``grammar`` (a new sampler)."""
+        params = run.job.params
+        run.swap = None
+        try:
+            sampler = self._native.new_sampler(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                seed=params.seed,
+                grammar=grammar,
+            )
+        except ParleyError as exc:
+            self._fail(run, exc)
+            return
+        self._native.free_sampler(run.sampler)
+        run.sampler = sampler
 
     def _emit(self, run: Running, events: list[EngineEvent]) -> None:
         first = bool(events) and not run.started

@@ -17,7 +17,7 @@ from typing import Any
 from parley.engines.base import EngineEvent, FinishReason, out_of_budget
 from parley.engines.llamacpp.jobs import Job
 from parley.engines.llamacpp.ops import NativeOps
-from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, ToolCallParser
+from parley.engines.llamacpp.output import THINK_FORCED_CLOSE, Grammar, ToolCallParser
 from parley.engines.llamacpp.prefix_cache import Breakpoint
 from parley.engines.llamacpp.slots import Slot
 
@@ -38,6 +38,7 @@ class Running:
     think_left: int = 0  # thinking tokens left in the budget
     writes: list[Breakpoint] = field(default_factory=list)  # cache snapshots still to take
     started: bool = False  # its first event was emitted
+    swap: Grammar | None = None  # the sampler's next grammar (parley closed the reasoning)
 
     @classmethod
     def begin(
@@ -95,6 +96,9 @@ class Running:
         events = self.parser.feed(self.decoder.decode(b"", final=True))
         events += self.parser.end_thinking()
         forced = native.tokenize(THINK_FORCED_CLOSE, add_bos=False)
+        grammar = self.job.prompt.grammar
+        if grammar is not None and grammar.resume is not None:
+            self.swap = grammar.resume  # the lazy one never sees the close written here
         self.prompt_left = forced
         self.pending = None
         self.produced += len(forced)

@@ -75,7 +75,9 @@ class OpenAIChatEngine(Engine):
         )
         # miscounted: answers whose usage.prompt_tokens differed from the exact count.
         self._counters = {"completed": 0, "cancelled": 0, "failed": 0, "tokens": 0, "miscounted": 0}
-        self.card = self._card(options.context_length or 4096, Capabilities(tools=True))
+        self.card = self._card(
+            options.context_length or 4096, Capabilities(tools=True, structured_outputs=True)
+        )
 
     def _card(self, context: int, capabilities: Capabilities) -> ModelCard:
         name = self._options.model_name or self._model or "openai-upstream"
@@ -112,6 +114,8 @@ class OpenAIChatEngine(Engine):
             # llama-server ignores tools its template cannot render: refused instead.
             tools=bool(template_caps.get("supports_tools", True)),
             thinking=self.dialect.budget_field is not None,
+            # Sent as response_format; the answer is checked against the schema.
+            structured_outputs=True,
         )
         if props is not None and not self._options.concurrency:
             self._slots.size = int(props.get("total_slots") or 1)

@@ -74,6 +74,7 @@ class Reply:
         self._finish_reason: str | None = None
         self._matched: Any = None
         self._usage: dict[str, Any] | None = None
+        self._answer: list[str] = []  # the text, kept when it must follow a format
         self.done: Finished | None = None
 
     def feed(self, chunk: dict[str, Any]) -> list[EngineEvent]:
@@ -97,6 +98,8 @@ class Reply:
                 text, hit = self._stops.feed(content)
                 if text:
                     out.append(TextChunk(text))
+                    if self._conversation.answer_schema is not None:
+                        self._answer.append(text)
                 if hit is not None:
                     self.done = Finished("stop_sequence", self._produced(), hit, self._cache())
                     return out
@@ -172,12 +175,32 @@ class Reply:
                 stop, sequence = "stop_sequence", matched
             else:
                 stop = "end_turn"
+                self._check_answer(held)
         elif reason is None:
             raise EngineError(f"the upstream {self._url} ended its stream without a finish_reason")
         else:
             raise EngineError(f"the upstream {self._url} ended its answer with '{reason}'")
         out.append(Finished(stop, produced, sequence, self._cache()))
         return out
+
+    def _check_answer(self, held: str) -> None:
+        """A whole answer under ``output_config.format`` parses and validates."""
+        schema = self._conversation.answer_schema
+        if schema is None:
+            return
+        raw = "".join(self._answer) + held
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise EngineError(
+                f"the upstream {self._url} gave an answer that is not JSON: {exc}"
+            ) from exc
+        error = _schema_error(schema, value)
+        if error is not None:
+            raise EngineError(
+                f"the upstream {self._url} gave an answer that does not follow "
+                f"output_config.format: {error}"
+            )
 
     def _check_calls(self, *, but_last: bool = False) -> None:
         """Every call names an offered tool and its input validates against the schema."""
@@ -194,13 +217,7 @@ class Reply:
                 raise EngineError(
                     f"the upstream {self._url} gave '{call.name}' input that is not JSON: {exc}"
                 ) from exc
-            schema = self._schemas[call.name]
-            try:
-                error = jsonschema.exceptions.best_match(
-                    jsonschema.validators.validator_for(schema)(schema).iter_errors(value)
-                )
-            except jsonschema.exceptions.SchemaError:
-                error = None  # a schema jsonschema cannot read: the object check stands
+            error = _schema_error(self._schemas[call.name], value)
             if not isinstance(value, dict):
                 raise EngineError(
                     f"the upstream {self._url} gave '{call.name}' input that is not an object"
@@ -208,7 +225,7 @@ class Reply:
             if error is not None:
                 raise EngineError(
                     f"the upstream {self._url} gave '{call.name}' input that does not follow its "
-                    f"input_schema: {error.message} (at /{'/'.join(map(str, error.path))})"
+                    f"input_schema: {error}"
                 )
 
     def _produced(self) -> int:
@@ -229,3 +246,17 @@ class Reply:
         read = details.get("cached_tokens") or 0
         created = details.get("created_cache_tokens") or self._usage.get("created_cache_tokens")
         return CacheUsage(read=int(read), created_5m=int(created or 0))
+
+
+def _schema_error(schema: dict[str, Any], value: Any) -> str | None:
+    """Why ``value`` does not validate against ``schema`` (formats checked), or None."""
+    try:
+        validator = jsonschema.validators.validator_for(schema)(
+            schema, format_checker=jsonschema.FormatChecker()
+        )
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    except jsonschema.exceptions.SchemaError:
+        return None  # a schema jsonschema cannot read: nothing more to check
+    if error is None:
+        return None
+    return f"{error.message} (at /{'/'.join(map(str, error.path))})"

@@ -53,6 +53,11 @@ def chat_body(
         body["continue_final_message"] = True
         body["add_generation_prompt"] = False
     body.update(_tools(conversation, dialect))
+    if conversation.answer_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": conversation.answer_schema, "strict": True},
+        }
     thinking = conversation.thinking_budget is not None
     if dialect.template_kwargs:
         body["chat_template_kwargs"] = {"enable_thinking": thinking}
@@ -103,8 +108,9 @@ def sampling(params: SamplingParams, dialect: Dialect, *, max_tokens: int) -> Bo
 
 def messages(conversation: Conversation, dialect: Dialect) -> list[Body]:
     out: list[Body] = []
-    if conversation.system:
-        out.append({"role": "system", "content": conversation.system})
+    system = "\n\n".join(s for s in (conversation.system, conversation.answer_instruction) if s)
+    if system:
+        out.append({"role": "system", "content": system})
     for turn in conversation.turns:
         if turn.role == "assistant":
             out.append(_assistant(turn, dialect))

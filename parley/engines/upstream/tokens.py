@@ -124,7 +124,9 @@ class TokensEngine(Engine, Generic[ClientT]):
             created_at="2024-01-01T00:00:00Z",
             context_length=4096,
             max_output_tokens=4096,
-            capabilities=Capabilities(images=False, tools=True, prompt_cache=True),
+            capabilities=Capabilities(
+                images=False, tools=True, prompt_cache=True, structured_outputs=True
+            ),
         )
 
     @abc.abstractmethod
@@ -366,6 +368,8 @@ class TokensEngine(Engine, Generic[ClientT]):
             for event in parser.end_thinking():
                 emit(event)
             forced = self._vocab.tokenize(THINK_FORCED_CLOSE, add_bos=False)
+            if grammar is not None and grammar.resume is not None:
+                grammar = grammar.resume  # the lazy one would never see this close
             tokens += forced
             produced += len(forced)
             if produced >= budget:

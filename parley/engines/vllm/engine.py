@@ -200,18 +200,16 @@ def cache_salt(tenant: str) -> str:
 
 
 def structured_output(grammar: Grammar) -> dict[str, str]:
-    """parley's tool grammar as vLLM's ``structured_outputs``: xgrammar takes the
+    """parley's grammar as vLLM's ``structured_outputs``: xgrammar takes the
     GBNF as it is; a lazy grammar becomes a structural tag whose content is the
-    grammar after the call syntax's opening, woken by its trigger, the
-    generation ending after the calls (as under llama.cpp's lazy grammar)."""
+    grammar after its opening, woken by its trigger, the generation ending after
+    it (as under llama.cpp's lazy grammar)."""
     if grammar.lazy_trigger is None:
         return {"grammar": grammar.text}
-    assert grammar.syntax is not None, "a lazy grammar has a call syntax"
-    opening = grammar.syntax.open
     root, _, rules = grammar.text.partition("\n")
-    head = f"{grammar.root} ::= {json.dumps(opening)} call"
-    assert root.startswith(head), "grammar.py's root: the opening, then the calls"
-    content = f"root ::= call{root[len(head) :]}\n{rules}"
+    assert root == f"{grammar.root} ::= {json.dumps(grammar.opening)} lazy-rest", (
+        "grammar.py's lazy root: the opening, then lazy-rest"
+    )
     tag = {
         "type": "structural_tag",
         "format": {
@@ -220,8 +218,8 @@ def structured_output(grammar: Grammar) -> dict[str, str]:
             "tags": [
                 {
                     "type": "tag",
-                    "begin": opening,
-                    "content": {"type": "grammar", "grammar": content},
+                    "begin": grammar.opening,
+                    "content": {"type": "grammar", "grammar": f"root ::= lazy-rest\n{rules}"},
                     "end": "",
                 }
             ],
