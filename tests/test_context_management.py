@@ -211,6 +211,64 @@ def test_nothing_cleared_leaves_the_prompt_and_says_so(client: anthropic.Anthrop
     ] == (cleared)
 
 
+def test_a_breakpoint_on_a_cleared_result_stays_after_the_placeholder() -> None:
+    from parley.conversation import CacheMark, Conversation, ToolCallPart, ToolResultPart, Turn
+    from parley.conversation.context_edits import clear_tool_uses
+    from parley.wire.context_management import ClearToolUses
+
+    mark = CacheMark("\ue000n:0\ue001", "5m")
+    conversation = Conversation(
+        system=None,
+        turns=(
+            Turn("user", ()),
+            Turn("assistant", (ToolCallPart("t1", "read", {"path": "a"}, mark="\ue000n:1\ue001"),)),
+            Turn("user", (ToolResultPart("t1", "long text" + mark.tag),)),
+        ),
+        marks=(mark,),
+    )
+    everything = ClearToolUses(
+        type="clear_tool_uses_20250919",
+        keep={"type": "tool_uses", "value": 0},  # type: ignore[arg-type]
+        clear_tool_inputs=True,
+    )
+    edited, cleared = clear_tool_uses(conversation, everything)
+    assert cleared == 1
+    call, result = edited.turns[1].parts[0], edited.turns[2].parts[0]
+    assert isinstance(call, ToolCallPart) and call.input == {} and call.mark == "\ue000n:1\ue001"
+    assert isinstance(result, ToolResultPart) and result.text == CLEARED_RESULT + mark.tag
+
+
+def test_a_tool_loop_is_one_thinking_turn() -> None:
+    from parley.conversation import (
+        Conversation,
+        TextPart,
+        ThinkingPart,
+        ToolCallPart,
+        ToolResultPart,
+        Turn,
+    )
+    from parley.conversation.context_edits import clear_thinking
+    from parley.wire.context_management import ClearThinking
+
+    def assistant(*parts: Any) -> Turn:
+        return Turn("assistant", (ThinkingPart("hm"), *parts))
+
+    turns = (
+        Turn("user", (TextPart("q1"),)),
+        assistant(TextPart("a1")),
+        Turn("user", (TextPart("q2"),)),
+        assistant(ToolCallPart("t1", "read", {})),
+        Turn("user", (ToolResultPart("t1", "r"),)),
+        assistant(ToolCallPart("t2", "read", {})),
+        Turn("user", (ToolResultPart("t2", "r"),)),
+    )
+    one = ClearThinking(type="clear_thinking_20251015")  # keeps the last turn's thinking
+    edited, cleared = clear_thinking(Conversation(system=None, turns=turns), one)
+    assert cleared == 1
+    thinks = [any(isinstance(p, ThinkingPart) for p in t.parts) for t in edited.turns]
+    assert thinks == [False, False, False, True, False, True, False]
+
+
 def test_without_context_management_no_field_is_sent(scripted_server: Server) -> None:
     body = {"model": "scripted", "max_tokens": 8, "messages": tool_history(1), "tools": TOOLS}
     created = httpx.post(f"{scripted_server.url}/v1/messages", json=body, timeout=30).json()
@@ -331,7 +389,7 @@ def thought(model: anthropic.Anthropic) -> dict[str, Any]:
     return block.model_dump(exclude_none=True)
 
 
-def loop_with_thinking(thought: dict[str, Any]) -> list[dict[str, Any]]:
+def loop_with_thinking(thought: dict[str, Any], result: str = "4") -> list[dict[str, Any]]:
     """A tool loop under way: the model thought, called a tool, the result came back."""
     call = {"type": "tool_use", "id": "toolu_a", "name": "read", "input": {"path": "x"}}
     return [
@@ -339,9 +397,17 @@ def loop_with_thinking(thought: dict[str, Any]) -> list[dict[str, Any]]:
         {"role": "assistant", "content": [thought, call]},
         {
             "role": "user",
-            "content": [{"type": "tool_result", "tool_use_id": "toolu_a", "content": "4"}],
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_a", "content": result}],
         },
     ]
+
+
+def without_thinking(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = copy.deepcopy(messages)
+    for message in out:
+        if message["role"] == "assistant":
+            message["content"] = [b for b in message["content"] if b["type"] != "thinking"]
+    return out
 
 
 def model_count(model: anthropic.Anthropic, messages: list[dict[str, Any]], **extra: Any) -> Any:
@@ -378,6 +444,61 @@ def test_clear_thinking_of_the_current_loop(
         management = {"edits": [{"type": "clear_thinking_20251015", **keep}]}
         counted = model_count(model, history, context_management=management)
         assert counted.input_tokens == counted.context_management.original_input_tokens == original
+
+
+@pytest.mark.model
+def test_both_edits_in_order_each_measured_after_the_one_before(
+    model: anthropic.Anthropic, thought: dict[str, Any]
+) -> None:
+    both = {
+        "edits": [
+            {"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 0}},
+            {
+                "type": "clear_tool_uses_20250919",
+                "trigger": LOW,
+                "keep": {"type": "tool_uses", "value": 0},
+            },
+        ]
+    }
+    history = loop_with_thinking(thought, LISTING)
+    original = model_count(model, history).input_tokens
+    thoughtless = model_count(model, without_thinking(history)).input_tokens
+    cleared = model_count(
+        model, cleared_by_hand(without_thinking(history), {"toolu_a"})
+    ).input_tokens
+    counted = model_count(model, history, context_management=both)
+    assert counted.input_tokens == cleared
+    assert counted.context_management.original_input_tokens == original
+    message = model.beta.messages.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=history,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        thinking={"type": "adaptive"},
+        betas=BETA,
+        context_management=both,  # type: ignore[arg-type]
+    )
+    assert applied(message) == [
+        {
+            "type": "clear_thinking_20251015",
+            "cleared_thinking_turns": 1,
+            "cleared_input_tokens": original - thoughtless,
+        },
+        {
+            "type": "clear_tool_uses_20250919",
+            "cleared_tool_uses": 1,
+            "cleared_input_tokens": thoughtless - cleared,
+        },
+    ]
+    usage = message.usage
+    assert (
+        usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+        == (cleared)
+    )
+    # A result shorter than the placeholder: clearing it would grow the prompt.
+    short = loop_with_thinking(thought, "4")
+    counted = model_count(model, short, context_management=both)
+    assert counted.input_tokens == model_count(model, without_thinking(short)).input_tokens
 
 
 @pytest.mark.model

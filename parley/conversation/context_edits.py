@@ -82,13 +82,13 @@ Edit = wcm.ClearToolUses | wcm.ClearThinking
 
 
 def edits_of(req: wr.CountTokensRequest) -> tuple[Edit, ...]:
+    """The edits that may change the prompt (Claude Code's ``keep: "all"`` cannot),
+    so a request without any is prepared as if it had no ``context_management``."""
     if req.context_management is None:
         return ()
-    return tuple(
-        e
-        for e in req.context_management.edits or ()
-        if isinstance(e, wcm.ClearToolUses | wcm.ClearThinking)
-    )
+    edits = req.context_management.edits or ()
+    clearing = (e for e in edits if isinstance(e, wcm.ClearToolUses | wcm.ClearThinking))
+    return tuple(e for e in clearing if not (isinstance(e, wcm.ClearThinking) and e.keeps_all))
 
 
 def apply_edits(
@@ -107,16 +107,16 @@ def apply_edits(
             edited, cleared = clear_tool_uses(conversation, edit)
             kind: Literal["clear_tool_uses_20250919", "clear_thinking_20251015"]
             kind = wcm.CLEAR_TOOL_USES
-            at_least = edit.clear_at_least.value if edit.clear_at_least is not None else 1
+            at_least = edit.clear_at_least.value if edit.clear_at_least is not None else 0
         else:
             edited, cleared = clear_thinking(conversation, edit)
             kind = wcm.CLEAR_THINKING
-            at_least = 1
+            at_least = 0
         if not cleared:
             continue
         after = prepare(edited)
         tokens = prompt.n_tokens - after.n_tokens
-        if tokens < max(at_least, 1):
+        if tokens <= 0 or tokens < at_least:  # not worth a change (and a cache rewrite)
             continue
         conversation, prompt = edited, after
         applied.append(AppliedEdit(kind, cleared, tokens))
