@@ -17,9 +17,10 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
     Every engine gets batches and thinking (rendered by parley itself, so any
     model can take it; not interleaved between tool calls; unless the card says
     its upstream cannot bound it) and ``effort``, which sizes adaptive
-    thinking's budget. Images and tools follow the engine card.
-    Structured outputs follow the card (parley's grammar, or an upstream's own).
-    Citations, PDF input, server tools, code execution and context management
+    thinking's budget. Images and tools follow the engine card, and so do the
+    context edits that clear them (``compact_20260112`` is refused) and
+    structured outputs (parley's grammar, or an upstream's own).
+    Citations, PDF input, server tools and code execution
     are refused for every model, so they are not supported.
     """
     yes, no = wr.CapabilitySupport(supported=True), wr.CapabilitySupport(supported=False)
@@ -28,9 +29,9 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
         citations=no,
         code_execution=no,
         context_management=wr.ContextManagementCapability(
-            supported=False,
-            clear_thinking_20251015=no,
-            clear_tool_uses_20250919=no,
+            supported=True,
+            clear_thinking_20251015=yes if caps.thinking else no,
+            clear_tool_uses_20250919=yes if caps.tools else no,
             compact_20260112=no,
         ),
         effort=wr.EffortCapability(

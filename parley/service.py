@@ -23,6 +23,13 @@ import anyio
 
 from parley.catalog import Catalog
 from parley.conversation import Conversation, build_conversation
+from parley.conversation.context_edits import (
+    AppliedEdit,
+    Edit,
+    Edited,
+    apply_edits,
+    edits_of,
+)
 from parley.engines.base import Engine, Generation, Prompt, SamplingParams
 from parley.errors import (
     APIError,
@@ -70,6 +77,7 @@ class Prepared:
     engine: Engine
     prompt: Prompt
     params: SamplingParams
+    context: wresp.ContextManagement | None = None  # what context_management applied
 
 
 class Guard(Protocol):
@@ -108,6 +116,27 @@ class MessageRun:
     def events(self, request_id: str | None) -> AsyncGenerator[ev.StreamEvent, None]:
         """The stream; whoever reads it calls ``settle`` when it ends."""
         return self.service.stream(self.generation, self.state, request_id)
+
+
+def _prepare(
+    engine: Engine, conversation: Conversation, edits: tuple[Edit, ...], limit: int | None
+) -> Edited[Prompt]:
+    if not edits:
+        prompt = engine.prepare(conversation, limit=limit)
+        return Edited(prompt, prompt.n_tokens, ())
+    # Each edit is decided on exact counts: the prompts are counted whole (no
+    # early refusal at ``limit``), the final one checked by the caller.
+    return apply_edits(conversation, edits, engine.prepare)
+
+
+def _applied(edit: AppliedEdit) -> wresp.AppliedEdit:
+    if edit.kind == "clear_tool_uses_20250919":
+        return wresp.ClearToolUsesApplied(
+            cleared_tool_uses=edit.cleared, cleared_input_tokens=edit.cleared_input_tokens
+        )
+    return wresp.ClearThinkingApplied(
+        cleared_thinking_turns=edit.cleared, cleared_input_tokens=edit.cleared_input_tokens
+    )
 
 
 class MessagesService:
@@ -150,10 +179,12 @@ class MessagesService:
 
     async def _render(
         self, engine: Engine, req: wr.CountTokensRequest, *, size: int, limit: int | None = None
-    ) -> Prompt:
-        """The prompt of ``req`` (a body of ``size`` bytes); with ``limit``, the
-        engine may refuse a prompt it can prove has ``limit`` tokens or more."""
+    ) -> Edited[Prompt]:
+        """The prompt of ``req`` (a body of ``size`` bytes) after its context
+        edits; with ``limit``, the engine may refuse a prompt it can prove has
+        ``limit`` tokens or more."""
         await self._fetch_documents(req)
+        edits = edits_of(req)
 
         def build() -> Conversation:
             return build_conversation(
@@ -161,15 +192,18 @@ class MessagesService:
             )
 
         if self.offload.heavy(size):  # in the caller's slot (parley.offload)
-            return await self.offload.run(size, lambda: engine.prepare(build(), limit=limit))
+            return await self.offload.run(size, lambda: _prepare(engine, build(), edits, limit))
         conversation = build()
         if not engine.prepare_off_loop:
-            return engine.prepare(conversation, limit=limit)
-        return await anyio.to_thread.run_sync(lambda: engine.prepare(conversation, limit=limit))
+            return _prepare(engine, conversation, edits, limit)
+        return await anyio.to_thread.run_sync(lambda: _prepare(engine, conversation, edits, limit))
 
     async def count_tokens(self, req: wr.CountTokensRequest, *, size: int = 0) -> wresp.TokenCount:
-        prompt = await self._render(self._catalog.resolve(req.model), req, size=size)
-        return wresp.TokenCount(input_tokens=prompt.n_tokens)
+        edited = await self._render(self._catalog.resolve(req.model), req, size=size)
+        context = None
+        if req.context_management is not None:
+            context = wresp.CountTokensContextManagement(original_input_tokens=edited.original)
+        return wresp.TokenCount(input_tokens=edited.prompt.n_tokens, context_management=context)
 
     async def prepare(self, req: wr.CreateMessageRequest, *, size: int = 0) -> Prepared:
         """Everything before ``submit``, for a request whose body had ``size`` bytes."""
@@ -185,11 +219,12 @@ class MessagesService:
             )
         context = card.context_length
         try:
-            prompt = await self._render(engine, req, size=size, limit=context)
+            edited = await self._render(engine, req, size=size, limit=context)
         except PromptTooLongError as exc:  # the engine's early refusal, named as the client did
             raise PromptTooLongError(
                 exc.tokens, context=context, model=req.model, exact=exc.exact
             ) from None
+        prompt = edited.prompt
         if prompt.n_tokens >= context:
             raise PromptTooLongError(prompt.n_tokens, context=context, model=req.model)
         params = SamplingParams(
@@ -199,7 +234,10 @@ class MessagesService:
             top_k=req.top_k,
             stop_sequences=tuple(req.stop_sequences or ()),
         )
-        return Prepared(req.model, engine, prompt, params)
+        applied = None
+        if req.context_management is not None:
+            applied = wresp.ContextManagement(applied_edits=[_applied(e) for e in edited.applied])
+        return Prepared(req.model, engine, prompt, params, applied)
 
     async def open(
         self,
@@ -244,6 +282,7 @@ class MessagesService:
             cache=cache,
             sign=self._signer.sign,
             seal=self._signer.seal if self._redact else None,
+            context_management=prepared.context,
         )
         return generation, state
 

@@ -54,6 +54,10 @@ def test_models_validate_strictly_with_lifecycle_and_capabilities(
         assert caps.effort.supported and caps.effort.max.supported
         assert not caps.structured_outputs.supported and not caps.server_tools.supported
         assert not caps.pdf_input.supported and not caps.citations.supported
+        edits = caps.context_management
+        assert edits.supported and edits.clear_tool_uses_20250919 and edits.clear_thinking_20251015
+        assert edits.clear_tool_uses_20250919.supported and edits.clear_thinking_20251015.supported
+        assert edits.compact_20260112 is not None and not edits.compact_20260112.supported
 
 
 def test_alias_answers_messages(scripted_client: anthropic.Anthropic) -> None:

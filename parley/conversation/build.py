@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley.conversation.claude_code import normalize_billing_line
+from parley.conversation.context_edits import check_context_management
 from parley.conversation.marks import Marks
 from parley.conversation.rules import (
     check_answer_format,
@@ -53,6 +54,7 @@ def build_conversation(
     """Validate what pydantic cannot and produce the engine's conversation."""
     refuse_unsupported(req, caps, model=model)
     check_breakpoints(req)
+    check_context_management(req)
     budget = thinking_budget(req)
     marks = Marks(caps.prompt_cache)
     context = _Context(caps, model, signer, marks)

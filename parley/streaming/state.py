@@ -56,6 +56,7 @@ class MessageState:
     cache: CacheUsage = field(default_factory=CacheUsage)
     sign: Callable[[str], str] | None = None  # signs a finished thinking block
     seal: Callable[[str], str] | None = None  # when set, thinking goes out redacted
+    context_management: wr.ContextManagement | None = None  # the request's applied edits
     phase: Phase = Phase.NEW
     content: list[wr.ContentBlock] = field(default_factory=list)
     stop_reason: wr.StopReason | None = None
@@ -125,6 +126,7 @@ class MessageState:
             stop_reason=self.stop_reason,
             stop_sequence=self.stop_sequence,
             usage=self._usage(),
+            context_management=self.context_management,
         )
 
     # --- internals ------------------------------------------------------------
@@ -228,6 +230,7 @@ class MessageState:
             cache_read_input_tokens=self.cache.read,
         )
         body = ev.MessageDeltaBody(stop_reason=done.stop_reason, stop_sequence=done.stop_sequence)
-        out.append(ev.MessageDelta(delta=body, usage=usage))
+        delta = ev.MessageDelta(delta=body, usage=usage, context_management=self.context_management)
+        out.append(delta)
         out.append(ev.MessageStop())
         return out

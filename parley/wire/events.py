@@ -7,7 +7,13 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from parley.wire.common import ResponseModel
-from parley.wire.responses import ContentBlock, ErrorDetail, Message, StopReason
+from parley.wire.responses import (
+    ContentBlock,
+    ContextManagement,
+    ErrorDetail,
+    Message,
+    StopReason,
+)
 
 
 class TextDelta(ResponseModel):
@@ -73,6 +79,9 @@ class MessageDelta(ResponseModel):
     type: Literal["message_delta"] = "message_delta"
     delta: MessageDeltaBody
     usage: MessageDeltaUsage
+    context_management: ContextManagement | None = Field(
+        default=None, exclude_if=lambda v: v is None
+    )
 
 
 class MessageStop(ResponseModel):

@@ -23,6 +23,7 @@ from parley.wire.common import (
     type_discriminator,
 )
 from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
+from parley.wire.context_management import ContextManagement
 
 MAX_MESSAGES = 100_000
 
@@ -294,8 +295,8 @@ class CountTokensRequest(RequestModel):
     # meaning for a local model.
     user_profile_id: str | None = None
     workspace_id: str | None = None
+    context_management: ContextManagement | None = None  # beta: edits before rendering
     # Declared so they are recognised; refused while parley cannot honour them.
-    context_management: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
     billing_policy: Any = None
     compaction: Any = None

@@ -63,6 +63,32 @@ ContentBlock = Annotated[
 ]
 
 
+class ClearToolUsesApplied(ResponseModel):
+    type: Literal["clear_tool_uses_20250919"] = "clear_tool_uses_20250919"
+    cleared_tool_uses: int
+    cleared_input_tokens: int
+
+
+class ClearThinkingApplied(ResponseModel):
+    type: Literal["clear_thinking_20251015"] = "clear_thinking_20251015"
+    cleared_thinking_turns: int
+    cleared_input_tokens: int
+
+
+AppliedEdit = Annotated[ClearToolUsesApplied | ClearThinkingApplied, Field(discriminator="type")]
+
+
+class ContextManagement(ResponseModel):
+    """What a request's ``context_management`` edits did (the SDK's
+    ``BetaContextManagementResponse``)."""
+
+    applied_edits: list[AppliedEdit]
+
+
+class CountTokensContextManagement(ResponseModel):
+    original_input_tokens: int  # the prompt before any edit
+
+
 class Message(ResponseModel):
     id: str
     type: Literal["message"] = "message"
@@ -72,10 +98,17 @@ class Message(ResponseModel):
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
     usage: Usage
+    # Only when the request had context_management (the beta Message's field).
+    context_management: ContextManagement | None = Field(
+        default=None, exclude_if=lambda v: v is None
+    )
 
 
 class TokenCount(ResponseModel):
     input_tokens: int
+    context_management: CountTokensContextManagement | None = Field(
+        default=None, exclude_if=lambda v: v is None
+    )
 
 
 class CapabilitySupport(ResponseModel):
