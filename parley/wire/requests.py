@@ -273,6 +273,52 @@ class Metadata(RequestModel):
     user_id: Annotated[str, Field(max_length=256)] | None = None
 
 
+# --- accepted without local effect ----------------------------------------------
+# These bill, route or retry requests inside Anthropic's service; a local model
+# has nothing of the kind, so they are accepted (and their shapes validated) and
+# change nothing. The README lists them under "Accepted without local effect".
+
+
+class BillingPolicy(RequestModel):
+    """Which organization pays for the request."""
+
+    type: Literal["billing_policy"]
+    bill_to: Literal["self", "user_profile"] | None = None
+
+
+class Diagnostics(RequestModel):
+    """Asks the service to explain prompt-cache misses against an earlier response."""
+
+    previous_message_id: str | None = None
+
+
+class FallbackCreditToken(RequestModel):
+    """A refused request's credit token, redeemed for cache pricing on the retry."""
+
+    token: str
+    mode: Literal["strict", "best_effort"] | None = None
+
+
+class Fallback(RequestModel):
+    """A substitute model the service retries on when the requested one declines."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    speed: Literal["standard", "fast"] | None = None
+
+
+FallbackCredit = Annotated[
+    Annotated[str, Tag(tag("str"))] | Annotated[FallbackCreditToken, Tag(tag("object"))],
+    shape_discriminator(lambda v: tag("str") if isinstance(v, str) else tag("object")),
+]
+Fallbacks = Annotated[
+    Annotated[Literal["default"], Tag(tag("str"))] | Annotated[list[Fallback], Tag(tag("list"))],
+    shape_discriminator(str_or_list),
+]
+
+
 SystemPrompt = SystemContent
 
 
@@ -292,15 +338,15 @@ class CountTokensRequest(RequestModel):
     # meaning for a local model.
     user_profile_id: str | None = None
     workspace_id: str | None = None
+    billing_policy: BillingPolicy | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     context_management: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
-    billing_policy: Any = None
     compaction: Any = None
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("mcp_servers", "billing_policy", "compaction")
+        refused = ("mcp_servers", "compaction")
         names = [name for name in refused if getattr(self, name) is not None]
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
@@ -331,22 +377,16 @@ class CreateMessageRequest(CountTokensRequest):
     # Accepted: they route or bill requests in Anthropic's service, with no
     # meaning for a local model.
     inference_geo: str | None = None
+    diagnostics: Diagnostics | None = None
+    fallback_credit_token: FallbackCredit | None = None
+    fallbacks: Fallbacks | None = None  # a local model never declines on policy
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
-    diagnostics: dict[str, Any] | None = None
-    fallback_credit_token: Any = None
-    fallbacks: Any = None
     thread: Any = None
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = (
-            "container",
-            "diagnostics",
-            "fallback_credit_token",
-            "fallbacks",
-            "thread",
-        )
+        refused = ("container", "thread")
         return [name for name in refused if getattr(self, name) is not None] + (
             super().unsupported_fields()
         )
