@@ -11,7 +11,7 @@ served model cannot take is refused with the path of the offending part
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from parley.conversation.claude_code import normalize_billing_line
@@ -36,9 +36,10 @@ from parley.conversation.types import (
 )
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
 from parley.thinking import Signer
-from parley.tools import client_tool
+from parley.tools import client_tool, server_tools
 from parley.wire import content as wc
 from parley.wire import requests as wr
+from parley.wire import server_tools as ws
 
 
 def build_conversation(
@@ -54,7 +55,7 @@ def build_conversation(
     budget = thinking_budget(req)
     marks = Marks(caps.prompt_cache)
     context = _Context(caps, model, signer, marks)
-    tools = tuple(_tool_spec(t, marks) for t in req.tools or ())
+    tools = tuple(spec for t in req.tools or () for spec in _tool_specs(t, marks))
     system = _system_text(req.system, marks)
     turns: list[Turn] = []
     for i, message in enumerate(req.messages):
@@ -253,9 +254,13 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
     return ToolResultPart(block.tool_use_id, text, bool(block.is_error))
 
 
-def _tool_spec(tool: Any, marks: Marks) -> ToolSpec:
+def _tool_specs(tool: Any, marks: Marks) -> list[ToolSpec]:
     tag = marks.tag(getattr(tool, "cache_control", None))
     if isinstance(tool, wr.CustomTool):
-        return ToolSpec(tool.name, (tool.description or "") + tag, tool.input_schema)
+        return [ToolSpec(tool.name, (tool.description or "") + tag, tool.input_schema)]
+    if isinstance(tool, ws.ServerTool):  # only in count_tokens: create refuses them
+        specs = [ToolSpec(*spec) for spec in server_tools(tool)]
+        # The breakpoint goes on the entry's last tool, as on a single tool.
+        return [*specs[:-1], replace(specs[-1], description=specs[-1].description + tag)]
     description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
-    return ToolSpec(tool.name, description + tag, schema)
+    return [ToolSpec(tool.name, description + tag, schema)]

@@ -23,6 +23,15 @@ from parley.wire.common import (
     type_discriminator,
 )
 from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
+from parley.wire.server_tools import (
+    CodeExecutionTool,
+    MCPServer,
+    MCPToolset,
+    ToolSearchTool,
+    WebFetchTool,
+    WebSearchTool,
+    server_tool_family,
+)
 
 MAX_MESSAGES = 100_000
 
@@ -135,7 +144,9 @@ CLIENT_TOOL_TYPES = (
     "memory_20250818",
 )
 
-# Server tools run inside Anthropic's service; parley has none yet.
+# Server tools run inside Anthropic's service; parley runs none of them. Those of
+# ``parley.wire.server_tools`` are modelled (count_tokens counts them, create
+# refuses them by name); the others are refused as soon as they are read.
 SERVER_TOOL_PREFIXES = (
     "web_search_",
     "web_fetch_",
@@ -157,7 +168,7 @@ class AnthropicClientTool(RequestModel):
     cache_control: CacheControlEphemeral | None = None
 
 
-class ServerTool(KnownUnsupported):
+class UnmodelledServerTool(KnownUnsupported):
     refusal = "server tool '{kind}' is not supported by parley yet"
 
 
@@ -169,6 +180,8 @@ def _tool_kind(value: Any) -> str | None:
         return None
     if raw in CLIENT_TOOL_TYPES:
         return tag("client")
+    if (family := server_tool_family(raw)) is not None:
+        return tag(family)
     if raw.startswith(SERVER_TOOL_PREFIXES):
         return tag("server")
     return None
@@ -190,7 +203,12 @@ def _tool_discriminator() -> Any:
 Tool = Annotated[
     Annotated[CustomTool, Tag(tag("custom"))]
     | Annotated[AnthropicClientTool, Tag(tag("client"))]
-    | Annotated[ServerTool, Tag(tag("server"))],
+    | Annotated[WebSearchTool, Tag(tag("web_search"))]
+    | Annotated[WebFetchTool, Tag(tag("web_fetch"))]
+    | Annotated[CodeExecutionTool, Tag(tag("code_execution"))]
+    | Annotated[ToolSearchTool, Tag(tag("tool_search"))]
+    | Annotated[MCPToolset, Tag(tag("mcp_toolset"))]
+    | Annotated[UnmodelledServerTool, Tag(tag("server"))],
     _tool_discriminator(),
 ]
 
@@ -299,6 +317,14 @@ class FallbackCreditToken(RequestModel):
     mode: Literal["strict", "best_effort"] | None = None
 
 
+class Compaction(RequestModel):
+    """Asks create to summarize the conversation (refused there); count_tokens ignores
+    it, as the API's does, and counts the conversation as sent."""
+
+    type: Literal["summarize"]
+    instructions: str | None = None
+
+
 class Fallback(RequestModel):
     """A substitute model the service retries on when the requested one declines."""
 
@@ -341,13 +367,12 @@ class CountTokensRequest(RequestModel):
     billing_policy: BillingPolicy | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     context_management: dict[str, Any] | None = None
-    mcp_servers: list[dict[str, Any]] | None = None
-    compaction: Any = None
+    mcp_servers: list[MCPServer] | None = None  # counted; refused by create
+    compaction: Compaction | None = None  # ignored here; refused by create
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("mcp_servers", "compaction")
-        names = [name for name in refused if getattr(self, name) is not None]
+        names: list[str] = []
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
         if self.output_config is not None and self.output_config.task_budget is not None:
@@ -386,7 +411,7 @@ class CreateMessageRequest(CountTokensRequest):
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("container", "thread")
+        refused = ("compaction", "container", "mcp_servers", "thread")
         return [name for name in refused if getattr(self, name) is not None] + (
             super().unsupported_fields()
         )
