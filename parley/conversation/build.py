@@ -136,6 +136,8 @@ def _system_text(system: str | list[wc.TextBlock] | None, marks: Marks) -> str |
 
 def _parts(message: wr.Message, ctx: _Context, *, path: str, auto: Any = None) -> tuple[Part, ...]:
     content = message.content
+    if content is None:  # a system message of output_config only (refused before this)
+        return ()
     if isinstance(content, str):
         return (TextPart(content + ctx.marks.tag(auto)),) if content else ()
     parts: list[Part] = []
@@ -186,6 +188,10 @@ def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
         case wc.SearchResultBlock(title=title, source=source, content=blocks):
             body = "\n".join(b.text for b in blocks)
             return [TextPart(f"Search result: {title}\nSource: {source}\n{body}")]
+        case wc.ToolReferenceBlock(tool_name=name):
+            # A tool search's answer: the named tool is in the prompt already, as
+            # parley presents deferred tools with the others.
+            return [TextPart(f"Tool available: {name}")]
         case wc.ThinkingBlock(thinking=thinking, signature=signature):
             if ctx.signer is None or not ctx.signer.verify(thinking, signature):
                 raise InvalidRequestError(

@@ -160,4 +160,4 @@ def check_tool_pairing(messages: list[wr.Message]) -> None:
 
 
 def _blocks(message: wr.Message) -> list[Any]:
-    return [] if isinstance(message.content, str) else list(message.content)
+    return list(message.content) if isinstance(message.content, list) else []

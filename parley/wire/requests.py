@@ -73,13 +73,26 @@ class SystemMessage(RequestModel):
     """A ``role: "system"`` turn inside ``messages`` (sent by newer Claude Code)."""
 
     role: Literal["system"]
-    content: Annotated[
-        Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
-        shape_discriminator(str_or_list),
-    ]
-    # Declared so they are recognised; refused unless null (``unsupported_fields``).
-    clear_at: Any = None
+    content: (
+        Annotated[
+            Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
+            shape_discriminator(str_or_list),
+        ]
+        | None
+    ) = None
+    # "never", the default, is what parley does: the text stays in every request
+    # that includes it. "next_user_message" is refused (``unsupported_fields``).
+    clear_at: Literal["next_user_message", "never"] | None = None
+    # Declared so it is recognised; refused unless null (``unsupported_fields``).
     output_config: Any = None
+
+    @model_validator(mode="after")
+    def _has_something(self) -> SystemMessage:
+        if self.content is None and self.output_config is None:
+            raise PydanticCustomError(
+                "missing_content", "a system message needs `content` or `output_config`"
+            )
+        return self
 
 
 def _role_discriminator() -> Any:
@@ -244,10 +257,14 @@ ToolChoice = Annotated[
 # --- thinking, output, metadata ------------------------------------------------
 
 
+# "updates" (beta) is refused (``unsupported_fields``).
+ThinkingDisplay = Literal["summarized", "omitted", "updates"]
+
+
 class ThinkingEnabled(RequestModel):
     type: Literal["enabled"]
     budget_tokens: int
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     # Declared so it is recognised; refused unless null (``unsupported_fields``).
     block_binding: Any = None
 
@@ -258,7 +275,7 @@ class ThinkingDisabled(RequestModel):
 
 class ThinkingAdaptive(RequestModel):
     type: Literal["adaptive"]
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     block_binding: Any = None  # as in ThinkingEnabled
 
 
@@ -375,15 +392,16 @@ class CountTokensRequest(RequestModel):
         names: list[str] = []
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
+        if getattr(self.thinking, "display", None) == "updates":
+            names.append("thinking.display")
         if self.output_config is not None and self.output_config.task_budget is not None:
             names.append("output_config.task_budget")
         for i, message in enumerate(self.messages):
             if isinstance(message, SystemMessage):
-                names += [
-                    f"messages.{i}.{name}"
-                    for name in ("clear_at", "output_config")
-                    if getattr(message, name) is not None
-                ]
+                if message.clear_at == "next_user_message":
+                    names.append(f"messages.{i}.clear_at")
+                if message.output_config is not None:
+                    names.append(f"messages.{i}.output_config")
         return names
 
 
@@ -405,6 +423,9 @@ class CreateMessageRequest(CountTokensRequest):
     diagnostics: Diagnostics | None = None
     fallback_credit_token: FallbackCredit | None = None
     fallbacks: Fallbacks | None = None  # a local model never declines on policy
+    # The ``anthropic-beta`` header's list, which the SDK's batch ``params`` type
+    # carries in the body; no local effect, as the header has none.
+    betas: list[str] | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
     thread: Any = None
