@@ -268,5 +268,5 @@ def _tool_specs(tool: Any, marks: Marks) -> list[ToolSpec]:
         specs = [ToolSpec(*spec) for spec in server_tools(tool)]
         # The breakpoint goes on the entry's last tool, as on a single tool.
         return [*specs[:-1], replace(specs[-1], description=specs[-1].description + tag)]
-    description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
+    description, schema = client_tool(tool.type, tool.model_dump(exclude_none=True))
     return [ToolSpec(tool.name, description + tag, schema)]

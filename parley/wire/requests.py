@@ -173,12 +173,42 @@ SERVER_TOOL_PREFIXES = (
 
 
 class AnthropicClientTool(RequestModel):
-    """An Anthropic-defined client tool; version-specific options are kept as given."""
+    """An Anthropic-defined client tool: the client runs it, the model is told its
+    documented schema (``parley.tools.client_tool``). Options as the SDK types them."""
 
-    model_config = RequestModel.model_config | {"extra": "allow"}
     type: str
     name: str
     cache_control: CacheControlEphemeral | None = None
+    allowed_callers: list[str] | None = None
+    defer_loading: bool | None = None
+    input_examples: list[dict[str, Any]] | None = None
+    strict: bool | None = None
+
+
+class BashTool(AnthropicClientTool):
+    type: Literal["bash_20241022", "bash_20250124"]
+
+
+class TextEditorTool(AnthropicClientTool):
+    type: Literal[
+        "text_editor_20241022",
+        "text_editor_20250124",
+        "text_editor_20250429",
+        "text_editor_20250728",
+    ]
+    max_characters: int | None = None  # of a file shown by ``view``; the client's to apply
+
+
+class ComputerTool(AnthropicClientTool):
+    type: Literal["computer_20241022", "computer_20250124", "computer_20251124"]
+    display_width_px: int
+    display_height_px: int
+    display_number: int | None = None
+    enable_zoom: bool | None = None
+
+
+class MemoryTool(AnthropicClientTool):
+    type: Literal["memory_20250818"]
 
 
 class UnmodelledServerTool(KnownUnsupported):
@@ -192,7 +222,7 @@ def _tool_kind(value: Any) -> str | None:
     if not isinstance(raw, str):
         return None
     if raw in CLIENT_TOOL_TYPES:
-        return tag("client")
+        return tag(raw.rsplit("_", 1)[0])  # bash, text_editor, computer, memory
     if (family := server_tool_family(raw)) is not None:
         return tag(family)
     if raw.startswith(SERVER_TOOL_PREFIXES):
@@ -215,7 +245,10 @@ def _tool_discriminator() -> Any:
 
 Tool = Annotated[
     Annotated[CustomTool, Tag(tag("custom"))]
-    | Annotated[AnthropicClientTool, Tag(tag("client"))]
+    | Annotated[BashTool, Tag(tag("bash"))]
+    | Annotated[TextEditorTool, Tag(tag("text_editor"))]
+    | Annotated[ComputerTool, Tag(tag("computer"))]
+    | Annotated[MemoryTool, Tag(tag("memory"))]
     | Annotated[WebSearchTool, Tag(tag("web_search"))]
     | Annotated[WebFetchTool, Tag(tag("web_fetch"))]
     | Annotated[CodeExecutionTool, Tag(tag("code_execution"))]
