@@ -36,6 +36,7 @@ from parley.thinking import Signer
 from parley.wire import requests as wr
 from parley.wire.common import KnownUnsupported
 from parley.wire.parse import parse
+from tests.conftest import InProcess
 
 # Sent by the SDK as headers or query parameters, not in the body.
 NOT_IN_BODY = {"betas"}
@@ -322,7 +323,8 @@ def _variants(
             for v in _variants(arg, where, explored, stack)
         ]
     if origin is dict or annotation is dict:
-        return [Variant({})]
+        # A tool's schema must be an object's, for the SDK's tools as for the API.
+        return [Variant({"type": "object"} if where.endswith("input_schema") else {})]
     if origin in (list, collections.abc.Iterable, collections.abc.Sequence) or (
         origin is not None and getattr(origin, "__name__", "") == "SequenceNotStr"
     ):
@@ -371,8 +373,6 @@ def _dict_variants(
     for name, annotation in hints.items():
         path = f"{where}.{name}".lstrip(".")
         for v in _variants(annotation, path, explored, (*stack, sdk)):
-            if name == "input_schema" and v.value == {}:
-                continue  # the API too wants {"type": "object", ...}
             # A refusal may name the field or any type around it.
             names = (*v.names, name, *((kind,) if kind else ()))
             out.append(Variant({**minimal, name: v.value}, v.where or path, names))
@@ -502,3 +502,63 @@ def test_every_sdk_field_sent_in_a_batch_is_checked_as_create(params: Any) -> No
         if (why := _check(wr.CreateMessageRequest, json.loads(stored), variant)) is not None:
             wrong.append(why)
     assert not wrong, "\n".join(wrong)
+
+
+# --- accepted without local effect -------------------------------------------
+
+NO_LOCAL_EFFECT: dict[str, Any] = {
+    "service_tier": "standard_only",
+    "speed": "fast",
+    "inference_geo": "us",
+    "metadata": {"user_id": "u1"},
+    "billing_policy": {"type": "billing_policy", "bill_to": "self"},
+    "diagnostics": {"previous_message_id": None},
+    "fallbacks": [
+        {"model": "claude-x", "max_tokens": 10, "thinking": {"type": "disabled"}, "speed": "fast"}
+    ],
+    "fallback_credit_token": {"token": "t", "mode": "best_effort"},
+}
+
+
+def test_fields_without_local_effect_change_nothing(in_process: InProcess) -> None:
+    client = in_process.client()
+    plain = client.beta.messages.create(model="scripted", max_tokens=20, messages=[USER])
+    given = client.beta.messages.create(
+        model="scripted",
+        max_tokens=20,
+        messages=[USER],
+        user_profile_id="profile",
+        workspace_id="wrkspc_1",
+        **NO_LOCAL_EFFECT,
+    )
+    assert given.content == plain.content
+    assert given.usage == plain.usage
+    assert given.usage.speed == "standard" and given.usage.service_tier == "standard"
+    default = client.beta.messages.create(
+        model="scripted", max_tokens=20, messages=[USER], fallbacks="default"
+    )
+    assert default.content == plain.content
+
+
+@pytest.mark.parametrize(
+    ("extra", "path"),
+    [
+        ({"diagnostics": {"previous_message_id": 5}}, "diagnostics.previous_message_id"),
+        ({"fallbacks": "all"}, "fallbacks"),
+        ({"fallbacks": [{"model": "m", "temperature": 1}]}, "fallbacks.0.temperature"),
+        (
+            {"fallback_credit_token": {"token": "t", "mode": "lenient"}},
+            "fallback_credit_token.mode",
+        ),
+        (
+            {"billing_policy": {"type": "billing_policy", "bill_to": "you"}},
+            "billing_policy.bill_to",
+        ),
+        ({"speed": "ludicrous"}, "speed"),
+    ],
+)
+def test_fields_without_local_effect_still_have_a_shape(extra: dict[str, Any], path: str) -> None:
+    body = {"model": "m", "max_tokens": 20, "messages": [USER], **extra}
+    with pytest.raises(InvalidRequestError) as caught:
+        parse(wr.CreateMessageRequest, json.dumps(body).encode())
+    assert caught.value.message.startswith(path + ":")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Tag
+from pydantic import Tag, model_validator
+from pydantic_core import PydanticCustomError
 
 from parley.wire.common import CacheControlEphemeral, RequestModel, tag, type_discriminator
 from parley.wire.content import CitationsConfig
@@ -139,6 +140,14 @@ class MCPToolDefinition(RequestModel):
     name: str
     input_schema: dict[str, Any]
     description: str | None = None
+
+    @model_validator(mode="after")
+    def _schema_is_object(self) -> MCPToolDefinition:
+        if self.input_schema.get("type") != "object":  # as a custom tool's
+            raise PydanticCustomError(
+                "invalid_input_schema", "input_schema.type: Input should be 'object'"
+            )
+        return self
 
 
 class MCPToolset(RequestModel):
