@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from parley.wire.server_tools import MCPToolset, ServerTool
+
 _BASH: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -122,3 +124,82 @@ def client_tool(tool_type: str, options: dict[str, Any]) -> tuple[str, dict[str,
         size = f"{options.get('display_width_px')}x{options.get('display_height_px')}"
         description += f" The display is {size} pixels."
     return description, schema
+
+
+# Server tools: parley runs none (create refuses them), but count_tokens counts
+# them as a model would be told of them, each a tool of the prompt like a client
+# tool. Texts and schemas follow the tools' documentation; the API's own
+# rendering (and so its count) is Anthropic's and differs.
+_SERVER: dict[str, tuple[str, dict[str, Any]]] = {
+    "web_search": (
+        "Search the web and get back result pages with their titles, URLs and content.",
+        {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "The search query."}},
+            "required": ["query"],
+        },
+    ),
+    "web_fetch": (
+        "Fetch the full content of a web page or PDF at a URL given in the conversation.",
+        {
+            "type": "object",
+            "properties": {"url": {"type": "string", "description": "The URL to fetch."}},
+            "required": ["url"],
+        },
+    ),
+    "code_execution": (
+        "Run code in a sandboxed container: bash commands, and creating, viewing and "
+        "editing files.",
+        {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "description": "The code or command to run."}
+            },
+            "required": ["code"],
+        },
+    ),
+    "tool_search_tool_bm25": (
+        "Search the deferred tools by a natural-language query; matching tools become "
+        "available to call.",
+        {
+            "type": "object",
+            "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["query"],
+        },
+    ),
+    "tool_search_tool_regex": (
+        "Search the deferred tools' names and descriptions with a regular expression; "
+        "matching tools become available to call.",
+        {
+            "type": "object",
+            "properties": {"pattern": {"type": "string"}, "limit": {"type": "integer"}},
+            "required": ["pattern"],
+        },
+    ),
+}
+
+
+def server_tools(tool: ServerTool) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(name, description, input schema)`` of each tool a server tool entry gives."""
+    if isinstance(tool, MCPToolset):
+        if tool.tools:
+            return [(t.name, t.description or "", t.input_schema) for t in tool.tools]
+        # The API lists the server's tools itself; parley connects to no MCP server.
+        description = f"Call a tool of the MCP server '{tool.mcp_server_name}'."
+        schema = {
+            "type": "object",
+            "properties": {"tool": {"type": "string"}, "input": {"type": "object"}},
+            "required": ["tool", "input"],
+        }
+        return [(tool.mcp_server_name, description, schema)]
+    description, schema = _SERVER[tool.name]
+    options = []
+    allowed = getattr(tool, "allowed_domains", None)
+    blocked = getattr(tool, "blocked_domains", None)
+    if allowed:
+        options.append("Only these domains: " + ", ".join(allowed) + ".")
+    if blocked:
+        options.append("Never these domains: " + ", ".join(blocked) + ".")
+    if uses := getattr(tool, "max_uses", None):
+        options.append(f"At most {uses} uses.")
+    return [(tool.name, " ".join([description, *options]), schema)]

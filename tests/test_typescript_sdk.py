@@ -2,18 +2,34 @@
 
 ``tests/ts/sdk_test.mjs`` runs the checks with Node; this test installs the
 SDK from the lock file when needed, starts the servers and runs it.
+``tests/ts/sdk_fields.mjs`` reads the SDK's request types with the TypeScript
+compiler, so that a field the TypeScript SDK sends and the Python SDK (whose
+fields ``tests/test_sdk_fields.py`` holds parley to) lacks fails here.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import typing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import MODEL, RULES, Server
+from tests.test_sdk_fields import (
+    _sdk_dicts,
+    _unwrap,
+    sdk_batch_params,
+    sdk_beta_batch_params,
+    sdk_beta_count_params,
+    sdk_beta_params,
+    sdk_count_params,
+    sdk_params,
+)
 
 TS = Path(__file__).parent / "ts"
 
@@ -24,9 +40,22 @@ def node() -> str:
     npm = shutil.which("npm")
     if node is None or npm is None:
         pytest.fail("Node.js and npm are needed for the TypeScript SDK tests")
-    if not (TS / "node_modules" / "@anthropic-ai" / "sdk").exists():
+    if not installed_as_locked():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TS, check=True, timeout=600)
     return node
+
+
+def installed_as_locked() -> bool:
+    """Whether ``tests/ts/node_modules`` holds each package at the lock file's version
+    (an older install, made before the lock moved on, is replaced)."""
+    lock = json.loads((TS / "package-lock.json").read_text())
+    for where, entry in lock["packages"].items():
+        if not where:
+            continue
+        manifest = TS / where / "package.json"
+        if not manifest.exists() or json.loads(manifest.read_text())["version"] != entry["version"]:
+            return False
+    return True
 
 
 def run_checks(node: str, server: Server, key: str, model: str, kind: str) -> None:
@@ -53,3 +82,52 @@ def test_typescript_sdk_on_the_embedded_model(
 ) -> None:
     server = server_factory("--api-key", "ts-key")
     run_checks(node, server, "ts-key", MODEL, "model")
+
+
+# Fields of the TypeScript SDK that the Python SDK no longer has, each with why
+# parley may lack it. Empty this when parley models them.
+TS_ONLY = {
+    # Deprecated beta spelling of output_config.format, kept by the TypeScript
+    # SDK only; left to the structured-outputs work on output_config.
+    "output_format",
+    "output_format.schema",
+    "output_format.type",
+}
+
+
+def _paths(sdk: Any, prefix: str, stack: tuple[Any, ...], out: set[str]) -> None:
+    """Every field path under a Python SDK TypedDict, as ``sdk_fields.mjs`` walks."""
+    if sdk in stack or len(stack) >= 8:  # the script's MAX_DEPTH
+        return
+    for name, annotation in typing.get_type_hints(sdk).items():
+        where = f"{prefix}.{name}" if prefix else name
+        out.add(where)
+        for inner in _sdk_dicts(_unwrap(annotation)):
+            _paths(inner, where, (*stack, sdk), out)
+
+
+PYTHON_ROOTS = {
+    "messages": sdk_params.MessageCreateParamsNonStreaming,
+    "count_tokens": sdk_count_params.MessageCountTokensParams,
+    "batches": sdk_batch_params.BatchCreateParams,
+    "beta.messages": sdk_beta_params.MessageCreateParamsNonStreaming,
+    "beta.count_tokens": sdk_beta_count_params.MessageCountTokensParams,
+    "beta.batches": sdk_beta_batch_params.BatchCreateParams,
+}
+
+
+def test_typescript_sdk_request_fields_are_the_python_sdks(node: str) -> None:
+    done = subprocess.run(
+        [node, str(TS / "sdk_fields.mjs")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    typescript = json.loads(done.stdout)
+    assert set(typescript) == set(PYTHON_ROOTS)
+    extra: list[str] = []
+    for root, params in PYTHON_ROOTS.items():
+        python: set[str] = set()
+        _paths(params, "", (), python)
+        assert len(typescript[root]) > 300  # the script reached the nested types
+        allowed = {p for t in TS_ONLY for p in (t, f"requests.params.{t}")}
+        extra += [f"{root}: {p}" for p in sorted(set(typescript[root]) - python - allowed)]
+    assert not extra, "TypeScript SDK request fields the Python SDK lacks:\n" + "\n".join(extra)

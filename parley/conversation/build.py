@@ -11,7 +11,7 @@ served model cannot take is refused with the path of the offending part
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from parley.conversation.claude_code import normalize_billing_line
@@ -39,9 +39,10 @@ from parley.conversation.types import (
 )
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
 from parley.thinking import Signer
-from parley.tools import client_tool
+from parley.tools import client_tool, server_tools
 from parley.wire import content as wc
 from parley.wire import requests as wr
+from parley.wire import server_tools as ws
 
 
 def build_conversation(
@@ -61,7 +62,7 @@ def build_conversation(
     for i, tool in enumerate(req.tools or ()):
         if isinstance(tool, wr.CustomTool):
             check_schema(tool.input_schema, f"tools.{i}.input_schema")
-    tools = tuple(_tool_spec(t, marks) for t in req.tools or ())
+    tools = tuple(spec for t in req.tools or () for spec in _tool_specs(t, marks))
     system = _system_text(req.system, marks)
     turns: list[Turn] = []
     for i, message in enumerate(req.messages):
@@ -144,6 +145,8 @@ def _system_text(system: str | list[wc.TextBlock] | None, marks: Marks) -> str |
 
 def _parts(message: wr.Message, ctx: _Context, *, path: str, auto: Any = None) -> tuple[Part, ...]:
     content = message.content
+    if content is None:  # a system message of output_config only (refused before this)
+        return ()
     if isinstance(content, str):
         return (TextPart(content + ctx.marks.tag(auto)),) if content else ()
     parts: list[Part] = []
@@ -194,6 +197,10 @@ def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
         case wc.SearchResultBlock(title=title, source=source, content=blocks):
             body = "\n".join(b.text for b in blocks)
             return [TextPart(f"Search result: {title}\nSource: {source}\n{body}")]
+        case wc.ToolReferenceBlock(tool_name=name):
+            # A tool search's answer: the named tool is in the prompt already, as
+            # parley presents deferred tools with the others.
+            return [TextPart(f"Tool available: {name}")]
         case wc.ThinkingBlock(thinking=thinking, signature=signature):
             if ctx.signer is None or not ctx.signer.verify(thinking, signature):
                 raise InvalidRequestError(
@@ -262,11 +269,17 @@ def _tool_result(block: wc.ToolResultBlock, ctx: _Context, *, path: str) -> Part
     return ToolResultPart(block.tool_use_id, text, bool(block.is_error))
 
 
-def _tool_spec(tool: Any, marks: Marks) -> ToolSpec:
+def _tool_specs(tool: Any, marks: Marks) -> list[ToolSpec]:
     tag = marks.tag(getattr(tool, "cache_control", None))
     if isinstance(tool, wr.CustomTool):
-        return ToolSpec(
-            tool.name, (tool.description or "") + tag, tool.input_schema, bool(tool.strict)
-        )
-    description, schema = client_tool(tool.type, dict(tool.model_extra or {}))
-    return ToolSpec(tool.name, description + tag, schema)
+        return [
+            ToolSpec(
+                tool.name, (tool.description or "") + tag, tool.input_schema, bool(tool.strict)
+            )
+        ]
+    if isinstance(tool, ws.ServerTool):  # only in count_tokens: create refuses them
+        specs = [ToolSpec(*spec) for spec in server_tools(tool)]
+        # The breakpoint goes on the entry's last tool, as on a single tool.
+        return [*specs[:-1], replace(specs[-1], description=specs[-1].description + tag)]
+    description, schema = client_tool(tool.type, tool.model_dump(exclude_none=True))
+    return [ToolSpec(tool.name, description + tag, schema)]

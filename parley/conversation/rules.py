@@ -15,6 +15,7 @@ from parley.conversation.types import Capabilities
 from parley.errors import InvalidRequestError, UnsupportedFeatureError
 from parley.wire import content as wc
 from parley.wire import requests as wr
+from parley.wire import server_tools as ws
 
 
 def refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model: str) -> None:
@@ -58,6 +59,23 @@ def refuse_unsupported(req: wr.CountTokensRequest, caps: Capabilities, *, model:
         check_schema(answer.schema_, f"{where}.schema")
     if req.tools and not caps.tools:
         raise UnsupportedFeatureError(f"tools: model '{model}' does not support tool use yet")
+    check_server_tools(req)
+
+
+def check_server_tools(req: wr.CountTokensRequest) -> None:
+    """Server tools are counted (as the model is told of them) but never run: create
+    refuses each by name. A toolset must name one of ``mcp_servers``."""
+    servers = {s.name for s in req.mcp_servers or ()}
+    for i, tool in enumerate(req.tools or ()):
+        if isinstance(tool, ws.ServerTool) and isinstance(req, wr.CreateMessageRequest):
+            raise UnsupportedFeatureError(
+                f"tools.{i}: server tool '{tool.type}' is not supported by parley yet"
+            )
+        if isinstance(tool, ws.MCPToolset) and tool.mcp_server_name not in servers:
+            raise InvalidRequestError(
+                f"tools.{i}.mcp_server_name: no server named '{tool.mcp_server_name}' "
+                "in mcp_servers"
+            )
 
 
 def check_schema(schema: dict[str, Any], path: str) -> None:
@@ -179,4 +197,4 @@ def check_tool_pairing(messages: list[wr.Message]) -> None:
 
 
 def _blocks(message: wr.Message) -> list[Any]:
-    return [] if isinstance(message.content, str) else list(message.content)
+    return list(message.content) if isinstance(message.content, list) else []

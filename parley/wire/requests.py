@@ -24,6 +24,15 @@ from parley.wire.common import (
 )
 from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
 from parley.wire.context_management import ContextManagement
+from parley.wire.server_tools import (
+    CodeExecutionTool,
+    MCPServer,
+    MCPToolset,
+    ToolSearchTool,
+    WebFetchTool,
+    WebSearchTool,
+    server_tool_family,
+)
 
 MAX_MESSAGES = 100_000
 
@@ -65,13 +74,26 @@ class SystemMessage(RequestModel):
     """A ``role: "system"`` turn inside ``messages`` (sent by newer Claude Code)."""
 
     role: Literal["system"]
-    content: Annotated[
-        Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
-        shape_discriminator(str_or_list),
-    ]
-    # Declared so they are recognised; refused unless null (``unsupported_fields``).
-    clear_at: Any = None
+    content: (
+        Annotated[
+            Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
+            shape_discriminator(str_or_list),
+        ]
+        | None
+    ) = None
+    # "never", the default, is what parley does: the text stays in every request
+    # that includes it. "next_user_message" is refused (``unsupported_fields``).
+    clear_at: Literal["next_user_message", "never"] | None = None
+    # Declared so it is recognised; refused unless null (``unsupported_fields``).
     output_config: Any = None
+
+    @model_validator(mode="after")
+    def _has_something(self) -> SystemMessage:
+        if self.content is None and self.output_config is None:
+            raise PydanticCustomError(
+                "missing_content", "a system message needs `content` or `output_config`"
+            )
+        return self
 
 
 def _role_discriminator() -> Any:
@@ -136,7 +158,9 @@ CLIENT_TOOL_TYPES = (
     "memory_20250818",
 )
 
-# Server tools run inside Anthropic's service; parley has none yet.
+# Server tools run inside Anthropic's service; parley runs none of them. Those of
+# ``parley.wire.server_tools`` are modelled (count_tokens counts them, create
+# refuses them by name); the others are refused as soon as they are read.
 SERVER_TOOL_PREFIXES = (
     "web_search_",
     "web_fetch_",
@@ -150,15 +174,45 @@ SERVER_TOOL_PREFIXES = (
 
 
 class AnthropicClientTool(RequestModel):
-    """An Anthropic-defined client tool; version-specific options are kept as given."""
+    """An Anthropic-defined client tool: the client runs it, the model is told its
+    documented schema (``parley.tools.client_tool``). Options as the SDK types them."""
 
-    model_config = RequestModel.model_config | {"extra": "allow"}
     type: str
     name: str
     cache_control: CacheControlEphemeral | None = None
+    allowed_callers: list[str] | None = None
+    defer_loading: bool | None = None
+    input_examples: list[dict[str, Any]] | None = None
+    strict: bool | None = None
 
 
-class ServerTool(KnownUnsupported):
+class BashTool(AnthropicClientTool):
+    type: Literal["bash_20241022", "bash_20250124"]
+
+
+class TextEditorTool(AnthropicClientTool):
+    type: Literal[
+        "text_editor_20241022",
+        "text_editor_20250124",
+        "text_editor_20250429",
+        "text_editor_20250728",
+    ]
+    max_characters: int | None = None  # of a file shown by ``view``; the client's to apply
+
+
+class ComputerTool(AnthropicClientTool):
+    type: Literal["computer_20241022", "computer_20250124", "computer_20251124"]
+    display_width_px: int
+    display_height_px: int
+    display_number: int | None = None
+    enable_zoom: bool | None = None
+
+
+class MemoryTool(AnthropicClientTool):
+    type: Literal["memory_20250818"]
+
+
+class UnmodelledServerTool(KnownUnsupported):
     refusal = "server tool '{kind}' is not supported by parley yet"
 
 
@@ -169,7 +223,9 @@ def _tool_kind(value: Any) -> str | None:
     if not isinstance(raw, str):
         return None
     if raw in CLIENT_TOOL_TYPES:
-        return tag("client")
+        return tag(raw.rsplit("_", 1)[0])  # bash, text_editor, computer, memory
+    if (family := server_tool_family(raw)) is not None:
+        return tag(family)
     if raw.startswith(SERVER_TOOL_PREFIXES):
         return tag("server")
     return None
@@ -190,8 +246,16 @@ def _tool_discriminator() -> Any:
 
 Tool = Annotated[
     Annotated[CustomTool, Tag(tag("custom"))]
-    | Annotated[AnthropicClientTool, Tag(tag("client"))]
-    | Annotated[ServerTool, Tag(tag("server"))],
+    | Annotated[BashTool, Tag(tag("bash"))]
+    | Annotated[TextEditorTool, Tag(tag("text_editor"))]
+    | Annotated[ComputerTool, Tag(tag("computer"))]
+    | Annotated[MemoryTool, Tag(tag("memory"))]
+    | Annotated[WebSearchTool, Tag(tag("web_search"))]
+    | Annotated[WebFetchTool, Tag(tag("web_fetch"))]
+    | Annotated[CodeExecutionTool, Tag(tag("code_execution"))]
+    | Annotated[ToolSearchTool, Tag(tag("tool_search"))]
+    | Annotated[MCPToolset, Tag(tag("mcp_toolset"))]
+    | Annotated[UnmodelledServerTool, Tag(tag("server"))],
     _tool_discriminator(),
 ]
 
@@ -227,10 +291,14 @@ ToolChoice = Annotated[
 # --- thinking, output, metadata ------------------------------------------------
 
 
+# "updates" (beta) is refused (``unsupported_fields``).
+ThinkingDisplay = Literal["summarized", "omitted", "updates"]
+
+
 class ThinkingEnabled(RequestModel):
     type: Literal["enabled"]
     budget_tokens: int
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     # Declared so it is recognised; refused unless null (``unsupported_fields``).
     block_binding: Any = None
 
@@ -241,7 +309,7 @@ class ThinkingDisabled(RequestModel):
 
 class ThinkingAdaptive(RequestModel):
     type: Literal["adaptive"]
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     block_binding: Any = None  # as in ThinkingEnabled
 
 
@@ -274,6 +342,60 @@ class Metadata(RequestModel):
     user_id: Annotated[str, Field(max_length=256)] | None = None
 
 
+# --- accepted without local effect ----------------------------------------------
+# These bill, route or retry requests inside Anthropic's service; a local model
+# has nothing of the kind, so they are accepted (and their shapes validated) and
+# change nothing. The README lists them under "Accepted without local effect".
+
+
+class BillingPolicy(RequestModel):
+    """Which organization pays for the request."""
+
+    type: Literal["billing_policy"]
+    bill_to: Literal["self", "user_profile"] | None = None
+
+
+class Diagnostics(RequestModel):
+    """Asks the service to explain prompt-cache misses against an earlier response."""
+
+    previous_message_id: str | None = None
+
+
+class FallbackCreditToken(RequestModel):
+    """A refused request's credit token, redeemed for cache pricing on the retry."""
+
+    token: str
+    mode: Literal["strict", "best_effort"] | None = None
+
+
+class Compaction(RequestModel):
+    """Asks create to summarize the conversation (refused there); count_tokens ignores
+    it, as the API's does, and counts the conversation as sent."""
+
+    type: Literal["summarize"]
+    instructions: str | None = None
+
+
+class Fallback(RequestModel):
+    """A substitute model the service retries on when the requested one declines."""
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+    speed: Literal["standard", "fast"] | None = None
+
+
+FallbackCredit = Annotated[
+    Annotated[str, Tag(tag("str"))] | Annotated[FallbackCreditToken, Tag(tag("object"))],
+    shape_discriminator(lambda v: tag("str") if isinstance(v, str) else tag("object")),
+]
+Fallbacks = Annotated[
+    Annotated[Literal["default"], Tag(tag("str"))] | Annotated[list[Fallback], Tag(tag("list"))],
+    shape_discriminator(str_or_list),
+]
+
+
 SystemPrompt = SystemContent
 
 
@@ -295,11 +417,11 @@ class CountTokensRequest(RequestModel):
     # meaning for a local model.
     user_profile_id: str | None = None
     workspace_id: str | None = None
+    billing_policy: BillingPolicy | None = None
     context_management: ContextManagement | None = None  # beta: edits before rendering
     # Declared so they are recognised; refused while parley cannot honour them.
-    mcp_servers: list[dict[str, Any]] | None = None
-    billing_policy: Any = None
-    compaction: Any = None
+    mcp_servers: list[MCPServer] | None = None  # counted; refused by create
+    compaction: Compaction | None = None  # ignored here; refused by create
 
     @model_validator(mode="after")
     def _one_format(self) -> CountTokensRequest:
@@ -321,19 +443,19 @@ class CountTokensRequest(RequestModel):
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("mcp_servers", "billing_policy", "compaction")
-        names = [name for name in refused if getattr(self, name) is not None]
+        names: list[str] = []
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
+        if getattr(self.thinking, "display", None) == "updates":
+            names.append("thinking.display")
         if self.output_config is not None and self.output_config.task_budget is not None:
             names.append("output_config.task_budget")
         for i, message in enumerate(self.messages):
             if isinstance(message, SystemMessage):
-                names += [
-                    f"messages.{i}.{name}"
-                    for name in ("clear_at", "output_config")
-                    if getattr(message, name) is not None
-                ]
+                if message.clear_at == "next_user_message":
+                    names.append(f"messages.{i}.clear_at")
+                if message.output_config is not None:
+                    names.append(f"messages.{i}.output_config")
         return names
 
 
@@ -352,22 +474,19 @@ class CreateMessageRequest(CountTokensRequest):
     # Accepted: they route or bill requests in Anthropic's service, with no
     # meaning for a local model.
     inference_geo: str | None = None
+    diagnostics: Diagnostics | None = None
+    fallback_credit_token: FallbackCredit | None = None
+    fallbacks: Fallbacks | None = None  # a local model never declines on policy
+    # The ``anthropic-beta`` header's list, which the SDK's batch ``params`` type
+    # carries in the body; no local effect, as the header has none.
+    betas: list[str] | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
-    diagnostics: dict[str, Any] | None = None
-    fallback_credit_token: Any = None
-    fallbacks: Any = None
     thread: Any = None
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = (
-            "container",
-            "diagnostics",
-            "fallback_credit_token",
-            "fallbacks",
-            "thread",
-        )
+        refused = ("compaction", "container", "mcp_servers", "thread")
         return [name for name in refused if getattr(self, name) is not None] + (
             super().unsupported_fields()
         )

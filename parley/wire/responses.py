@@ -31,6 +31,9 @@ class Usage(ResponseModel):
     cache_read_input_tokens: int = 0
     cache_creation: CacheCreation = Field(default_factory=CacheCreation)
     service_tier: Literal["standard", "priority", "batch"] = "standard"
+    # parley has one inference speed whatever the request's ``speed`` asked. The
+    # region (``inference_geo``) is left out: the API's values name its regions.
+    speed: Literal["standard", "fast"] = "standard"
 
 
 class TextBlock(ResponseModel):
