@@ -419,6 +419,12 @@ def _body(field: str, value: Any, base: dict[str, Any]) -> dict[str, Any]:
         body["messages"] = _conversation(value[0])
     elif field != "":
         body[field] = value
+    edits = (body.get("context_management") or {}).get("edits") or []
+    if any(isinstance(e, dict) and e.get("type") == "clear_thinking_20251015" for e in edits):
+        # The API's rule: clearing thinking needs thinking on.
+        body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+        if "max_tokens" in body:
+            body["max_tokens"] = max(int(body["max_tokens"]), 2048)
     toolsets = [t for t in body["tools"] if isinstance(t, dict) and t.get("type") == "mcp_toolset"]
     if toolsets and "max_tokens" not in body:  # count_tokens takes them; create refuses
         body.setdefault("mcp_servers", [{"type": "url", "name": "x", "url": "x"}])
@@ -444,7 +450,12 @@ def _check(
     """None when parley accepts ``body`` or refuses ``variant`` as it should; else why not."""
     try:
         request = parse(model, json.dumps(body).encode())
-        build_conversation(request, Capabilities(tools=True, images=True), model="m", signer=SIGNER)
+        build_conversation(
+            request,
+            Capabilities(tools=True, images=True, structured_outputs=True),
+            model="m",
+            signer=SIGNER,
+        )
     except InvalidRequestError as exc:
         text = exc.message
         named = any(n in text for n in variant.names if n)
