@@ -23,7 +23,7 @@ from parley.wire.common import (
     type_discriminator,
 )
 from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
-from parley.wire.context_management import ContextManagement
+from parley.wire.context_management import ContextManagement, Summarize
 
 MAX_MESSAGES = 100_000
 
@@ -299,7 +299,7 @@ class CountTokensRequest(RequestModel):
     # Declared so they are recognised; refused while parley cannot honour them.
     mcp_servers: list[dict[str, Any]] | None = None
     billing_policy: Any = None
-    compaction: Any = None
+    compaction: Summarize | None = None  # beta: summarise the conversation (parley.compaction)
 
     @model_validator(mode="after")
     def _one_format(self) -> CountTokensRequest:
@@ -321,7 +321,7 @@ class CountTokensRequest(RequestModel):
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("mcp_servers", "billing_policy", "compaction")
+        refused = ("mcp_servers", "billing_policy")
         names = [name for name in refused if getattr(self, name) is not None]
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
