@@ -15,7 +15,8 @@ Two ways to ask:
   not blank replace parley's prompt.
 
 The summary is one generation of the served model, of at most
-``SUMMARY_MAX_TOKENS`` tokens, on the conversation with the summarising prompt
+``SUMMARY_MAX_TOKENS`` tokens (and no more than the request's ``max_tokens``,
+which bounds each generation a request makes), on the conversation with the summarising prompt
 asked last (tools offered but not callable, no thinking). A summary that comes
 out empty is a block with ``content: null``, which changes nothing when sent
 back. Usage: ``usage.iterations`` holds the compaction's own figures and the

@@ -341,7 +341,9 @@ class MessagesService:
     def _compacting(self, prepared: Prepared, compaction: Compaction) -> CompactingGeneration:
         """The summary's generation, then (unless paused) the answer's on the summary."""
         engine, params = prepared.engine, prepared.params
-        summary_params = replace(params, max_tokens=SUMMARY_MAX_TOKENS, stop_sequences=())
+        # The request's max_tokens bounds each generation it makes, the summary's too.
+        budget = min(SUMMARY_MAX_TOKENS, params.max_tokens)
+        summary_params = replace(params, max_tokens=budget, stop_sequences=())
         summary = engine.submit(prepared.prompt, summary_params)
 
         async def answer(content: str | None) -> tuple[Generation, int]:
