@@ -18,8 +18,9 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
     model can take it; not interleaved between tool calls; unless the card says
     its upstream cannot bound it) and ``effort``, which sizes adaptive
     thinking's budget. Images and tools follow the engine card, and so do the
-    context edits that clear them (``compact_20260112`` is refused) and
-    structured outputs (parley's grammar, or an upstream's own).
+    context edits that clear them and structured outputs (parley's grammar, or
+    an upstream's own). Compaction (``compact_20260112``, the ``compaction``
+    parameter) is a generation of the served model, so every engine has it.
     Citations, PDF input, server tools and code execution
     are refused for every model, so they are not supported.
     """
@@ -28,11 +29,12 @@ def model_capabilities(caps: Capabilities) -> wr.ModelCapabilities:
         batch=yes,
         citations=no,
         code_execution=no,
+        compaction=wr.CompactionCapability(supported=True, summarize=yes),
         context_management=wr.ContextManagementCapability(
             supported=True,
             clear_thinking_20251015=yes if caps.thinking else no,
             clear_tool_uses_20250919=yes if caps.tools else no,
-            compact_20260112=no,
+            compact_20260112=yes,
         ),
         effort=wr.EffortCapability(
             supported=True,

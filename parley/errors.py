@@ -2,12 +2,14 @@
 
 Every class fixes its HTTP status and its Anthropic ``error.type``. Code raises
 these; one handler (``parley.api.errors``) renders the Anthropic envelope
-``{"type": "error", "error": {"type": T, "message": M}, "request_id": R}``::
+``{"type": "error", "error": {"type": T, "message": M}, "request_id": R}``
+(with ``error.details.error_code`` where the API names the cause: ``error_code``)::
 
     ParleyError
     ├── InvalidRequestError        400 invalid_request_error
     │   ├── UnsupportedFeatureError    (known to the API, not served here yet)
-    │   └── PromptTooLongError         (the prompt does not fit the context window)
+    │   ├── PromptTooLongError         (the prompt does not fit the context window)
+    │   └── CompactionError            (a compaction block or request the API refuses)
     ├── AuthenticationError        401 authentication_error
     ├── PermissionDeniedError      403 permission_error
     ├── NotFoundError              404 not_found_error
@@ -33,6 +35,7 @@ class ParleyError(Exception):
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "api_error"
+    error_code: str | None = None  # the API's ``error.details.error_code``, where it has one
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -67,6 +70,15 @@ class PromptTooLongError(InvalidRequestError):
         self.tokens = tokens
         self.context = context
         self.exact = exact
+
+
+class CompactionError(InvalidRequestError):
+    """A compaction the API refuses, with its code (``compaction_signature_invalid``,
+    ``compaction_block_misplaced``...): the SDK raises its own class for each."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.error_code = code
 
 
 class AuthenticationError(ParleyError):

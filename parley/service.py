@@ -22,7 +22,15 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from parley.catalog import Catalog
+from parley.compaction import (
+    SUMMARY_MAX_TOKENS,
+    CompactingGeneration,
+    Plan,
+    plan_of,
+    refuse_prefill,
+)
 from parley.conversation import Conversation, build_conversation
+from parley.conversation.compaction import compacted, summarising
 from parley.conversation.context_edits import (
     AppliedEdit,
     Edit,
@@ -72,12 +80,22 @@ class Draining:
 
 
 @dataclass(frozen=True)
+class Compaction:
+    """A request that compacts: ``Prepared.prompt`` is then the summarising one."""
+
+    plan: Plan
+    prompt: Prompt  # the conversation's own (after any clearing edits)
+    context: int  # the model's context window
+
+
+@dataclass(frozen=True)
 class Prepared:
     model: str
     engine: Engine
     prompt: Prompt
     params: SamplingParams
     context: wresp.ContextManagement | None = None  # what context_management applied
+    compaction: Compaction | None = None
 
 
 class Guard(Protocol):
@@ -105,7 +123,7 @@ class MessageRun:
 
     def settle(self) -> None:
         """Charge the output tokens written (once; ``message`` does it itself)."""
-        self.meter.spend_output(self.state.output_tokens)
+        self.meter.spend_output(self.state.generated_tokens)
 
     async def message(self) -> wresp.Message:
         try:
@@ -237,7 +255,34 @@ class MessagesService:
         applied = None
         if req.context_management is not None:
             applied = wresp.ContextManagement(applied_edits=[_applied(e) for e in edited.applied])
-        return Prepared(req.model, engine, prompt, params, applied)
+        plan = plan_of(req)
+        if plan is None or not plan.triggered(prompt.n_tokens):
+            return Prepared(req.model, engine, prompt, params, applied)
+        refuse_prefill(prompt.conversation.prefill)
+        conversation = summarising(prompt.conversation, plan.prompt)
+        summary = await self._prepare_one(engine, conversation, limit=context, model=req.model)
+        compaction = Compaction(plan, prompt, context)
+        return Prepared(req.model, engine, summary, params, applied, compaction)
+
+    async def _prepare_one(
+        self, engine: Engine, conversation: Conversation, *, limit: int, model: str
+    ) -> Prompt:
+        """``conversation``'s prompt, refused when it does not fit the context."""
+
+        def prepare() -> Prompt:
+            return engine.prepare(conversation, limit=limit)
+
+        try:
+            prompt = (
+                await anyio.to_thread.run_sync(prepare) if engine.prepare_off_loop else prepare()
+            )
+        except PromptTooLongError as exc:
+            raise PromptTooLongError(
+                exc.tokens, context=limit, model=model, exact=exc.exact
+            ) from None
+        if prompt.n_tokens >= limit:
+            raise PromptTooLongError(prompt.n_tokens, context=limit, model=model)
+        return prompt
 
     async def open(
         self,
@@ -273,18 +318,50 @@ class MessagesService:
 
     def submit(self, prepared: Prepared) -> tuple[Generation, MessageState]:
         """Admit the generation (or raise 529) and open its message state."""
-        generation = prepared.engine.submit(prepared.prompt, prepared.params)
-        cache = generation.cache_usage
+        generation: Generation
+        if prepared.compaction is not None:
+            generation = self._compacting(prepared, prepared.compaction)
+            # The message's figures are its answer's, known once the summary is written.
+            input_tokens, cache = 0, generation.cache_usage
+        else:
+            generation = prepared.engine.submit(prepared.prompt, prepared.params)
+            cache = generation.cache_usage
+            input_tokens = prepared.prompt.n_tokens - cache.read - cache.created
         state = MessageState(
             message_id(),
             prepared.model,
-            prepared.prompt.n_tokens - cache.read - cache.created,
+            input_tokens,
             cache=cache,
             sign=self._signer.sign,
             seal=self._signer.seal if self._redact else None,
             context_management=prepared.context,
         )
         return generation, state
+
+    def _compacting(self, prepared: Prepared, compaction: Compaction) -> CompactingGeneration:
+        """The summary's generation, then (unless paused) the answer's on the summary."""
+        engine, params = prepared.engine, prepared.params
+        # The request's max_tokens bounds each generation it makes, the summary's too.
+        budget = min(SUMMARY_MAX_TOKENS, params.max_tokens)
+        summary_params = replace(params, max_tokens=budget, stop_sequences=())
+        summary = engine.submit(prepared.prompt, summary_params)
+
+        async def answer(content: str | None) -> tuple[Generation, int]:
+            prompt = compaction.prompt  # a failed summary changes nothing
+            if content is not None:
+                conversation = compacted(prompt.conversation, content)
+                limit = compaction.context
+                prompt = await self._prepare_one(
+                    engine, conversation, limit=limit, model=prepared.model
+                )
+            return engine.submit(prompt, params), prompt.n_tokens
+
+        return CompactingGeneration(
+            summary,
+            prepared.prompt.n_tokens,
+            sign=self._signer.sign_compaction,
+            answer=None if compaction.plan.pause else answer,
+        )
 
     async def run(self, generation: Generation, state: MessageState) -> wresp.Message:
         state.start()

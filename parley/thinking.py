@@ -1,4 +1,4 @@
-"""Thinking-block signatures and redaction, keyed by a server secret.
+"""Thinking-block and compaction-block signatures and redaction, keyed by a server secret.
 
 The secret lives in the data dir (``thinking.key``: 32 random bytes, mode
 0600, written atomically once), so signatures and redacted data stay valid
@@ -81,6 +81,14 @@ class Signer:
             return False
         return hmac.compare_digest(self.sign(thinking).encode(), signature.encode())
 
+    def sign_compaction(self, summary: str) -> str:
+        """A compaction block's signature: the HMAC of a text no thinking block
+        can carry, so neither signature verifies as the other."""
+        return self.sign(_COMPACTION + summary)
+
+    def verify_compaction(self, summary: str, signature: str) -> bool:
+        return self.verify(_COMPACTION + summary, signature)
+
     def _sealing_key(self) -> bytes:
         return hmac.new(self._key, b"parley redacted thinking", hashlib.sha256).digest()
 
@@ -106,3 +114,4 @@ class Signer:
 
 
 _AAD = b"parley1"
+_COMPACTION = "\x00parley compaction\x00"

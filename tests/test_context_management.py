@@ -318,9 +318,9 @@ def test_batch_results_carry_the_applied_edits(client: anthropic.Anthropic) -> N
     [
         ({"edits": [{"type": "clear_everything"}]}, "context_management.edits.0.type: Input"),
         ({"edits": [{}]}, "context_management.edits.0.type: Field required"),
-        (
-            {"edits": [{"type": "compact_20260112"}]},
-            "context_management.edits.0: 'compact_20260112' is not supported by parley yet",
+        (  # compaction triggers on input tokens only (tests/test_compaction.py)
+            {"edits": [{"type": "compact_20260112", "trigger": {"type": "tool_uses", "value": 3}}]},
+            "context_management.edits.0.trigger",
         ),
         (edit(keep={"type": "tool_uses", "value": -1}), "context_management.edits.0.keep.value"),
         (edit(trigger={"type": "input_tokens", "value": -5}), "edits.0.trigger.value"),

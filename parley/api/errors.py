@@ -17,7 +17,7 @@ from parley.errors import (
     ParleyError,
     RequestTooLargeError,
 )
-from parley.wire.responses import ErrorDetail, ErrorEnvelope
+from parley.wire.responses import ErrorEnvelope, error_detail
 
 log = logging.getLogger("parley.api")
 
@@ -32,7 +32,8 @@ def request_id_of(request: Request) -> str | None:
 
 def render(error: ParleyError, request_id: str | None) -> Response:
     body = ErrorEnvelope(
-        error=ErrorDetail(type=error.error_type, message=error.message), request_id=request_id
+        error=error_detail(error.error_type, error.message, error.error_code),
+        request_id=request_id,
     )
     return Response(
         body.model_dump_json(),

@@ -4,7 +4,9 @@
 model: system prompt as string or blocks, ``role: "system"`` turns kept in
 place, consecutive same-role turns merged, a final assistant turn taken as a
 prefill, empty content refused; content blocks are flattened into parts
-(documents and search results become text, thinking is verified). What the
+(documents and search results become text, thinking is verified); a
+compaction block sent back replaces everything before it with its summary
+(``compaction.py``). What the
 served model cannot take is refused with the path of the offending part
 (``rules.py``).
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from parley.conversation.claude_code import normalize_billing_line
+from parley.conversation.compaction import compaction_start, only_void_compactions, summary_turn
 from parley.conversation.context_edits import check_context_management
 from parley.conversation.marks import Marks
 from parley.conversation.rules import (
@@ -65,11 +68,23 @@ def build_conversation(
     tools = tuple(spec for t in req.tools or () for spec in _tool_specs(t, marks))
     system = _system_text(req.system, marks)
     turns: list[Turn] = []
+    start = compaction_start(req.messages, signer)
     for i, message in enumerate(req.messages):
         last = i == len(req.messages) - 1
         # Top-level cache_control marks the last block of the request.
         auto = req.cache_control if last else None
-        parts = _parts(message, context, path=f"messages.{i}", auto=auto)
+        skip = 0
+        if start is not None:
+            if i < start.message:
+                continue  # summarised
+            if i == start.message:
+                turn = summary_turn(start.content)
+                tag = marks.tag(start.cache_control)
+                turns.append(Turn("user", (_tagged(turn.parts[0], tag),)) if tag else turn)
+                skip = start.block + 1
+        parts = _parts(message, context, path=f"messages.{i}", auto=auto, skip=skip)
+        if not parts and (skip or only_void_compactions(message)):
+            continue
         if not parts and not (last and message.role == "assistant"):
             raise InvalidRequestError(
                 f"messages.{i}: all messages must have non-empty content except for "
@@ -143,7 +158,10 @@ def _system_text(system: str | list[wc.TextBlock] | None, marks: Marks) -> str |
     return "\n\n".join(texts) or None
 
 
-def _parts(message: wr.Message, ctx: _Context, *, path: str, auto: Any = None) -> tuple[Part, ...]:
+def _parts(
+    message: wr.Message, ctx: _Context, *, path: str, auto: Any = None, skip: int = 0
+) -> tuple[Part, ...]:
+    """The parts of ``message`` from its block ``skip`` on."""
     content = message.content
     if content is None:  # a system message of output_config only (refused before this)
         return ()
@@ -151,6 +169,8 @@ def _parts(message: wr.Message, ctx: _Context, *, path: str, auto: Any = None) -
         return (TextPart(content + ctx.marks.tag(auto)),) if content else ()
     parts: list[Part] = []
     for j, block in enumerate(content):
+        if j < skip:
+            continue
         produced = _block_parts(block, ctx, path=f"{path}.content.{j}")
         control = getattr(block, "cache_control", None)
         if control is None and j == len(content) - 1:
@@ -226,6 +246,8 @@ def _block_parts(block: Any, ctx: _Context, *, path: str) -> list[Part]:
                     f"{path}: model '{model}' does not support tool use yet"
                 )
             return [_tool_result(block, ctx, path=path)]
+        case wc.CompactionBlock():
+            return []  # checked by compaction_start; only the last one with content counts
     raise InvalidRequestError(f"{path}: unexpected content block")
 
 

@@ -70,6 +70,8 @@ def check_context_management(req: wr.CountTokensRequest) -> None:
     """The API's rules on ``context_management`` that need the rest of the request."""
     if req.context_management is None:
         return
+    if req.compaction is not None:
+        raise InvalidRequestError("compaction: cannot be combined with `context_management`")
     thinking = req.thinking is not None and req.thinking.type != "disabled"
     for edit in req.context_management.edits or ():
         if isinstance(edit, wcm.ClearThinking) and not thinking:

@@ -106,7 +106,12 @@ class ToolInputChunk:
 
 
 FinishReason = Literal[
-    "end_turn", "max_tokens", "stop_sequence", "tool_use", "model_context_window_exceeded"
+    "end_turn",
+    "max_tokens",
+    "stop_sequence",
+    "tool_use",
+    "model_context_window_exceeded",
+    "compaction",  # not an engine's: a compaction that pauses (parley.compaction)
 ]
 
 
@@ -126,7 +131,23 @@ class Finished:
     cache: CacheUsage | None = None
 
 
-EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolInputChunk | Finished
+@dataclass(frozen=True)
+class Compacted:
+    """Not an engine's event: ``parley.compaction`` yields it between the
+    summarising generation and the answer's. The summary (None when it came out
+    empty) and its signature, the summarising generation's figures, and the
+    answer's prompt (None when the response pauses after the summary)."""
+
+    content: str | None
+    signature: str | None
+    input_tokens: int  # the summarising prompt, cache reads and writes included
+    output_tokens: int
+    cache: CacheUsage = CacheUsage()
+    answer_tokens: int | None = None
+    answer_cache: CacheUsage = CacheUsage()
+
+
+EngineEvent = TextChunk | ThinkingChunk | ToolCallStart | ToolInputChunk | Finished | Compacted
 
 
 class Generation(abc.ABC):

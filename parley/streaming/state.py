@@ -17,6 +17,7 @@ from enum import Enum
 
 from parley.engines.base import (
     CacheUsage,
+    Compacted,
     EngineEvent,
     Finished,
     TextChunk,
@@ -62,7 +63,13 @@ class MessageState:
     stop_reason: wr.StopReason | None = None
     stop_sequence: str | None = None
     output_tokens: int = 0
+    compaction: wr.CompactionIteration | None = None  # the summarising generation's usage
     _open: _OpenBlock | None = None
+
+    @property
+    def generated_tokens(self) -> int:
+        """Every token generated for the message: the answer's, and a summary's."""
+        return self.output_tokens + (self.compaction.output_tokens if self.compaction else 0)
 
     def start(self) -> list[ev.StreamEvent]:
         if self.phase is not Phase.NEW:
@@ -105,6 +112,8 @@ class MessageState:
                 return [
                     ev.ContentBlockDelta.model_construct(index=self._open.index, delta=delta_json)
                 ]
+            case Compacted():
+                return self._compacted(event)
             case Finished():
                 return self._finish(event)
         raise StreamProtocolError(f"unknown engine event {event!r}")
@@ -112,7 +121,7 @@ class MessageState:
     def fail(self, error: ParleyError, request_id: str | None) -> list[ev.StreamEvent]:
         """The error event that ends a stream which already began."""
         self.phase = Phase.DONE
-        detail = wr.ErrorDetail(type=error.error_type, message=error.message)
+        detail = wr.error_detail(error.error_type, error.message, error.error_code)
         return [ev.Error(error=detail, request_id=request_id)]
 
     def message(self) -> wr.Message:
@@ -142,7 +151,46 @@ class MessageState:
                 ephemeral_5m_input_tokens=cache.created_5m,
                 ephemeral_1h_input_tokens=cache.created_1h,
             ),
+            iterations=self._iterations(),
         )
+
+    def _iterations(self) -> list[wr.Iteration] | None:
+        """The compaction's usage, then the answer's (the top-level figures), if any."""
+        if self.compaction is None:
+            return None
+        if self.stop_reason == "compaction":
+            return [self.compaction]
+        answer = wr.MessageIteration(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_creation_input_tokens=self.cache.created,
+            cache_read_input_tokens=self.cache.read,
+        )
+        return [self.compaction, answer]
+
+    def _compacted(self, done: Compacted) -> list[ev.StreamEvent]:
+        """The compaction block, whole: its start carries the signature, one delta
+        the summary (as the SDK's accumulator reads it)."""
+        if self.content or self._open is not None or self.compaction is not None:
+            raise StreamProtocolError("a compaction block comes first, once")
+        cache = done.cache
+        self.compaction = wr.CompactionIteration(
+            input_tokens=done.input_tokens - cache.read - cache.created,
+            output_tokens=done.output_tokens,
+            cache_creation_input_tokens=cache.created,
+            cache_read_input_tokens=cache.read,
+        )
+        if done.answer_tokens is not None:  # the answer's prompt is the message's
+            self.cache = done.answer_cache
+            self.input_tokens = done.answer_tokens - self.cache.read - self.cache.created
+        self.content.append(wr.CompactionBlock(content=done.content, signature=done.signature))
+        start = wr.CompactionBlock(content=None, signature=done.signature)
+        delta = ev.CompactionDelta(content=done.content)
+        return [
+            ev.ContentBlockStart(index=0, content_block=start),
+            ev.ContentBlockDelta(index=0, delta=delta),
+            ev.ContentBlockStop(index=0),
+        ]
 
     def _stream_into(self, kind: str, text: str, delta: ev.Delta) -> list[ev.StreamEvent]:
         """Append ``text`` to the open block of ``kind`` (opening one if needed).
@@ -228,6 +276,7 @@ class MessageState:
             output_tokens=self.output_tokens,
             cache_creation_input_tokens=self.cache.created,
             cache_read_input_tokens=self.cache.read,
+            iterations=self._iterations(),
         )
         body = ev.MessageDeltaBody(stop_reason=done.stop_reason, stop_sequence=done.stop_sequence)
         delta = ev.MessageDelta(delta=body, usage=usage, context_management=self.context_management)

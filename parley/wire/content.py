@@ -151,6 +151,19 @@ class ToolReferenceBlock(RequestModel):
     cache_control: CacheControlEphemeral | None = None
 
 
+class CompactionBlock(RequestModel):
+    """A summary parley returned (beta compaction), sent back in an assistant
+    message: the conversation before it is rendered as the summary. ``content``
+    None is a compaction that failed, a no-op."""
+
+    type: Literal["compaction"]
+    content: str | None = None
+    signature: str | None = None
+    encrypted_content: str | None = None  # parley gives none out
+    tool_changes: list[dict[str, Any]] | None = None  # parley gives none out
+    cache_control: CacheControlEphemeral | None = None
+
+
 class UnsupportedBlock(KnownUnsupported):
     refusal = "content blocks of type '{kind}' are not supported by parley yet"
 
@@ -198,7 +211,6 @@ UNSUPPORTED_BLOCK_TYPES = (
     "container_upload",
     "mcp_tool_use",
     "mcp_tool_result",
-    "compaction",
     "advisor_tool_result",
     "fallback",
     "mcp_tool_listing",
@@ -216,6 +228,7 @@ SUPPORTED_BLOCK_TYPES = (
     "redacted_thinking",
     "tool_use",
     "tool_result",
+    "compaction",
 )
 
 ContentBlock = Annotated[
@@ -227,6 +240,7 @@ ContentBlock = Annotated[
     | Annotated[RedactedThinkingBlock, Tag(tag("redacted_thinking"))]
     | Annotated[ToolUseBlock, Tag(tag("tool_use"))]
     | Annotated[ToolResultBlock, Tag(tag("tool_result"))]
+    | Annotated[CompactionBlock, Tag(tag("compaction"))]
     | Annotated[UnsupportedBlock, Tag(tag("unsupported"))],
     type_discriminator(
         "content block",

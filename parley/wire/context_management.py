@@ -2,9 +2,10 @@
 request asks the server to make to its conversation before the model sees it.
 
 Shapes as the SDK's ``BetaContextManagementConfigParam``: a list of edits
-discriminated on ``type``. ``compact_20260112`` is declared and refused (parley
-does not summarise yet); an unknown type is an error at ``edits.N.type``. What
-the edits do is ``parley.conversation.context_edits``.
+discriminated on ``type``; an unknown type is an error at ``edits.N.type``.
+What the clearing edits do is ``parley.conversation.context_edits``; what
+``compact_20260112`` and the top-level ``compaction`` parameter (``Summarize``)
+do is ``parley.compaction``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pydantic import Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 from parley.wire.common import (
-    KnownUnsupported,
     RequestModel,
     shape_discriminator,
     tag,
@@ -117,8 +117,24 @@ class ClearThinking(RequestModel):
         return self.keep == "all" or isinstance(self.keep, AllThinkingTurns)
 
 
-class Compact(KnownUnsupported):
-    pass
+class Compact(RequestModel):
+    """Summarise the conversation once the prompt exceeds ``trigger`` input tokens
+    (default 150,000; parley takes any value, since local contexts are small)."""
+
+    type: Literal["compact_20260112"]
+    trigger: InputTokensTrigger | None = None
+    instructions: str | None = None  # added to parley's summarising prompt
+    pause_after_compaction: bool | None = (
+        None  # stop after the summary: ``stop_reason: compaction``
+    )
+
+
+class Summarize(RequestModel):
+    """The top-level ``compaction`` parameter (the SDK's ``BetaCompactionConfigParam``):
+    the request only compacts; ``instructions`` replace parley's summarising prompt."""
+
+    type: Literal["summarize"]
+    instructions: str | None = None
 
 
 class UnknownEdit(RequestModel):

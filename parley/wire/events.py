@@ -11,6 +11,7 @@ from parley.wire.responses import (
     ContentBlock,
     ContextManagement,
     ErrorDetail,
+    Iteration,
     Message,
     StopReason,
 )
@@ -36,8 +37,16 @@ class SignatureDelta(ResponseModel):
     signature: str
 
 
+class CompactionDelta(ResponseModel):
+    """The whole summary, in one delta (the block's signature came with its start)."""
+
+    type: Literal["compaction_delta"] = "compaction_delta"
+    content: str | None
+
+
 Delta = Annotated[
-    TextDelta | InputJSONDelta | ThinkingDelta | SignatureDelta, Field(discriminator="type")
+    TextDelta | InputJSONDelta | ThinkingDelta | SignatureDelta | CompactionDelta,
+    Field(discriminator="type"),
 ]
 
 
@@ -73,6 +82,7 @@ class MessageDeltaUsage(ResponseModel):
     output_tokens: int
     cache_creation_input_tokens: int
     cache_read_input_tokens: int
+    iterations: list[Iteration] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class MessageDelta(ResponseModel):

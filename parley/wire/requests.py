@@ -23,7 +23,7 @@ from parley.wire.common import (
     type_discriminator,
 )
 from parley.wire.content import ContentBlock, TextBlock, UnsupportedBlock
-from parley.wire.context_management import ContextManagement
+from parley.wire.context_management import ContextManagement, Summarize
 from parley.wire.server_tools import (
     CodeExecutionTool,
     MCPServer,
@@ -368,14 +368,6 @@ class FallbackCreditToken(RequestModel):
     mode: Literal["strict", "best_effort"] | None = None
 
 
-class Compaction(RequestModel):
-    """Asks create to summarize the conversation (refused there); count_tokens ignores
-    it, as the API's does, and counts the conversation as sent."""
-
-    type: Literal["summarize"]
-    instructions: str | None = None
-
-
 class Fallback(RequestModel):
     """A substitute model the service retries on when the requested one declines."""
 
@@ -421,7 +413,7 @@ class CountTokensRequest(RequestModel):
     context_management: ContextManagement | None = None  # beta: edits before rendering
     # Declared so they are recognised; refused while parley cannot honour them.
     mcp_servers: list[MCPServer] | None = None  # counted; refused by create
-    compaction: Compaction | None = None  # ignored here; refused by create
+    compaction: Summarize | None = None  # beta: summarise the conversation (parley.compaction)
 
     @model_validator(mode="after")
     def _one_format(self) -> CountTokensRequest:
@@ -486,7 +478,7 @@ class CreateMessageRequest(CountTokensRequest):
 
     def unsupported_fields(self) -> list[str]:
         """Names of declared parameters that were given but cannot be honoured."""
-        refused = ("compaction", "container", "mcp_servers", "thread")
+        refused = ("container", "mcp_servers", "thread")
         return [name for name in refused if getattr(self, name) is not None] + (
             super().unsupported_fields()
         )

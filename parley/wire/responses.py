@@ -14,6 +14,7 @@ StopReason = Literal[
     "stop_sequence",
     "tool_use",
     "pause_turn",
+    "compaction",  # the context was summarised and the answer not generated (beta)
     "refusal",
     "model_context_window_exceeded",
 ]
@@ -22,6 +23,29 @@ StopReason = Literal[
 class CacheCreation(ResponseModel):
     ephemeral_5m_input_tokens: int = 0
     ephemeral_1h_input_tokens: int = 0
+
+
+class CompactionIteration(ResponseModel):
+    """The summarising generation's own usage (not counted in the top-level figures)."""
+
+    type: Literal["compaction"] = "compaction"
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class MessageIteration(ResponseModel):
+    """The answer's usage: the same figures as the top level."""
+
+    type: Literal["message"] = "message"
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+Iteration = Annotated[CompactionIteration | MessageIteration, Field(discriminator="type")]
 
 
 class Usage(ResponseModel):
@@ -34,6 +58,8 @@ class Usage(ResponseModel):
     # parley has one inference speed whatever the request's ``speed`` asked. The
     # region (``inference_geo``) is left out: the API's values name its regions.
     speed: Literal["standard", "fast"] = "standard"
+    # Only when the request compacted its context (the beta Usage's field).
+    iterations: list[Iteration] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TextBlock(ResponseModel):
@@ -60,8 +86,18 @@ class RedactedThinkingBlock(ResponseModel):
     data: str
 
 
+class CompactionBlock(ResponseModel):
+    """The summary that stands for the conversation before it (beta compaction);
+    ``content`` None when the summary came out empty. The signature is parley's
+    HMAC over the content (``Signer.sign_compaction``)."""
+
+    type: Literal["compaction"] = "compaction"
+    content: str | None
+    signature: str | None
+
+
 ContentBlock = Annotated[
-    TextBlock | ToolUseBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock | ToolUseBlock | ThinkingBlock | RedactedThinkingBlock | CompactionBlock,
     Field(discriminator="type"),
 ]
 
@@ -118,6 +154,11 @@ class CapabilitySupport(ResponseModel):
     supported: bool
 
 
+class CompactionCapability(ResponseModel):
+    supported: bool
+    summarize: CapabilitySupport
+
+
 class ContextManagementCapability(ResponseModel):
     supported: bool
     clear_thinking_20251015: CapabilitySupport | None = None
@@ -158,6 +199,7 @@ class ModelCapabilities(ResponseModel):
     batch: CapabilitySupport
     citations: CapabilitySupport
     code_execution: CapabilitySupport
+    compaction: CompactionCapability
     context_management: ContextManagementCapability
     effort: EffortCapability
     image_input: CapabilitySupport
@@ -189,9 +231,23 @@ class ModelPage(ResponseModel):
     last_id: str | None
 
 
+class ErrorCode(ResponseModel):
+    error_code: str
+
+
 class ErrorDetail(ResponseModel):
     type: str
     message: str
+    # Names the cause where the API has a code for it (the SDK picks its class by it).
+    details: ErrorCode | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+def error_detail(error_type: str, message: str, code: str | None = None) -> ErrorDetail:
+    return ErrorDetail(
+        type=error_type,
+        message=message,
+        details=ErrorCode(error_code=code) if code is not None else None,
+    )
 
 
 class ErrorEnvelope(ResponseModel):
