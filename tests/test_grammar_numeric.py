@@ -2,7 +2,8 @@
 
 The patterns are checked as regexes (the same tree renders as GBNF) against
 arithmetic, over random bounds and random texts of the JSON forms a model
-may write; the GBNF is checked to parse in llama.cpp.
+may write, and against jsonschema's validators (both spellings of exclusive
+bounds, ``multipleOf``); llama.cpp's own matcher accepts what the regex does.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from decimal import Decimal
 
 import jsonschema
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parley.engines.llamacpp.grammar_numeric import (
@@ -25,6 +28,8 @@ from parley.engines.llamacpp.grammar_numeric import (
     numbers,
     regex,
 )
+from parley.engines.llamacpp.vocab import LlamaVocab
+from tests.grammar_acceptance import Acceptor, schema_grammar
 
 ints = st.integers(min_value=-5000, max_value=5000)
 decimals = st.decimals(min_value=-300, max_value=300, places=3, allow_nan=False)
@@ -249,3 +254,43 @@ def test_multiples_written_as_integers() -> None:
     assert [n for n in range(0, 40) if _schema_accepts(odd, str(n))] == [14, 21, 28]
     # no multiple in range: the lowest bound, as with other unsatisfiable bounds
     assert _schema_accepts({"type": "integer", "multipleOf": 10, "minimum": 1, "maximum": 9}, "1")
+
+
+@pytest.fixture(scope="module")
+def acceptor() -> Iterator[Acceptor]:
+    from parley.engines.llamacpp import embedded_model_path
+
+    vocab = LlamaVocab(embedded_model_path())
+    yield Acceptor(vocab)
+    vocab.close()
+
+
+@pytest.mark.model
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(
+        [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "number", "exclusiveMinimum": -1.5, "exclusiveMaximum": 2.25},
+            {"type": "number", "minimum": 0.1, "exclusiveMinimum": True, "maximum": 0.3},
+            {"type": "integer", "exclusiveMaximum": 10, "minimum": -3},
+            {"type": "integer", "multipleOf": 100, "minimum": -1000},
+            {"type": "integer", "multipleOf": 7, "minimum": 0, "maximum": 100},
+            {"type": "number", "multipleOf": 1, "exclusiveMaximum": 5},
+        ]
+    ),
+    st.lists(decimals | ints, min_size=1, max_size=10),
+)
+def test_the_gbnf_accepts_what_the_regex_does(
+    acceptor: Acceptor, schema: dict[str, object], probes: list[Decimal | int]
+) -> None:
+    """llama.cpp's matcher on the converter's grammar, against the regex the
+    arithmetic tests check (the two renderings of one tree)."""
+    grammar, _ = schema_grammar(schema)
+    node = bounded(schema)
+    assert node is not None
+    for probe in probes:
+        for text in _texts(Decimal(probe)):
+            assert acceptor.accepts(grammar, text) == bool(re.fullmatch(regex(node), text)), text
