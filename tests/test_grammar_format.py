@@ -208,6 +208,9 @@ EMAILS = [
     "o'brien@ex-ample.org",
     "!#$%&'*+/=?^_`{|}~-@x9.io",
     "user@123.example.com",
+    "x@xn--80ak6aa92e.com",
+    "a" * 64 + "@" + "b" * 63 + ".cd",
+    "a.b.c.d@e.f.g.h.ij",
 ]
 NOT_EMAILS = ["", "@example.com", "user@", "userexample.com", "user@@example.com", "a b@c.de"]
 # valid under RFC 5322 (and jsonschema's "@" check) but outside the documented form
@@ -224,6 +227,12 @@ OUTSIDE = [
     '"quoted"@example.com',
     "user@[192.0.2.1]",
     "user@example.com.",
+    # past the documented bounds of each part
+    "a" * 65 + "@example.com",
+    "a@" + "b" * 64 + ".cd",
+    "a.b.c.d.e@example.com",
+    "a@b.c.d.e.f.gh",
+    "a@b." + "c" * 64,
 ]
 
 

@@ -11,11 +11,12 @@ spellings a model has no need of; nothing invalid):
   ``Z`` or ``+hh:mm``/``-hh:mm`` (offset hours 00-23); upper-case ``Z`` only;
 * ``date-time``: ``date "T" time`` (upper-case ``T``);
 * ``uuid``: 8-4-4-4-12 hexadecimal digits, either case;
-* ``email``: ``local@domain``: the local part dot-separated runs of RFC 5322
-  ``atext`` (letters, digits, ``!#$%&'*+/=?^_`{|}~-``), the domain one or more
-  labels of letters, digits and inner hyphens, each followed by a dot, then a
-  top-level label of two or more letters; no quoted local parts, no IP
-  literals, no length limits of RFC 5321;
+* ``email``: ``local@domain``: the local part one to four dot-separated runs
+  of 1-64 RFC 5322 ``atext`` characters (letters, digits,
+  ``!#$%&'*+/=?^_`{|}~-``), the domain one to four labels (1-63 letters,
+  digits and inner hyphens) each followed by a dot, then a top-level label of
+  2-63 letters; no quoted local parts, no IP literals, and RFC 5321's totals
+  (64 for the local part, 253 for the domain) are not counted;
 * ``ipv4``: four decimal octets 0-255 without leading zeros.
 
 Every character is ASCII and none needs escaping in a JSON string. Length
@@ -50,8 +51,12 @@ _RULES = {
     "fmt-hex": "[0-9a-fA-F]",
     "fmt-uuid": ' "-" '.join(f"fmt-hex{{{n}}}" for n in (8, 4, 4, 4, 12)),
     "fmt-atext": "[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]",
-    "fmt-label": '[A-Za-z0-9]+ ("-"+ [A-Za-z0-9]+)*',
-    "fmt-email": 'fmt-atext+ ("." fmt-atext+)* "@" (fmt-label ".")+ [A-Za-z] [A-Za-z]+',
+    # RFC 1035 labels: 1-63 letters, digits and inner hyphens
+    "fmt-label": "[A-Za-z0-9] ([A-Za-z0-9-]{0,61} [A-Za-z0-9])?",
+    # Every part bounded, so a model repeating itself reaches the next part.
+    "fmt-email": (
+        'fmt-atext{1,64} ("." fmt-atext{1,64}){0,3} "@" (fmt-label "."){1,4} [A-Za-z]{2,63}'
+    ),
     "fmt-octet": '"25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9] [0-9] | [0-9]',
     "fmt-ipv4": 'fmt-octet "." fmt-octet "." fmt-octet "." fmt-octet',
 }
