@@ -14,11 +14,14 @@ needs a non-zero digit after ``0.25``). A bound left open is closed at 16
 digits, as the converter's plain integers are, and free fraction digits run
 to at most 16.
 
-``multipleOf`` a whole number ``m``: a power of ten is "any integer, then that
-many zeros" (exact with any bounds); another ``m`` is exact when at most
-``LISTED`` multiples are in range (they are listed), and otherwise left out
-(the bounds alone hold). A fractional ``m`` (``0.01``) is left out: validators
-test it in floating point, where 0.07 is not a multiple of 0.01.
+``multipleOf`` a whole number ``m``, exact with any bounds when ``m`` divides
+a power of ten ``10^k`` with at most ``LISTED`` endings (``m = 2^i 5^j``: 1, 2,
+4, 5, 8, 10, 20, 25, 50, 100, 125, ...; the last ``k`` digits decide: a
+quotient, then one of the endings), and otherwise when at most ``LISTED``
+multiples are in range (they are listed); other cases (a multiple of 7 with
+no bounds) are left out, the bounds alone holding. A multiple is written as
+an integer, also for a ``number``. A fractional ``m`` (``0.01``) is left out:
+validators test it in floating point, where 0.07 is not a multiple of 0.01.
 
 Patterns are built as a small tree (``Seq`` of ``Lit``/``Cls``/``Star``,
 ``Alt``) and rendered both as GBNF and as a Python regex; the regex is what
@@ -332,25 +335,51 @@ LISTED = 256  # at most this many multiples in range are written out one by one
 
 def multiples(lo: int, hi: int, step: int) -> Node | None:
     """Texts of the multiples of ``step`` in ``[lo, hi]`` (NOTHING when there are
-    none); None when they are too many to list and ``step`` is not a power of ten."""
+    none); None when they are too many to list and no last digits decide them."""
     first, last = -(-lo // step), hi // step  # the quotients in range
     if first > last:
         return NOTHING
     if step == 1:
         return integers(lo, hi)  # (a number that is a multiple of 1 is an integer)
-    zeros = len(str(step)) - 1
-    if step == 10**zeros:  # a multiple of 10^k: any integer, then k zeros
-        options: list[Node] = []
-        if first < 0:
-            options.append(seq(Lit("-"), naturals(max(1, -last), -first), Lit("0" * zeros)))
-        if first <= 0 <= last:
-            options.append(Lit("0"))
-        if last > 0:
-            options.append(seq(naturals(max(1, first), last), Lit("0" * zeros)))
+    options: list[Node] = []
+    if lo < 0 and (negative := _magnitudes(max(1, -hi), -lo, step)) is not None:
+        options.append(seq(Lit("-"), negative))
+    if hi >= 0 and (positive := _magnitudes(max(0, lo), hi, step)) is not None:
+        options.append(positive)
+    if len(options) == (lo < 0) + (hi >= 0):
         return alt(*options)
     if last - first + 1 > LISTED:
         return None
     return alt(*(Lit(str(q * step)) for q in range(first, last + 1)))
+
+
+def _magnitudes(a: int, b: int, step: int) -> Node | None:
+    """Multiples of ``step`` in ``[a, b]`` (``0 <= a``) by their last ``k`` digits,
+    when ``step`` divides ``10^k`` (``2^i 5^j``: 2, 4, 5, 8, 20, 25, 50, 10^k, ...)
+    and at most ``LISTED`` endings qualify: ``q`` then one of the endings."""
+    digits = next((k for k in range(1, 17) if 10**k % step == 0), None)
+    if digits is None or 10**digits // step > LISTED:
+        return None
+    base = 10**digits
+    endings = range(0, base, step)
+    if a > b:
+        return NOTHING
+
+    def ending(q: int) -> Node:  # the endings of the multiples in [a, b] above q * base
+        kept = [r for r in endings if a <= q * base + r <= b]
+        if q == 0:  # below base: the ending is the whole number, without padding
+            return alt(*(Lit(str(r)) for r in kept))
+        return seq(Lit(str(q)), alt(*(Lit(f"{r:0{digits}}") for r in kept)))
+
+    low, high = a // base, b // base  # the edge quotients, maybe partly in range
+    if low == high:
+        return ending(low)
+    options = [ending(low)]
+    if low + 1 <= high - 1:
+        every = alt(*(Lit(f"{r:0{digits}}") for r in endings))
+        options.append(seq(naturals(low + 1, high - 1), every))
+    options.append(ending(high))
+    return alt(*options)
 
 
 # --- rendering ------------------------------------------------------------------------
