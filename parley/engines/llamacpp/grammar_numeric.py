@@ -15,9 +15,9 @@ digits, as the converter's plain integers are, and free fraction digits run
 to at most 16.
 
 ``multipleOf`` a whole number ``m``, exact with any bounds when ``m`` divides
-a power of ten ``10^k`` with at most ``LISTED`` endings (``m = 2^i 5^j``: 1, 2,
-4, 5, 8, 10, 20, 25, 50, 100, 125, ...; the last ``k`` digits decide: a
-quotient, then one of the endings), and otherwise when at most ``LISTED``
+a power of ten ``10^k`` at most ``LISTED`` times (1, 2, 4, 5, 8, 10, 20, 25,
+40, 50, 100, 125, ...; not 16, which needs 625 endings of 4 digits): the last
+``k`` digits decide, so a quotient, then one of the endings; and otherwise when at most ``LISTED``
 multiples are in range (they are listed); other cases (a multiple of 7 with
 no bounds) are left out, the bounds alone holding. A multiple is written as
 an integer, also for a ``number``. A fractional ``m`` (``0.01``) is left out:
