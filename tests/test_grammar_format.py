@@ -251,6 +251,15 @@ def test_nullable_and_untyped_formats(acceptor: Acceptor) -> None:
     grammar, _ = schema_grammar({"type": ["string", "null"], "format": "date"})
     assert acceptor.accepts(grammar, "null") and acceptor.accepts(grammar, '"2024-02-29"')
     assert not acceptor.accepts(grammar, '"2023-02-29"')
+    # a property whose rule takes the name of one of the format's own rules
+    schema = {
+        "type": "object",
+        "properties": {"fmt-year": {"type": "string", "maxLength": 3}, "d": {"format": "date"}},
+        "required": ["fmt-year", "d"],
+    }
+    grammar, _ = schema_grammar(schema)
+    assert acceptor.accepts(grammar, '{"fmt-year": "abc", "d": "2000-02-29"}')
+    assert not acceptor.accepts(grammar, '{"fmt-year": "abc", "d": "abcd"}')
     grammar, _ = schema_grammar({"format": "uuid"})  # no type: the format's string
     assert acceptor.accepts(grammar, json.dumps(UUIDS[0]))
     assert not acceptor.accepts(grammar, '"x"')

@@ -28,6 +28,7 @@ caller keeps the string's length bounds).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 AddRule = Callable[[str, str], str]  # (name, body) -> the rule's name
@@ -59,12 +60,6 @@ _RULES = {
     ),
     "fmt-octet": '"25" [0-5] | "2" [0-4] [0-9] | "1" [0-9] [0-9] | [1-9] [0-9] | [0-9]',
     "fmt-ipv4": 'fmt-octet "." fmt-octet "." fmt-octet "." fmt-octet',
-}
-_DEPENDS = {
-    "fmt-date": ("fmt-year", "fmt-leap-year", "fmt-by-four"),
-    "fmt-uuid": ("fmt-hex",),
-    "fmt-email": ("fmt-atext", "fmt-label"),
-    "fmt-ipv4": ("fmt-octet",),
 }
 # Formats of fixed rule and lengths (shortest, longest; None: no longest).
 _FIXED = {
@@ -98,29 +93,31 @@ def format_rule(name: object, lo: int, hi: int | None, add: AddRule) -> str | No
 
 
 def _rule(name: str, add: AddRule) -> str:
-    for dependency in _DEPENDS.get(name, ()):
-        add(dependency, _RULES[dependency])
-    return add(name, _RULES[name])
+    """Add rule ``name`` and the rules it uses, under the names ``add`` gives
+    them (a schema's own rule of the same name moves ours, not the reverse)."""
+
+    def used(match: re.Match[str]) -> str:
+        return _rule(match.group(0), add) if match.group(0) in _RULES else match.group(0)
+
+    return add(name, re.sub(r"\bfmt-[a-z-]+", used, _RULES[name]))
 
 
 def _times(lo: int, hi: int | None, add: AddRule) -> str | None:
     """``hms fraction? offset`` of ``lo..hi`` characters: the fraction's digit
     count is what the bounds choose, for each kind of offset."""
-    hms = _rule("fmt-hms", add)
-    options = []
+    offsets: dict[str, list[str]] = {}  # fraction -> the offsets it goes with
     for offset, width in (('"Z"', 1), (_rule("fmt-offset", add), 6)):
-        low, high = lo - _HMS - width, FRACTION + 1 if hi is None else hi - _HMS - width
+        low = lo - _HMS - width
+        high = FRACTION + 1 if hi is None else hi - _HMS - width
         # the fraction takes 0 characters, or 1 + k for k in 1..FRACTION digits
         digits = (max(1, low - 1), min(FRACTION, high - 1))
-        fractions = []
-        if low <= 0 <= high:
-            fractions.append("")
-        if digits[0] <= digits[1]:
-            fractions.append(f'"." [0-9]{{{digits[0]},{digits[1]}}}')
-        if len(fractions) == 2:
-            options.append(f"{hms} ({fractions[1]})? {offset}")
-        elif fractions:
-            options.append(f"{hms} {fractions[0]} {offset}".replace("  ", " "))
-    if not options:
+        some = f'"." [0-9]{{{digits[0]},{digits[1]}}}' if digits[0] <= digits[1] else None
+        none = low <= 0 <= high
+        if some or none:
+            fraction = f"({some})? " if some and none else f"{some} " if some else ""
+            offsets.setdefault(fraction, []).append(offset)
+    if not offsets:
         return None
-    return "(" + " | ".join(options) + ")"
+    hms = _rule("fmt-hms", add)
+    options = [f"{hms} {fraction}({' | '.join(ends)})" for fraction, ends in offsets.items()]
+    return options[0] if len(options) == 1 else "(" + " | ".join(options) + ")"

@@ -67,7 +67,7 @@ class SafeConverter(_Base):  # type: ignore[misc]
             self.relaxed.append(rule_name)
             schema = {k: v for k, v in schema.items() if k != "pattern"} | {"type": "string"}
             kind = "string"
-        if plain and (kind == "string" or (kind is None and "format" in schema)):
+        if plain and (kind == "string" or (kind is None and _format_only(schema))):
             return self._string(schema, rule_name)
         if plain and kind in ("integer", "number") and (node := bounded(schema)) is not None:
             return str(self._add_rule(rule_name, gbnf(node) + " space"))
@@ -101,6 +101,13 @@ class SafeConverter(_Base):  # type: ignore[misc]
         elif lo == 0:
             inner = f"({inner})?"
         return str(self._add_rule(rule, f'"[" space {inner} "]" space'.replace("  ", " ")))
+
+
+def _format_only(schema: dict[str, Any]) -> bool:
+    """An untyped schema with a ``format`` and nothing of an object or array:
+    written as that format's string (as the upstream did)."""
+    other = ("properties", "additionalProperties", "items", "prefixItems", "allOf")
+    return "format" in schema and not any(key in schema for key in other)
 
 
 def _known_format(schema: dict[str, Any]) -> bool:
