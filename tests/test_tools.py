@@ -152,10 +152,16 @@ def test_formats_and_exclusive_bounds_hold_in_a_forced_call(embedded_server: Ser
     assert message.stop_reason == "tool_use", message
     (call,) = calls(message)
     value = call.input
-    # 2020-12 reads the numeric exclusive bounds, draft 4 the boolean one (seats)
-    for validator in (jsonschema.Draft202012Validator, jsonschema.Draft4Validator):
-        schema = APPOINTMENT["input_schema"]
-        validator(schema, format_checker=validator.FORMAT_CHECKER).validate(value)
+    # 2020-12 reads the numeric exclusive bounds (and a boolean one as the number 1),
+    # draft 4 the boolean one (seats) and not the numeric ones
+    schema = APPOINTMENT["input_schema"]
+    draft4_seats = {"type": "integer", "minimum": 0, "maximum": 4}
+    modern = {**schema, "properties": {**schema["properties"], "seats": draft4_seats}}
+    for validator, checked in (
+        (jsonschema.Draft202012Validator, modern),
+        (jsonschema.Draft4Validator, schema),
+    ):
+        validator(checked, format_checker=validator.FORMAT_CHECKER).validate(value)
     assert 0 < value["duration"] < 8 and 0 < value["seats"] <= 4 and value["fee"] % 100 == 0
     date.fromisoformat(value["day"])
     stamp = datetime.fromisoformat(value["starts"])

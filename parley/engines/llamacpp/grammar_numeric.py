@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -276,7 +277,9 @@ def _number(value: Any) -> Decimal | None:
 Bound = tuple[Decimal, bool]  # a value and whether it is strict
 
 
-def _limit(schema: dict[str, Any], inclusive: str, exclusive: str, pick: Any) -> Bound | None:
+def _limit(
+    schema: dict[str, Any], inclusive: str, exclusive: str, pick: Callable[[list[Decimal]], Decimal]
+) -> Bound | None:
     """The tightest of ``inclusive`` and ``exclusive`` (2020-12: a number;
     draft 4: ``true`` makes ``inclusive`` strict); ties go to the strict one."""
     bounds: list[Bound] = []
@@ -286,7 +289,7 @@ def _limit(schema: dict[str, Any], inclusive: str, exclusive: str, pick: Any) ->
         bounds.append((value, True))
     if not bounds:
         return None
-    tightest = pick(v for v, _ in bounds)
+    tightest = pick([v for v, _ in bounds])
     return tightest, any(strict for v, strict in bounds if v == tightest)
 
 
