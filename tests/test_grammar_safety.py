@@ -136,7 +136,17 @@ def _schemas() -> st.SearchStrategy[dict[str, Any]]:
         st.none() | st.sampled_from(PATHOLOGICAL + ORDINARY),
     )
     leaf = string | st.sampled_from(
-        [{"type": "integer"}, {"type": "number"}, {"type": "boolean"}, {"enum": ["a", "b"]}]
+        [
+            {"type": "integer"},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"enum": ["a", "b"]},
+            {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
+            {"type": "integer", "multipleOf": 25, "maximum": 5000, "minimum": 0},
+            {"type": "string", "format": "date-time", "maxLength": 25},
+            {"type": "string", "format": "email"},
+            {"type": ["string", "null"], "format": "date"},
+        ]
     )
 
     def extend(children: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[dict[str, Any]]:

@@ -8,7 +8,10 @@ the schema, is the model's business.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,66 @@ def create(client: anthropic.Anthropic, **kw: Any) -> anthropic.types.Message:
     }
     options.update(kw)
     return client.messages.create(**options)
+
+
+APPOINTMENT = {
+    "name": "book_appointment",
+    "description": "Book an appointment.",
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "day": {"type": "string", "format": "date"},
+            "starts": {"type": "string", "format": "date-time", "maxLength": 25},
+            "at": {"type": "string", "format": "time"},
+            "email": {"type": "string", "format": "email"},
+            "duration": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 8},
+            "fee": {"type": "integer", "multipleOf": 100, "minimum": 100, "maximum": 10000},
+            "seats": {"type": "integer", "minimum": 0, "exclusiveMinimum": True, "maximum": 4},
+        },
+        "required": ["id", "day", "starts", "at", "email", "duration", "fee", "seats"],
+    },
+}
+
+
+APPOINTMENT_ASK = (
+    "Book appointment 123e4567-e89b-12d3-a456-426614174000 for jane@example.com on "
+    "2025-03-04, starting 2025-03-04T10:30:00Z (at 10:30:00Z), 1.5 hours, fee 300, 2 seats."
+)
+
+
+def test_formats_and_exclusive_bounds_hold_in_a_forced_call(embedded_server: Server) -> None:
+    """The embedded grammar: formats (checked by jsonschema where it can, by
+    the documented forms where its checker is missing), strict bounds, multiples."""
+    client = embedded_server.client(timeout=300.0)  # 160 constrained tokens on a shared CPU
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=300,
+        tools=[APPOINTMENT],  # type: ignore[list-item]
+        tool_choice={"type": "tool", "name": "book_appointment", "disable_parallel_tool_use": True},
+        messages=[{"role": "user", "content": APPOINTMENT_ASK}],
+        extra_body=GREEDY,
+    )
+    assert message.stop_reason == "tool_use", message
+    (call,) = calls(message)
+    value = call.input
+    # 2020-12 reads the numeric exclusive bounds (and a boolean one as the number 1),
+    # draft 4 the boolean one (seats) and not the numeric ones
+    schema = APPOINTMENT["input_schema"]
+    draft4_seats = {"type": "integer", "minimum": 0, "maximum": 4}
+    modern = {**schema, "properties": {**schema["properties"], "seats": draft4_seats}}
+    for validator, checked in (
+        (jsonschema.Draft202012Validator, modern),
+        (jsonschema.Draft4Validator, schema),
+    ):
+        validator(checked, format_checker=validator.FORMAT_CHECKER).validate(value)
+    assert 0 < value["duration"] < 8 and 0 < value["seats"] <= 4 and value["fee"] % 100 == 0
+    date.fromisoformat(value["day"])
+    stamp = datetime.fromisoformat(value["starts"])
+    assert stamp.tzinfo is not None and len(value["starts"]) <= 25
+    assert re.fullmatch(r"\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)", value["at"])
+    assert re.fullmatch(r"[^@]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", value["email"])
+    uuid.UUID(value["id"])
 
 
 @pytest.mark.parametrize("tool", TOOLS, ids=lambda t: t["name"])

@@ -155,7 +155,7 @@ def _call_rule(syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int], con
     """``call``: one alternative per tool, its name then its input."""
     alternatives = []
     for i, tool in enumerate(allowed):
-        relaxed = len(converter.relaxed)
+        relaxed, unformatted = len(converter.relaxed), len(converter.unformatted)
         rule = None if i in plain else _tool_rule(converter, tool, i)
         if rule is None:  # a JSON object, nothing more
             rule = converter.visit({"type": "object"}, f"tool-{i}-any")
@@ -164,6 +164,12 @@ def _call_rule(syntax: CallSyntax, allowed: list[ToolSpec], plain: set[int], con
                 "a string pattern is too ambiguous or unsupported for a grammar; those "
                 "strings are constrained by their length only",
                 extra={"tool_index": i, "patterns": len(converter.relaxed) - relaxed},
+            )
+        if len(converter.unformatted) > unformatted:
+            log.info(
+                "a string format is not combined with that string's pattern or length "
+                "bounds in a grammar; those strings keep the pattern or the bounds only",
+                extra={"tool_index": i, "formats": len(converter.unformatted) - unformatted},
             )
         alternatives.append(f"{_literal(tool.name + syntax.name_end)} {rule}")
     return "call ::= (" + " | ".join(alternatives) + ") " + _literal(syntax.close)

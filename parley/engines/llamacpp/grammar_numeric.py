@@ -1,5 +1,7 @@
 """Bounded integers and numbers as grammar: JSON Schema's ``minimum``,
-``maximum``, ``exclusiveMinimum`` and ``exclusiveMaximum``, enforced exactly.
+``maximum``, ``exclusiveMinimum`` and ``exclusiveMaximum`` (2020-12's numbers
+and draft 4's booleans), enforced exactly, and ``multipleOf`` where a grammar
+can say it exactly.
 
 A bound becomes an alternation of digit patterns over the decimal text of
 the value (the classic range-to-pattern decomposition: ``[17, 342]`` is
@@ -7,8 +9,19 @@ the value (the classic range-to-pattern decomposition: ``[17, 342]`` is
 are written without an exponent (``-``? integer part, then an optional
 fraction), and the fraction of an edge's integer part is compared digit by
 digit with the bound's own (``>= 0.25`` after ``0.``: ``[3-9]… | 2[5-9]… |
-25…``). A bound left open is closed at 16 digits, as the converter's plain
-integers are, and free fraction digits run to at most 16.
+25…``; a strict bound differs only once the bound's digits run out: ``> 0.25``
+needs a non-zero digit after ``0.25``). A bound left open is closed at 16
+digits, as the converter's plain integers are, and free fraction digits run
+to at most 16.
+
+``multipleOf`` a whole number ``m``, exact with any bounds when ``m`` divides
+a power of ten ``10^k`` at most ``LISTED`` times (1, 2, 4, 5, 8, 10, 20, 25,
+40, 50, 100, 125, ...; not 16, which needs 625 endings of 4 digits): the last
+``k`` digits decide, so a quotient, then one of the endings; and otherwise when at most ``LISTED``
+multiples are in range (they are listed); other cases (a multiple of 7 with
+no bounds) are left out, the bounds alone holding. A multiple is written as
+an integer, also for a ``number``. A fractional ``m`` (``0.01``) is left out:
+validators test it in floating point, where 0.07 is not a multiple of 0.01.
 
 Patterns are built as a small tree (``Seq`` of ``Lit``/``Cls``/``Star``,
 ``Alt``) and rendered both as GBNF and as a Python regex; the regex is what
@@ -19,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -146,44 +160,47 @@ def _split(value: Decimal) -> tuple[int, str]:
     return whole, digits
 
 
-def _ge_tail(d: str) -> Node:
-    """Digits (maybe none) F with 0.F >= 0.d, after an equal prefix."""
+def _above(d: str, strict: bool) -> Node:
+    """Digits (maybe none) F with 0.F >= 0.d (> when ``strict``), after an equal prefix."""
     if not d:
-        return Star()
+        return seq(Zeros(), Cls("1", "9"), Star()) if strict else Star()
     first = int(d[0])
-    return alt(seq(digit(first + 1, 9), Star()), seq(Lit(d[0]), _ge_tail(d[1:])))
+    return alt(seq(digit(first + 1, 9), Star()), seq(Lit(d[0]), _above(d[1:], strict)))
 
 
-def _le_tail(d: str) -> Node:
-    """Digits (maybe none) F with 0.F <= 0.d, after an equal prefix."""
+def _below(d: str, strict: bool) -> Node:
+    """Digits (maybe none) F with 0.F <= 0.d (< when ``strict``), after an equal prefix.
+
+    ``d`` has no trailing zeros, so a non-empty ``d`` is above the empty F."""
     if not d:
-        return Zeros()
+        return NOTHING if strict else Zeros()
     first = int(d[0])
-    return alt(EMPTY, seq(digit(0, first - 1), Star()), seq(Lit(d[0]), _le_tail(d[1:])))
+    return alt(EMPTY, seq(digit(0, first - 1), Star()), seq(Lit(d[0]), _below(d[1:], strict)))
 
 
-def _between_tail(p: str, q: str) -> Node:
-    """Digits (maybe none) F with 0.p <= 0.F <= 0.q (p <= q as fractions)."""
-    if not p:
-        return _le_tail(q)
-    if not q:  # 0.p <= 0.F <= 0: only when p is all zeros, which it is not
+def _between(p: str, q: str, low_strict: bool, high_strict: bool) -> Node:
+    """Digits (maybe none) F with 0.p <= 0.F <= 0.q (p <= q as fractions; either
+    side strict)."""
+    if not p and not low_strict:
+        return _below(q, high_strict)  # every F is >= 0
+    if not q:  # 0.p (<) 0.F (<)= 0: nothing, p being above zero or the bound strict
         return NOTHING
-    if p[0] == q[0]:
-        return seq(Lit(p[0]), _between_tail(p[1:], q[1:]))
-    low, high = int(p[0]), int(q[0])
+    first = p[0] if p else "0"  # a strict empty p is 0.000...: compare it digit by digit
+    if first == q[0]:
+        return seq(Lit(first), _between(p[1:], q[1:], low_strict, high_strict))
+    low, high = int(first), int(q[0])
     return alt(
-        seq(Lit(p[0]), _ge_tail(p[1:])),
+        seq(Lit(first), _above(p[1:], low_strict)),
         seq(digit(low + 1, high - 1), Star()),
-        seq(Lit(q[0]), _le_tail(q[1:])),
+        seq(Lit(q[0]), _below(q[1:], high_strict)),
     )
 
 
-def _fraction(tail: Node, bare: bool) -> Node:
+def _fraction(tail: Node) -> Node:
     """An optional ``.digits`` whose digits follow ``tail`` (at least one digit);
-    ``bare``: the integer part alone is in range too."""
-    nonempty = _without_empty(tail)
-    with_point = seq(Lit("."), nonempty)
-    return alt(EMPTY, with_point) if bare else with_point
+    no fraction at all when the empty F is in range (``5`` is ``5.0``)."""
+    with_point = seq(Lit("."), _without_empty(tail))
+    return alt(EMPTY, with_point) if _may_be_empty(tail) else with_point
 
 
 def _without_empty(node: Node) -> Node:
@@ -215,27 +232,34 @@ def _may_be_empty(node: Node) -> bool:
     return False
 
 
-def nonnegative(p: Decimal, q: Decimal) -> Node:
-    """Texts ``I(.F)?`` of the decimals in ``[p, q]``, ``0 <= p <= q``."""
-    if p > q:
+def nonnegative(
+    p: Decimal, q: Decimal, low_strict: bool = False, high_strict: bool = False
+) -> Node:
+    """Texts ``I(.F)?`` of the decimals in ``[p, q]``, ``0 <= p <= q`` (either side strict)."""
+    if p > q or (p == q and (low_strict or high_strict)):
         return NOTHING
     (pi, pf), (qi, qf) = _split(p), _split(q)
     if pi == qi:
-        return seq(Lit(str(pi)), _fraction(_between_tail(pf, qf), bare=not pf))
-    options = [seq(Lit(str(pi)), _fraction(_ge_tail(pf), bare=not pf))]
+        return seq(Lit(str(pi)), _fraction(_between(pf, qf, low_strict, high_strict)))
+    options = [seq(Lit(str(pi)), _fraction(_above(pf, low_strict)))]
     if pi + 1 <= qi - 1:
-        options.append(seq(naturals(pi + 1, qi - 1), _fraction(Star(), bare=True)))
-    options.append(seq(Lit(str(qi)), _fraction(_le_tail(qf), bare=True)))
+        options.append(seq(naturals(pi + 1, qi - 1), _fraction(Star())))
+    options.append(seq(Lit(str(qi)), _fraction(_below(qf, high_strict))))
     return alt(*options)
 
 
-def numbers(lo: Decimal, hi: Decimal) -> Node:
-    """Texts of the decimals in ``[lo, hi]``, without an exponent."""
+def numbers(lo: Decimal, hi: Decimal, low_strict: bool = False, high_strict: bool = False) -> Node:
+    """Texts of the decimals in ``[lo, hi]`` (either side strict), without an exponent."""
     options = []
-    if lo < 0:
-        options.append(seq(Lit("-"), nonnegative(max(Decimal(0), -hi), -lo)))
+    if lo < 0:  # "-" and the magnitude: bounds swap sides; "-0" is 0
+        if hi < 0:
+            options.append(seq(Lit("-"), nonnegative(-hi, -lo, high_strict, low_strict)))
+        else:
+            options.append(
+                seq(Lit("-"), nonnegative(Decimal(0), -lo, hi == 0 and high_strict, low_strict))
+            )
     if hi >= 0:
-        options.append(nonnegative(max(Decimal(0), lo), hi))
+        options.append(nonnegative(max(Decimal(0), lo), hi, lo >= 0 and low_strict, high_strict))
     return alt(*options)
 
 
@@ -250,33 +274,115 @@ def _number(value: Any) -> Decimal | None:
     return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
+Bound = tuple[Decimal, bool]  # a value and whether it is strict
+
+
+def _limit(
+    schema: dict[str, Any], inclusive: str, exclusive: str, pick: Callable[[list[Decimal]], Decimal]
+) -> Bound | None:
+    """The tightest of ``inclusive`` and ``exclusive`` (2020-12: a number;
+    draft 4: ``true`` makes ``inclusive`` strict); ties go to the strict one."""
+    bounds: list[Bound] = []
+    if (value := _number(schema.get(inclusive))) is not None:
+        bounds.append((value, schema.get(exclusive) is True))
+    if (value := _number(schema.get(exclusive))) is not None:
+        bounds.append((value, True))
+    if not bounds:
+        return None
+    tightest = pick([v for v, _ in bounds])
+    return tightest, any(strict for v, strict in bounds if v == tightest)
+
+
+def _multiple(schema: dict[str, Any]) -> int | None:
+    """``multipleOf`` when it is a whole number (the case a grammar can
+    enforce; a fraction such as 0.1 is checked in floating point by validators,
+    so whether 0.3 is a multiple depends on the validator)."""
+    value = _number(schema.get("multipleOf"))
+    if value is None or value < 1 or value != value.to_integral_value():
+        return None
+    return int(value)
+
+
 def bounded(schema: dict[str, Any]) -> Node | None:
-    """The pattern of a bounded ``integer`` or ``number`` schema; None when it
-    has no usable bound (the plain converter's rule then applies)."""
+    """The pattern of a bounded ``integer`` or ``number`` schema (bounds and, for
+    whole numbers, ``multipleOf``); None when nothing here applies (the plain
+    converter's rule then does)."""
     kind = schema.get("type")
-    low = [(_number(schema.get("minimum")), False), (_number(schema.get("exclusiveMinimum")), True)]
-    high = [
-        (_number(schema.get("maximum")), False),
-        (_number(schema.get("exclusiveMaximum")), True),
-    ]
-    if all(v is None for v, _ in low + high):
+    if kind not in ("integer", "number"):
+        return None
+    low = _limit(schema, "minimum", "exclusiveMinimum", max)
+    high = _limit(schema, "maximum", "exclusiveMaximum", min)
+    lo, hi = -OPEN, OPEN  # the whole numbers in range
+    if low is not None:
+        lo = max(lo, math.floor(low[0]) + 1 if low[1] else math.ceil(low[0]))
+    if high is not None:
+        hi = min(hi, math.ceil(high[0]) - 1 if high[1] else math.floor(high[0]))
+    step = _multiple(schema)
+    if step is not None and (node := multiples(lo, hi, step)) is not None:
+        # a whole multiple is written as an integer (also for a number: 20, not 20.0)
+        return node if node != NOTHING else integers(lo, lo)  # unsatisfiable: the lowest
+    if low is None and high is None:
         return None
     if kind == "integer":
-        lo, hi = -OPEN, OPEN
-        for v, strict in low:
-            if v is not None:
-                lo = max(lo, math.floor(v) + 1 if strict else math.ceil(v))
-        for v, strict in high:
-            if v is not None:
-                hi = min(hi, math.ceil(v) - 1 if strict else math.floor(v))
         return integers(lo, max(lo, hi))  # unsatisfiable as written: the smallest asked for
-    if kind == "number":
-        if any(strict and v is not None for v, strict in low + high):
-            return None  # exclusive bounds on decimals: not expressed (left to the plain rule)
-        dlo = max((v for v, _ in low if v is not None), default=Decimal(-OPEN))
-        dhi = min((v for v, _ in high if v is not None), default=Decimal(OPEN))
-        return numbers(dlo, max(dlo, dhi))
-    return None
+    dlo, low_strict = low or (Decimal(-OPEN), False)
+    dhi, high_strict = high or (Decimal(OPEN), False)
+    node = numbers(dlo, dhi, low_strict, high_strict)
+    return node if node != NOTHING else numbers(dlo, dlo)  # unsatisfiable: the lower bound
+
+
+# --- multiples ------------------------------------------------------------------------
+
+LISTED = 256  # at most this many multiples in range are written out one by one
+
+
+def multiples(lo: int, hi: int, step: int) -> Node | None:
+    """Texts of the multiples of ``step`` in ``[lo, hi]`` (NOTHING when there are
+    none); None when they are too many to list and no last digits decide them."""
+    first, last = -(-lo // step), hi // step  # the quotients in range
+    if first > last:
+        return NOTHING
+    if step == 1:
+        return integers(lo, hi)  # (a number that is a multiple of 1 is an integer)
+    options: list[Node] = []
+    if lo < 0 and (negative := _magnitudes(max(1, -hi), -lo, step)) is not None:
+        options.append(seq(Lit("-"), negative))
+    if hi >= 0 and (positive := _magnitudes(max(0, lo), hi, step)) is not None:
+        options.append(positive)
+    if len(options) == (lo < 0) + (hi >= 0):
+        return alt(*options)
+    if last - first + 1 > LISTED:
+        return None
+    return alt(*(Lit(str(q * step)) for q in range(first, last + 1)))
+
+
+def _magnitudes(a: int, b: int, step: int) -> Node | None:
+    """Multiples of ``step`` in ``[a, b]`` (``0 <= a``) by their last ``k`` digits,
+    when ``step`` divides ``10^k`` (``2^i 5^j``: 2, 4, 5, 8, 20, 25, 50, 10^k, ...)
+    and at most ``LISTED`` endings qualify: ``q`` then one of the endings."""
+    digits = next((k for k in range(1, 17) if 10**k % step == 0), None)
+    if digits is None or 10**digits // step > LISTED:
+        return None
+    base = 10**digits
+    endings = range(0, base, step)
+    if a > b:
+        return NOTHING
+
+    def ending(q: int) -> Node:  # the endings of the multiples in [a, b] above q * base
+        kept = [r for r in endings if a <= q * base + r <= b]
+        if q == 0:  # below base: the ending is the whole number, without padding
+            return alt(*(Lit(str(r)) for r in kept))
+        return seq(Lit(str(q)), alt(*(Lit(f"{r:0{digits}}") for r in kept)))
+
+    low, high = a // base, b // base  # the edge quotients, maybe partly in range
+    if low == high:
+        return ending(low)
+    options = [ending(low)]
+    if low + 1 <= high - 1:
+        every = alt(*(Lit(f"{r:0{digits}}") for r in endings))
+        options.append(seq(naturals(low + 1, high - 1), every))
+    options.append(ending(high))
+    return alt(*options)
 
 
 # --- rendering ------------------------------------------------------------------------

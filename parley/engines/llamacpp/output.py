@@ -22,11 +22,12 @@ starts, decoding is constrained by a llama.cpp grammar built from the tools'
 JSON Schemas, so the name is one of the offered tools and the input is JSON
 that matches its schema. ``auto`` uses a lazy grammar that wakes up at
 ``<tool_call``; ``any`` and ``tool`` constrain from the first token; ``none``
-has no grammar and tells the model not to call. Schema features the grammar
-converter cannot express (numeric bounds, ``uniqueItems``, most ``format``s,
-patterns that are ambiguous or use look-around: ``grammar_regex``) are left
-unconstrained: the JSON is still valid, those bounds may not hold. Length
-and item bounds of any size are enforced (``grammar_json``).
+has no grammar and tells the model not to call. Length and item bounds of
+any size, numeric bounds and common ``format``s are enforced (``grammar_json``
+and the modules it names); what the grammar cannot express (``uniqueItems``,
+some ``multipleOf``s, other ``format``s, patterns that are ambiguous or use
+look-around: ``grammar_regex``) is left unconstrained: the JSON is still
+valid, those keywords may not hold.
 """
 
 from __future__ import annotations
