@@ -390,6 +390,8 @@ def _signed(value: Any) -> Any:
         value["signature"] = SIGNER.sign(value["thinking"])
     if value.get("type") == "redacted_thinking":
         value["data"] = SIGNER.seal("x")
+    if value.get("type") == "compaction" and isinstance(value.get("content"), str):
+        value["signature"] = SIGNER.sign_compaction(value["content"])
     return value
 
 
@@ -401,6 +403,8 @@ def _conversation(message: dict[str, Any]) -> list[Any]:
         if "output_config" not in message:
             message = {"content": "s", **message}  # one of the two is required
         return [message, USER]
+    if message["role"] == "user" and any(b.get("type") == "compaction" for b in blocks):
+        message = {**message, "role": "assistant"}  # where parley gave the block out
     if message["role"] == "user":
         ids = [b["tool_use_id"] for b in blocks if b.get("type") == "tool_result"]
         calls = [{"type": "tool_use", "id": i, "name": "x", "input": {}} for i in ids]

@@ -68,13 +68,13 @@ def compaction_start(messages: list[wr.Message], signer: Signer | None) -> Start
                 )
             if block.encrypted_content is not None:
                 raise UnsupportedFeatureError(
-                    f"{path}.encrypted_content: parley gives out no `encrypted_content`; send "
-                    "the block back as it was returned"
+                    f"{path}.encrypted_content: not supported by parley (it gives out no "
+                    "`encrypted_content`); send the block back as it was returned"
                 )
             if block.tool_changes:
                 raise UnsupportedFeatureError(
-                    f"{path}.tool_changes: parley gives out no `tool_changes`; send the block "
-                    "back as it was returned"
+                    f"{path}.tool_changes: not supported by parley (it gives out no "
+                    "`tool_changes`); send the block back as it was returned"
                 )
             if block.content is None:
                 continue

@@ -303,6 +303,21 @@ def _multiple(schema: dict[str, Any]) -> int | None:
     return int(value)
 
 
+def exact(schema: dict[str, Any]) -> bool:
+    """Whether ``bounded`` enforces every numeric keyword of ``schema`` (a
+    ``multipleOf`` it cannot write is left to the plain rule's bounds)."""
+    if "multipleOf" not in schema:
+        return True
+    step = _multiple(schema)
+    if step is None:
+        return False
+    low = _limit(schema, "minimum", "exclusiveMinimum", max)
+    high = _limit(schema, "maximum", "exclusiveMaximum", min)
+    lo = -OPEN if low is None else math.floor(low[0]) + 1 if low[1] else math.ceil(low[0])
+    hi = OPEN if high is None else math.ceil(high[0]) - 1 if high[1] else math.floor(high[0])
+    return multiples(max(lo, -OPEN), min(hi, OPEN), step) is not None
+
+
 def bounded(schema: dict[str, Any]) -> Node | None:
     """The pattern of a bounded ``integer`` or ``number`` schema (bounds and, for
     whole numbers, ``multipleOf``); None when nothing here applies (the plain

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_cpp import llama_grammar
-
-from parley.engines.llamacpp.grammar_numeric import bounded
+from parley.engines.llamacpp.grammar_format import FORMATS, format_rule
+from parley.engines.llamacpp.grammar_numeric import exact
 from parley.engines.llamacpp.grammar_regex import pattern_rule
 
 # Keys that describe without constraining.
@@ -37,8 +36,12 @@ _BY_TYPE: dict[str, frozenset[str]] = {
     "object": frozenset({"properties", "required", "additionalProperties"}),
     "array": frozenset({"items", "prefixItems", "minItems", "maxItems"}),
     "string": frozenset({"minLength", "maxLength", "pattern", "format"}),
-    "number": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
-    "integer": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
+    "number": frozenset(
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+    ),
+    "integer": frozenset(
+        {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"}
+    ),
     "boolean": frozenset(),
     "null": frozenset(),
 }
@@ -109,27 +112,35 @@ def _walk(schema: Any, path: str, out: list[str]) -> None:
         _walk(items, f"{path}.items", out)
     for i, sub in enumerate(schema.get("prefixItems") or []):
         _walk(sub, f"{path}.prefixItems.{i}", out)
-    if "prefixItems" in schema and items is not False:
-        out.append(
-            f"{path}.prefixItems: items past the prefix are only bounded with `items: false`"
-        )
-    if "pattern" in schema and pattern_rule(str(schema["pattern"]), lambda body: "x") is None:
-        out.append(f"{path}.pattern: too ambiguous or unsupported for a grammar")
-    fmt = schema.get("format")
-    if fmt is not None and fmt not in _FREE_FORMATS:
-        known = f"{fmt}-string" in llama_grammar.STRING_FORMAT_RULES or str(fmt).startswith("uuid")
-        if not known or "pattern" in schema:
-            out.append(f"{path}.format: the format '{fmt}' is not enforced by parley's grammar")
-        for key in ("minLength", "maxLength"):
-            if key in schema:
-                out.append(f"{path}.{key}: not enforced together with `format`")
-    numeric = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"} & schema.keys()
+    if "prefixItems" in schema and isinstance(items, dict):
+        out.append(f"{path}.prefixItems: not enforced beside an `items` schema")
+    if any(k in (None, "string") for k in kinds):
+        _string(schema, path, out)
     for k in kinds:
-        if numeric and k in ("integer", "number") and bounded({**schema, "type": k}) is None:
-            out.append(
-                f"{path}.{sorted(numeric)[0]}: these bounds are not expressible as a grammar"
-            )
+        if k in ("integer", "number") and not exact({**schema, "type": k}):
+            out.append(f"{path}.multipleOf: only whole steps with a few multiples are enforced")
             break
+
+
+def _string(schema: dict[str, Any], path: str, out: list[str]) -> None:
+    """What ``grammar_json.SafeConverter`` leaves out of a string: a pattern it
+    cannot follow, a format beside an enforced pattern, a format it does not
+    write or whose lengths the bounds cut into (the bounds then hold)."""
+    fmt = schema.get("format")
+    if "pattern" in schema:
+        if pattern_rule(str(schema["pattern"]), lambda body: "x") is None:
+            out.append(f"{path}.pattern: too ambiguous or unsupported for a grammar")
+        elif fmt in FORMATS:
+            out.append(f"{path}.format: not enforced together with `pattern`")
+            return
+    if fmt is None or fmt in _FREE_FORMATS:
+        return
+    if fmt not in FORMATS:
+        out.append(f"{path}.format: the format '{fmt}' is not enforced by parley's grammar")
+        return
+    lo, hi = schema.get("minLength", 0), schema.get("maxLength")
+    if format_rule(fmt, lo if isinstance(lo, int) else 0, hi, lambda name, body: name) is None:
+        out.append(f"{path}.format: '{fmt}' is not enforced within these length bounds")
 
 
 def _extra(schema: dict[str, Any], allowed: set[str], path: str, out: list[str]) -> None:
