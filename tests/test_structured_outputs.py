@@ -17,9 +17,11 @@ import anthropic
 import httpx
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel, Field
 
 from tests.conftest import MODEL, Server
+from tests.test_tools import schemas
 
 PERSON = {
     "type": "object",
@@ -117,6 +119,19 @@ def test_answer_validates(model_client: anthropic.Anthropic, name: str) -> None:
     message = _create(model_client, schema)
     assert message.stop_reason == "end_turn"
     assert [b.type for b in message.content] == ["text"]
+    _valid(message.content[0].text, schema)
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schema=schemas)
+def test_random_schemas_always_validate(model_server: Server, schema: dict[str, Any]) -> None:
+    """The tool tests' random schemas (bounded strings and arrays) as answer formats."""
+    message = _create(model_server.client(), schema, max_tokens=600, extra_body={"temperature": 0})
+    assert message.stop_reason == "end_turn", message
     _valid(message.content[0].text, schema)
 
 
