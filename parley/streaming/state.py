@@ -11,6 +11,7 @@ It knows nothing of HTTP and is tested on its own.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -62,6 +63,9 @@ class MessageState:
     stop_reason: wr.StopReason | None = None
     stop_sequence: str | None = None
     output_tokens: int = 0
+    # When the engine's first event came (``time.perf_counter``): the access log's
+    # time to first token.
+    first_output_at: float | None = None
     _open: _OpenBlock | None = None
 
     def start(self) -> list[ev.StreamEvent]:
@@ -74,6 +78,8 @@ class MessageState:
     def feed(self, event: EngineEvent) -> list[ev.StreamEvent]:
         if self.phase is not Phase.STREAMING:
             raise StreamProtocolError(f"engine event {type(event).__name__} outside a message")
+        if self.first_output_at is None:
+            self.first_output_at = time.perf_counter()
         match event:
             case TextChunk(text=text):
                 return self._stream_into("text", text, ev.TextDelta.model_construct(text=text))
