@@ -56,9 +56,7 @@ def add_parser(sub: Any) -> None:
 
     submit = verb("submit", "create a batch from a JSONL file")
     submit.add_argument("file", type=Path, metavar="FILE", help="the requests, JSONL")
-    submit.add_argument(
-        "--wait", action="store_true", help="show progress until the batch ends"
-    )
+    submit.add_argument("--wait", action="store_true", help="show progress until the batch ends")
     submit.add_argument(
         "-o",
         "--output",

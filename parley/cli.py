@@ -6,7 +6,9 @@ any agent at it with ANTHROPIC_BASE_URL=http://127.0.0.1:8000."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -104,6 +106,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Any) -> int:
+    # Bound now, listened on once the model is loaded: a port in use fails at
+    # once, not after a long load.
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another server is there: stop it, or choose another with --port)"
+        log.error(
+            "cannot start",
+            extra={"error": f"cannot listen on {settings.host}:{settings.port}: {why}"},
+        )
+        return 1
+    with sock:
+        return _run(settings, sock)
+
+
+def _run(settings: Any, sock: socket.socket) -> int:
     import uvicorn
 
     from parley.api.app import create_app
@@ -141,9 +161,36 @@ def _serve(settings: Any) -> int:
             draining.begin(settings.shutdown_grace)
             super().handle_exit(sig, frame)
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("ready", extra=_ready(app, sock))
+
     server = Server(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _ready(app: Any, sock: socket.socket) -> dict[str, str]:
+    """The ready line's fields: where to send requests and what is served there."""
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    catalog = app.state.parley.catalog
+    models = ", ".join(f"{e.card.id} ({e.card.context_length} tokens)" for e in catalog.engines)
+    return {"url": f"http://{host}:{port}", "models": models}
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":
