@@ -45,7 +45,9 @@ def server(
         ],
         slots=4,
     )
-    return server_factory("--engine", "scripted", "--script", str(rules))
+    return server_factory(
+        "--engine", "scripted", "--script", str(rules), "--engine-opt", "context_length=1000"
+    )  # fmt: skip
 
 
 def access_line(server: Server, request_id: str) -> dict[str, str]:
@@ -104,13 +106,24 @@ def test_an_error_is_logged_with_its_type_and_message_but_no_prompt(server: Serv
         client.messages.create(**{**ask("hello"), "model": "no-such-model"})  # type: ignore[arg-type]
     line = access_line(server, missing.value.request_id or "")
     assert line["status"] == "404" and line["error_type"] == "not_found_error"
-    assert "no-such-model" in line["error"]
+    assert "no-such-model" in line["error"] and "served here: scripted" in line["error"]
     with pytest.raises(anthropic.BadRequestError) as bad:
         client.messages.create(**ask("hello"), extra_body={"temperature": 7})  # type: ignore[arg-type]
     line = access_line(server, bad.value.request_id or "")
     assert line["status"] == "400" and line["error_type"] == "invalid_request_error"
     assert "temperature" in line["error"]
     assert SECRET not in server.log()
+
+
+def test_a_prompt_too_long_is_logged_with_a_hint_of_n_ctx(server: Server) -> None:
+    with pytest.raises(anthropic.BadRequestError) as long:
+        server.client().messages.create(**ask("word " * 2000))  # type: ignore[arg-type]
+    assert "prompt is too long" in str(long.value)
+    assert "--n-ctx" not in str(long.value)  # the hint is the operator's, not the client's
+    line = access_line(server, long.value.request_id or "")
+    assert line["error"].startswith("prompt is too long: ")
+    assert "--n-ctx" in line["hint"]
+    assert "word word" not in server.log()
 
 
 def test_the_log_is_plain_text_under_clean_logger_names(server: Server) -> None:

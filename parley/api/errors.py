@@ -16,6 +16,7 @@ from parley.errors import (
     InvalidRequestError,
     NotFoundError,
     ParleyError,
+    PromptTooLongError,
     RequestTooLargeError,
 )
 from parley.wire.responses import ErrorDetail, ErrorEnvelope
@@ -46,6 +47,11 @@ def render(error: ParleyError, request_id: str | None) -> Response:
 def _answer(request: Request, error: ParleyError) -> Response:
     access = access_of(request)  # the access line names the error
     access.error_type, access.error = error.error_type, error.message
+    if isinstance(error, PromptTooLongError):
+        access.hint = (
+            f"the context window is {error.context} tokens: serve a longer one with "
+            "--n-ctx (the embedded engine), or the upstream's own context size"
+        )
     return render(error, request_id_of(request))
 
 

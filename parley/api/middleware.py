@@ -46,6 +46,7 @@ class Access:
     input_tokens: int | None = None  # count_tokens: the count
     error_type: str | None = None
     error: str | None = None
+    hint: str | None = None  # for the operator, not the client: what would have helped
 
     def fields(self, started: float, ended: float) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -75,6 +76,8 @@ class Access:
             if len(message) > _ERROR_CHARS:
                 message = message[: _ERROR_CHARS - 1] + "…"
             out["error"] = message
+        if self.hint is not None:
+            out["hint"] = self.hint
         return out
 
 
@@ -196,7 +199,7 @@ class RequestIdMiddleware:
             ended = time.perf_counter()
             if disconnected or tracked.overdue:
                 # What the app answered then (a 400 saying the client left) no one read.
-                access.error_type = access.error = None
+                access.error_type = access.error = access.hint = None
             event = "client disconnected" if disconnected else "request"
             log.info(
                 "client stopped reading" if tracked.overdue else event,
