@@ -102,7 +102,7 @@ def test_a_model_that_cannot_load_is_a_clear_start_up_error(
     if content is not None:
         model.write_bytes(content)
     done = subprocess.run(
-        [sys.executable, "-m", "parley", "serve", "--model", str(model), "--port", "1"],
+        [sys.executable, "-m", "parley", "serve", "--model", str(model), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
