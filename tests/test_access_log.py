@@ -41,6 +41,10 @@ def server(
                 "match": {"user": "^hold midway", "regex": True},
                 "reply": {"text": "one two three", "hold": "open", "hold_after": 1},
             },
+            {
+                "match": {"user": "^fail midway", "regex": True},
+                "reply": {"text": "partial output", "error": "scripted failure"},
+            },
             {"match": {"user": ".*", "regex": True}, "reply": {"text": "one two three four"}},
         ],
         slots=4,
@@ -98,6 +102,18 @@ def test_a_stream_is_logged_as_one(server: Server) -> None:
     assert line["stream"] == "true" and line["status"] == "200"
     assert int(line["output_tokens"]) == final.usage.output_tokens
     assert "ttft_ms" in line
+
+
+def test_a_stream_that_fails_after_it_began_is_logged_with_its_error(server: Server) -> None:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/messages", json=ask("fail midway", stream=True), timeout=60
+    ) as response:
+        events = [line for line in response.iter_lines() if line.startswith("event: ")]
+        request_id = response.headers["request-id"]
+    assert events[-1] == "event: error"
+    line = access_line(server, request_id)
+    assert line["status"] == "200" and line["event"] == "request"
+    assert line["error_type"] == "api_error" and "stop_reason" not in line
 
 
 def test_an_error_is_logged_with_its_type_and_message_but_no_prompt(server: Server) -> None:

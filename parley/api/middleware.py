@@ -70,6 +70,8 @@ class Access:
                 # The tokens after the first, over the time they took: decode speed.
                 if state.stop_reason is not None and state.output_tokens > 1 and ended > first:
                     out["tok_s"] = round((state.output_tokens - 1) / (ended - first), 1)
+            if state.failure is not None and self.error_type is None:  # after a 200 began
+                self.error_type, self.error = state.failure.type, state.failure.message
         if self.error_type is not None:
             out["error_type"] = self.error_type
             message = self.error or ""

@@ -66,6 +66,7 @@ class MessageState:
     # When the engine's first event came (``time.perf_counter``): the access log's
     # time to first token.
     first_output_at: float | None = None
+    failure: wr.ErrorDetail | None = None  # the error event that ended the stream, if one did
     _open: _OpenBlock | None = None
 
     def start(self) -> list[ev.StreamEvent]:
@@ -119,6 +120,7 @@ class MessageState:
         """The error event that ends a stream which already began."""
         self.phase = Phase.DONE
         detail = wr.ErrorDetail(type=error.error_type, message=error.message)
+        self.failure = detail
         return [ev.Error(error=detail, request_id=request_id)]
 
     def message(self) -> wr.Message:
