@@ -21,22 +21,58 @@ import httpx
 BASE = "/v1/messages/batches"
 
 
+def _connection(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--base-url and --api-key, on ``batch`` and on each verb (before or after it)."""
+    parser.add_argument(
+        "--base-url",
+        default=default,
+        metavar="URL",
+        help="the server (default: http://127.0.0.1:8000; env: ANTHROPIC_BASE_URL)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default,
+        metavar="KEY",
+        help="the API key (default: none; env: ANTHROPIC_API_KEY)",
+    )
+
+
 def add_parser(sub: Any) -> None:
-    batch = sub.add_parser("batch", help="submit and inspect Message Batches")
-    batch.add_argument("--base-url", default=None, help="server URL (ANTHROPIC_BASE_URL)")
-    batch.add_argument("--api-key", default=None, help="API key (ANTHROPIC_API_KEY)")
-    verbs = batch.add_subparsers(dest="verb", required=True)
-    submit = verbs.add_parser("submit", help="create a batch from a JSONL file")
-    submit.add_argument("file", type=Path)
-    submit.add_argument("--wait", action="store_true", help="show progress until it ends")
-    status = verbs.add_parser("status", help="one batch's status and counts")
-    status.add_argument("id")
-    results = verbs.add_parser("results", help="an ended batch's results as JSONL")
-    results.add_argument("id")
-    results.add_argument("-o", "--output", type=Path, help="write to FILE instead of stdout")
-    verbs.add_parser("list", help="your batches, newest first")
-    cancel = verbs.add_parser("cancel", help="cancel a batch")
-    cancel.add_argument("id")
+    batch = sub.add_parser(
+        "batch",
+        help="submit and inspect Message Batches of a running server",
+        description="Submit, watch and fetch Message Batches of a running parley (or any "
+        'Messages API server). The input file is JSONL: one {"custom_id", "params"} '
+        "a line, as the batch API takes them.",
+    )
+    _connection(batch, None)
+    verbs = batch.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = verbs.add_parser(name, help=help, description=help)
+        # SUPPRESS: given here it is set, else the value given before the verb stays.
+        _connection(parser, argparse.SUPPRESS)
+        return parser
+
+    submit = verb("submit", "create a batch from a JSONL file")
+    submit.add_argument("file", type=Path, metavar="FILE", help="the requests, JSONL")
+    submit.add_argument("--wait", action="store_true", help="show progress until the batch ends")
+    submit.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="with --wait: write the results to FILE (default: the ended batch on stdout)",
+    )
+    verb("status", "one batch's status and counts").add_argument("id", metavar="BATCH_ID")
+    results = verb("results", "an ended batch's results as JSONL")
+    results.add_argument("id", metavar="BATCH_ID")
+    results.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write to FILE (default: stdout)"
+    )
+    verb("list", "your batches, newest first")
+    verb("cancel", "cancel a batch").add_argument("id", metavar="BATCH_ID")
+    verb("delete", "delete an ended batch and its results").add_argument("id", metavar="BATCH_ID")
 
 
 class CliError(Exception):
@@ -60,34 +96,55 @@ def run(args: argparse.Namespace) -> int:
 
 def _verb(client: httpx.Client, args: argparse.Namespace) -> int:
     if args.verb == "submit":
+        if args.output is not None and not args.wait:
+            raise CliError("-o/--output needs --wait (or use 'parley batch results ID -o FILE')")
         batch = _submit(client, args.file)
         if args.wait:
             batch = _wait(client, batch)
-        _print(batch)
+        if args.output is not None:
+            _results(client, batch["id"], args.output)
+            counts = ", ".join(f"{v} {k}" for k, v in batch["request_counts"].items() if v)
+            print(f"{batch['id']}: {counts}; results in {args.output}", file=sys.stderr)
+        else:
+            _print(batch)
     elif args.verb == "status":
         _print(_call(client, "GET", f"{BASE}/{args.id}"))
     elif args.verb == "cancel":
         _print(_call(client, "POST", f"{BASE}/{args.id}/cancel"))
+    elif args.verb == "delete":
+        _call(client, "DELETE", f"{BASE}/{args.id}")
+        print(f"deleted {args.id}")
     elif args.verb == "list":
-        after: str | None = None
-        while True:
-            query: dict[str, Any] = {"limit": 100}
-            if after:
-                query["after_id"] = after
-            page = _call(client, "GET", BASE, params=query)
-            for batch in page["data"]:
-                counts = batch["request_counts"]
-                done = sum(v for k, v in counts.items() if k != "processing")
-                print(
-                    f"{batch['id']}  {batch['processing_status']:<11}  "
-                    f"{done}/{done + counts['processing']}  {batch['created_at']}"
-                )
-            if not page["has_more"]:
-                break
-            after = page["last_id"]
+        _list(client)
     elif args.verb == "results":
         _results(client, args.id, args.output)
     return 0
+
+
+_ROW = "{:<34}  {:<11}  {:>9}  {}"
+
+
+def _list(client: httpx.Client) -> None:
+    after: str | None = None
+    shown = 0
+    while True:
+        query: dict[str, Any] = {"limit": 100}
+        if after:
+            query["after_id"] = after
+        page = _call(client, "GET", BASE, params=query)
+        for batch in page["data"]:
+            if not shown:
+                print(_ROW.format("ID", "STATUS", "DONE", "CREATED"))
+            counts = batch["request_counts"]
+            done = sum(v for k, v in counts.items() if k != "processing")
+            total = f"{done}/{done + counts['processing']}"
+            print(_ROW.format(batch["id"], batch["processing_status"], total, batch["created_at"]))
+            shown += 1
+        if not page["has_more"]:
+            break
+        after = page["last_id"]
+    if not shown:
+        print("no batches yet (create one with 'parley batch submit FILE')")
 
 
 def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> Any:

@@ -87,8 +87,18 @@ class Catalog:
             target = self._claude_default
         engine = self._engines.get(target)
         if engine is None:
-            raise NotFoundError(f"model: {model}")
+            raise NotFoundError(f"model: {model} ({self._served_here()})")
         return engine
+
+    def _served_here(self) -> str:
+        """The hint of an unknown model's 404: the ids that exist."""
+        served = ", ".join(self._engines)
+        extra = [a for a in self._aliases if not a.startswith("claude-")]
+        if extra:
+            served += f"; aliases: {', '.join(extra)}"
+        if self._claude_default:
+            served += f"; any claude-* id reaches {self._claude_default}"
+        return f"served here: {served}"
 
     def is_alias(self, model: str) -> bool:
         if model in self._engines:

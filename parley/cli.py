@@ -1,153 +1,73 @@
-"""The ``parley`` command line."""
+"""parley serves the Anthropic Messages API for models you run yourself: the
+embedded SmolLM2-135M out of the box, any GGUF file with --model, or the model
+of an inference server with --upstream. Point an Anthropic SDK, Claude Code or
+any agent at it with ANTHROPIC_BASE_URL=http://127.0.0.1:8000."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from parley import __version__, batch_cli
-from parley.config import ConfigError, load_settings, parse_aliases
+from parley import __version__, batch_cli, serve_flags
+from parley.config import ConfigError, did_you_mean, load_settings, parse_pairs
 from parley.errors import ParleyError
 from parley.logs import configure
 
 log = logging.getLogger("parley")
 
+_EPILOG = """\
+examples:
+  parley serve                                 the embedded model on 127.0.0.1:8000
+  parley serve --model model.gguf --n-ctx 32768
+  parley serve --config parley.toml            settings from a file (parley.example.toml)
+  parley batch submit requests.jsonl --wait -o results.jsonl
+
+Settings: defaults < config file < PARLEY_* environment < flags.
+'parley serve --help' lists every option with its default and environment variable."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a "did you mean" for a mistyped option or command."""
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            words = message.removeprefix(prefix).split()
+            hint = did_you_mean(words[0].split("=")[0], _option_strings(self))
+            message += hint
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(s for s in action.option_strings if s.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _option_strings(child)
+    return found
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parley", description=__doc__)
+    parser = Parser(
+        prog="parley",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"parley {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve the Anthropic Messages API")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2-135M)")
-    serve.add_argument("--model-name", help="the model id clients use for --model")
-    serve.add_argument("--chat-template", help="a Jinja chat template file replacing the model's")
-    serve.add_argument("--engine", help="engine name: llamacpp (default), scripted, ...")
-    serve.add_argument("--script", help="rules file of the scripted engine (YAML or JSON)")
-    serve.add_argument(
-        "--engine-opt",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="an option the served engine declares (repeatable; see README)",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="serve the Anthropic Messages API",
+        description="Serve the Anthropic Messages API on --host:--port. Every option can "
+        "also come from a config file (--config) or the environment variable it names.",
     )
-    serve.add_argument(
-        "--alias", action="append", default=[], metavar="NAME=MODEL", help="extra model alias"
-    )
-    serve.add_argument(
-        "--no-claude-aliases",
-        action="store_true",
-        help="do not map Claude model ids to the default model",
-    )
-    serve.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="accepted API key (repeatable); none configured = open server",
-    )
-    serve.add_argument("--data-dir", type=Path)
-    serve.add_argument("--config", type=Path, help="a TOML file of settings")
-    serve.add_argument("--n-ctx", type=int, help="context window in tokens")
-    serve.add_argument(
-        "--rope-scaling",
-        choices=["auto", "none", "linear", "yarn"],
-        help="context extension past the trained context (auto: YaRN when --n-ctx exceeds it)",
-    )
-    serve.add_argument("--rope-scale", type=float, help="context multiplier for --rope-scaling")
-    serve.add_argument("--threads", type=int)
-    serve.add_argument("--parallel", type=int, help="sequences decoded together")
-    serve.add_argument("--prefill-chunk", type=int, help="prompt tokens per batch step")
-    serve.add_argument("--max-queue", type=int, help="waiting requests before 529")
-    serve.add_argument(
-        "--queue-timeout", type=float, help="seconds a request may wait for capacity (then 529)"
-    )
-    serve.add_argument(
-        "--stream-interval-ms",
-        type=float,
-        help="milliseconds between a stream's deltas (the tokens of an interval share one)",
-    )
-    serve.add_argument(
-        "--cache-budget-mb", type=int, help="memory for prompt-cache KV state (0: no caching)"
-    )
-    serve.add_argument("--cache-min-tokens", type=int, help="shortest prompt prefix that is cached")
-    serve.add_argument(
-        "--idle-cache-mb",
-        type=int,
-        help="memory for idle sequences' KV state moved out of the context (0: kept in it)",
-    )
-    serve.add_argument(
-        "--grammar-step-timeout",
-        type=float,
-        help="seconds one token may take under a tool grammar before that request fails",
-    )
-    for kind in ("requests", "input-tokens", "output-tokens"):
-        serve.add_argument(
-            f"--rate-{kind}", type=int, help=f"{kind.replace('-', ' ')} per API key a minute"
-        )
-    serve.add_argument(
-        "--rate-count-tokens",
-        type=int,
-        help="count_tokens requests per API key a minute (default: twice --rate-requests)",
-    )
-    serve.add_argument(
-        "--shutdown-grace", type=float, help="seconds open streams may go on after SIGTERM"
-    )
-    serve.add_argument(
-        "--header-timeout",
-        type=float,
-        help="seconds a connection may take to send a request's headers (then it is closed)",
-    )
-    serve.add_argument(
-        "--body-timeout",
-        type=float,
-        help="seconds a request body may go without data (then 408)",
-    )
-    serve.add_argument(
-        "--max-connections",
-        type=int,
-        help="open connections; beyond them a new one is answered 529 and closed",
-    )
-    serve.add_argument(
-        "--allow-url-sources", action="store_true", help="fetch documents given by URL"
-    )
-    serve.add_argument(
-        "--url-allow",
-        action="append",
-        default=[],
-        metavar="HOST|CIDR",
-        help="exempt from the private-address guard (repeatable)",
-    )
-    serve.add_argument("--batch-workers", type=int, help="batch requests processed at once")
-    serve.add_argument(
-        "--default-temperature", type=float, help="temperature of requests that send none"
-    )
-    serve.add_argument("--ping-interval", type=float, help="seconds between stream pings")
-    serve.add_argument(
-        "--upstream",
-        metavar="URL",
-        help="serve the model of the inference server at URL (llama-server, vLLM, SGLang, "
-        "Ollama or any OpenAI-compatible one; its kind is detected). With the GGUF it serves "
-        "(--model, or llama-server's own path when readable here) parley renders and counts "
-        "itself (tokens mode), else it speaks chat completions",
-    )
-    serve.add_argument(
-        "--upstream-kind",
-        choices=["vllm", "sglang", "llamaserver", "ollama", "openai"],
-        help="the upstream's kind, when it cannot be detected",
-    )
-    serve.add_argument("--upstream-model", metavar="NAME", help="the upstream's model name")
-    serve.add_argument("--upstream-api-key", metavar="KEY", help="the upstream's own API key")
-    serve.add_argument(
-        "--redact-thinking",
-        action="store_true",
-        help="return thinking as encrypted redacted_thinking blocks",
-    )
-    serve.add_argument("--log-level")
+    serve_flags.add_flags(serve)
     batch_cli.add_parser(sub)
     return parser
 
@@ -165,8 +85,6 @@ def _upstream_opts(args: argparse.Namespace) -> list[str]:
 
 
 def _engine_opts(items: list[str]) -> dict[str, str] | None:
-    from parley.config import parse_pairs
-
     return parse_pairs(items, "--engine-opt") or None
 
 
@@ -174,52 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batch":
         return batch_cli.run(args)
-    overrides: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "model": args.model,
-        "model_name": args.model_name,
-        "chat_template": args.chat_template,
-        "engine": args.engine or ("upstream" if args.upstream else None),
-        "engine_opts": _engine_opts(args.engine_opt + _upstream_opts(args)),
-        "script": args.script,
-        "data_dir": args.data_dir,
-        "n_ctx": args.n_ctx,
-        "threads": args.threads,
-        "rope_scaling": args.rope_scaling,
-        "rope_scale": args.rope_scale,
-        "parallel": args.parallel,
-        "prefill_chunk": args.prefill_chunk,
-        "max_queue": args.max_queue,
-        "queue_timeout": args.queue_timeout,
-        "stream_interval_ms": args.stream_interval_ms,
-        "cache_budget_mb": args.cache_budget_mb,
-        "cache_min_tokens": args.cache_min_tokens,
-        "idle_cache_mb": args.idle_cache_mb,
-        "grammar_step_timeout": args.grammar_step_timeout,
-        "batch_workers": args.batch_workers,
-        "shutdown_grace": args.shutdown_grace,
-        "header_timeout": args.header_timeout,
-        "body_timeout": args.body_timeout,
-        "max_connections": args.max_connections,
-        "rate_requests": args.rate_requests,
-        "rate_input_tokens": args.rate_input_tokens,
-        "rate_output_tokens": args.rate_output_tokens,
-        "rate_count_tokens": args.rate_count_tokens,
-        "default_temperature": args.default_temperature,
-        "ping_interval": args.ping_interval,
-        "log_level": args.log_level,
-        "claude_aliases": False if args.no_claude_aliases else None,
-        "redact_thinking": True if args.redact_thinking else None,
-        "url_sources": True if args.allow_url_sources else None,
-    }
     try:
-        if args.alias:
-            overrides["aliases"] = parse_aliases(args.alias)
-        if args.api_key:
-            overrides["api_keys"] = tuple(args.api_key)
-        if args.url_allow:
-            overrides["url_allow"] = tuple(args.url_allow)
+        overrides = serve_flags.overrides(args)
+        if args.upstream and not overrides["engine"]:
+            overrides["engine"] = "upstream"
+        overrides["engine_opts"] = _engine_opts(args.engine_opt + _upstream_opts(args))
         settings = load_settings(overrides, config_file=args.config)
     except ConfigError as exc:
         print(f"parley: {exc}", file=sys.stderr)
@@ -229,6 +106,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Any) -> int:
+    # Bound now, listened on once the model is loaded: a port in use fails at
+    # once, not after a long load.
+    try:
+        sock = _bind(settings.host, settings.port)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another server is there: stop it, or choose another with --port)"
+        log.error(
+            "cannot start",
+            extra={"error": f"cannot listen on {settings.host}:{settings.port}: {why}"},
+        )
+        return 1
+    with sock:
+        return _run(settings, sock)
+
+
+def _run(settings: Any, sock: socket.socket) -> int:
     import uvicorn
 
     from parley.api.app import create_app
@@ -266,9 +161,36 @@ def _serve(settings: Any) -> int:
             draining.begin(settings.shutdown_grace)
             super().handle_exit(sig, frame)
 
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                log.info("ready", extra=_ready(app, sock))
+
     server = Server(config)
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _ready(app: Any, sock: socket.socket) -> dict[str, str]:
+    """The ready line's fields: where to send requests and what is served there."""
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    catalog = app.state.parley.catalog
+    models = ", ".join(f"{e.card.id} ({e.card.context_length} tokens)" for e in catalog.engines)
+    return {"url": f"http://{host}:{port}", "models": models}
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

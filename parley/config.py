@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_DATA_DIR = Path("~/.local/share/parley")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ROPE_SCALINGS = ("auto", "none", "linear", "yarn")
 
 # Claude model ids that clients hard-code; each reaches the default local model
 # unless an --alias says otherwise. Kept in sync with the SDK's ModelParam.
@@ -135,14 +139,20 @@ def _coerce(name: str, raw: Any) -> Any:
         if name == "aliases":
             if isinstance(raw, dict):
                 return {str(k): str(v) for k, v in raw.items()}
-            return parse_aliases(str(raw).split(","))
+            items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+            return parse_aliases([str(item) for item in items])
         if name in ("api_keys", "url_allow"):
             items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
             return tuple(str(k).strip() for k in items if str(k).strip())
         if name == "data_dir":
             return Path(str(raw)).expanduser()
         if name in ("claude_aliases", "redact_thinking", "url_sources"):
-            return raw if isinstance(raw, bool) else str(raw).lower() in {"1", "true", "yes", "on"}
+            if isinstance(raw, bool):
+                return raw
+            word = str(raw).strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError("expected true or false")
+            return word in _TRUE
         if kind in ("int", "int | None"):
             return int(raw)
         if kind in ("float", "float | None"):
@@ -150,6 +160,16 @@ def _coerce(name: str, raw: Any) -> Any:
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting '{name}': cannot use {raw!r}: {exc}") from exc
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def parse_pairs(items: list[str], where: str) -> dict[str, str]:
@@ -198,10 +218,15 @@ def load_settings(
         values["engine_options"] = {name: dict(t) for name, t in tables.items()}
         if "models" in data:
             values["models"] = model_entries(path, data.pop("models"))
-        unknown = set(data) - names
-        if unknown:
-            raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
-        values.update({k: _coerce(k, v) for k, v in data.items()})
+        # Keys may be spelled as the flags are (n-ctx for n_ctx).
+        data = {key.replace("-", "_"): value for key, value in data.items()}
+        for key in sorted(set(data) - names):
+            hint = did_you_mean(key, names - {"engine_options", "models"})
+            raise ConfigError(f"{path}: unknown setting '{key}'{hint}")
+        try:
+            values.update({k: _coerce(k, v) for k, v in data.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
     for name in names - {"engine_options", "models"}:
         raw = env.get(_ENV_PREFIX + name.upper())
         if raw is not None and raw != "":
@@ -223,8 +248,10 @@ def load_settings(
         raise ConfigError("setting 'n_ctx' must be at least 256")
     if not 1 <= settings.parallel <= 64:
         raise ConfigError("setting 'parallel' must be between 1 and 64")
-    if settings.rope_scaling not in ("auto", "none", "linear", "yarn"):
+    if settings.rope_scaling not in ROPE_SCALINGS:
         raise ConfigError("setting 'rope_scaling' must be auto, none, linear or yarn")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"setting 'log_level' must be one of {', '.join(LOG_LEVELS)}")
     if settings.rope_scale is not None and settings.rope_scale < 1.0:
         raise ConfigError("setting 'rope_scale' must be at least 1")
     if settings.grammar_step_timeout <= 0:

@@ -1,13 +1,17 @@
 """Structured logs: one line per event, ``key=value`` fields from ``extra``.
 
 Nothing logs API keys or prompt contents; handlers pass only ids, sizes,
-timings and counts.
+timings and counts. Lines are plain text: values with spaces, quotes or
+control characters are JSON-quoted, and uvicorn's ``color_message`` (the same
+message with ANSI colours) is dropped. uvicorn's server logger, named
+``uvicorn.error`` though most of its lines are not errors, logs as ``uvicorn``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import logging
 import os
 import sys
@@ -16,7 +20,12 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's message with ANSI escapes
+}
+_SERVER_LOGGER = "uvicorn.error"  # uvicorn's general logger, errors or not
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -25,7 +34,9 @@ class KeyValueFormatter(logging.Formatter):
         fields = " ".join(
             f"{k}={_quote(v)}" for k, v in record.__dict__.items() if k not in _STANDARD
         )
-        line = f"{stamp}Z {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        name = "uvicorn" if record.name == _SERVER_LOGGER else record.name
+        message = record.getMessage().replace("\x1b", "\\x1b")
+        line = f"{stamp}Z {record.levelname.lower():<7} {name}: {message}"
         if fields:
             line += " " + fields
         if record.exc_info:
@@ -35,7 +46,9 @@ class KeyValueFormatter(logging.Formatter):
 
 def _quote(value: object) -> str:
     text = str(value)
-    return f'"{text}"' if (" " in text or not text) else text
+    if not text or any(c in ' "=\\' or ord(c) < 32 or c == "\x7f" for c in text):
+        return json.dumps(text, ensure_ascii=False)
+    return text
 
 
 def configure(level: str = "info") -> None:
@@ -48,7 +61,7 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.access").disabled = True  # parley.access logs requests
     faulthandler.enable(file=stream, all_threads=True)
 
 

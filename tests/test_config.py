@@ -46,11 +46,44 @@ def test_bad_values(env: dict[str, str], message: str) -> None:
         load_settings(environ=env)
 
 
-def test_unknown_keys_in_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("prot = 1", "unknown setting 'prot' (did you mean 'port'?)"),
+        ('api_key = ["k"]', "unknown setting 'api_key' (did you mean 'api_keys'?)"),
+        ("zzz = 1", "unknown setting 'zzz'"),
+        ('log_level = "loud"', "setting 'log_level' must be one of debug, info, warning, error"),
+        ('redact_thinking = "maybe"', "setting 'redact_thinking': cannot use 'maybe'"),
+    ],
+)
+def test_a_bad_file_is_a_one_line_error_with_a_hint(tmp_path: Path, line: str, says: str) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text("prot = 1\n")
-    with pytest.raises(ConfigError, match="unknown settings"):
+    config.write_text(line + "\n")
+    with pytest.raises(ConfigError) as raised:
         load_settings(config_file=config, environ={})
+    message = str(raised.value)
+    assert says in message and "\n" not in message
+    if "log_level" not in says:  # (checked once all sources are merged)
+        assert message.startswith(str(config))  # names the file
+
+
+def test_keys_may_be_spelled_as_the_flags_are(tmp_path: Path) -> None:
+    config = tmp_path / "flags.toml"
+    config.write_text('n-ctx = 4096\nrope-scaling = "none"\n')
+    settings = load_settings(config_file=config, environ={})
+    assert settings.n_ctx == 4096 and settings.rope_scaling == "none"
+
+
+def test_the_example_config_loads_and_names_every_flag() -> None:
+    from parley.serve_flags import FLAGS
+
+    example = Path(__file__).parent.parent / "parley.example.toml"
+    text = example.read_text()
+    assert load_settings(config_file=example, environ={}) == Settings()  # it shows the defaults
+    for flag in FLAGS:
+        if flag.setting is not None:
+            assert f"{flag.setting} = " in text, flag.setting  # commented out, with its default
+            assert flag.flag in text, flag.flag  # and the flag it maps to
 
 
 @pytest.mark.parametrize(
@@ -69,7 +102,7 @@ def test_a_model_that_cannot_load_is_a_clear_start_up_error(
     if content is not None:
         model.write_bytes(content)
     done = subprocess.run(
-        [sys.executable, "-m", "parley", "serve", "--model", str(model), "--port", "1"],
+        [sys.executable, "-m", "parley", "serve", "--model", str(model), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,

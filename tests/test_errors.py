@@ -283,7 +283,8 @@ def test_unknown_model_is_404(in_process: InProcess) -> None:
         scripted_client.messages.create(model="no-such-model", max_tokens=5, messages=HI)  # type: ignore[arg-type]
     assert caught.value.body["error"] == {
         "type": "not_found_error",
-        "message": "model: no-such-model",
+        # The API's message, then the ids that exist here.
+        "message": "model: no-such-model (served here: scripted; any claude-* id reaches scripted)",
     }  # type: ignore[index]
     with pytest.raises(anthropic.NotFoundError):
         scripted_client.messages.count_tokens(model="no-such-model", messages=HI)  # type: ignore[arg-type]

@@ -139,7 +139,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         slow_readers.start()
         if not settings.api_keys:
             log.warning("no API keys configured: parley accepts every request")
-        log.info("serving", extra={"models": catalog.ids()[: len(chosen)]})
+        # (the CLI logs "ready" with the URL and the models once it listens)
         try:
             yield
         finally:

@@ -10,11 +10,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from parley.api.middleware import access_of
 from parley.errors import (
     APIError,
     InvalidRequestError,
     NotFoundError,
     ParleyError,
+    PromptTooLongError,
     RequestTooLargeError,
 )
 from parley.wire.responses import ErrorEnvelope, error_detail
@@ -43,10 +45,21 @@ def render(error: ParleyError, request_id: str | None) -> Response:
     )
 
 
+def _answer(request: Request, error: ParleyError) -> Response:
+    access = access_of(request)  # the access line names the error
+    access.error_type, access.error = error.error_type, error.message
+    if isinstance(error, PromptTooLongError):
+        access.hint = (
+            f"the context window is {error.context} tokens: serve a longer one with "
+            "--n-ctx (the embedded engine), or the upstream's own context size"
+        )
+    return render(error, request_id_of(request))
+
+
 def install(app: FastAPI) -> None:
     async def on_parley_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ParleyError)
-        return render(exc, request_id_of(request))
+        return _answer(request, exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -63,18 +76,18 @@ def install(app: FastAPI) -> None:
             error = InvalidRequestError(str(exc.detail))
         else:
             error = APIError(str(exc.detail))
-        return render(error, request_id_of(request))
+        return _answer(request, error)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         path = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
         message = f"{path}: {first['msg']}" if path else str(first["msg"])
-        return render(InvalidRequestError(message), request_id_of(request))
+        return _answer(request, InvalidRequestError(message))
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"request_id": request_id_of(request)})
-        return render(APIError("Internal server error"), request_id_of(request))
+        return _answer(request, APIError("Internal server error"))
 
     app.add_exception_handler(ParleyError, on_parley_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

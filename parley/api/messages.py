@@ -14,6 +14,7 @@ from parley.api import openapi
 from parley.api.deps import AppState, authenticated, key_owner
 from parley.api.errors import request_id_of
 from parley.api.http import json_response, read_body, unless_client_leaves
+from parley.api.middleware import access_of
 from parley.ratelimit import Meter
 from parley.streaming.sse import encode
 from parley.wire import requests as wr
@@ -45,6 +46,8 @@ async def create_message(
         meter,
         guard=until_client_leaves,
     )
+    access = access_of(request)
+    access.model, access.stream, access.state = run.state.model, run.stream, run.state
     if run.stream:
         return StreamingResponse(
             _sse(run.events(request_id_of(request)), run.settle),
@@ -80,8 +83,11 @@ async def count_tokens(
     async with service.offload.slot(size):
         req = await parse_body(wr.CountTokensRequest, body, service.offload)
         del body
+        access = access_of(request)
+        access.model = req.model
         limiter.admit_request(owner)  # before rendering, as for Messages
         count = await unless_client_leaves(request, service.count_tokens(req, size=size))
+    access.input_tokens = count.input_tokens
     return json_response(count)
 
 

@@ -11,6 +11,7 @@ It knows nothing of HTTP and is tested on its own.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -64,6 +65,10 @@ class MessageState:
     stop_sequence: str | None = None
     output_tokens: int = 0
     compaction: wr.CompactionIteration | None = None  # the summarising generation's usage
+    # When the engine's first event came (``time.perf_counter``): the access log's
+    # time to first token.
+    first_output_at: float | None = None
+    failure: wr.ErrorDetail | None = None  # the error event that ended the stream, if one did
     _open: _OpenBlock | None = None
 
     @property
@@ -81,6 +86,8 @@ class MessageState:
     def feed(self, event: EngineEvent) -> list[ev.StreamEvent]:
         if self.phase is not Phase.STREAMING:
             raise StreamProtocolError(f"engine event {type(event).__name__} outside a message")
+        if self.first_output_at is None:
+            self.first_output_at = time.perf_counter()
         match event:
             case TextChunk(text=text):
                 return self._stream_into("text", text, ev.TextDelta.model_construct(text=text))
@@ -122,6 +129,7 @@ class MessageState:
         """The error event that ends a stream which already began."""
         self.phase = Phase.DONE
         detail = wr.error_detail(error.error_type, error.message, error.error_code)
+        self.failure = detail
         return [ev.Error(error=detail, request_id=request_id)]
 
     def message(self) -> wr.Message:
