@@ -62,6 +62,9 @@ def build_conversation(
         # Top-level cache_control marks the last block of the request.
         auto = req.cache_control if last else None
         parts = _parts(message, context, path=f"messages.{i}", auto=auto)
+        if not parts and isinstance(message, wr.SystemMessage) and message.sets_output():
+            # Only a per-turn output setting (Claude Code's --bare sends these): no turn.
+            continue
         if not parts and not (last and message.role == "assistant"):
             raise InvalidRequestError(
                 f"messages.{i}: all messages must have non-empty content except for "

@@ -60,6 +60,16 @@ SystemMessageBlock = Annotated[
 ]
 
 
+Effort = Literal["low", "medium", "high", "xhigh", "max"]
+
+
+class SystemMessageOutputConfig(RequestModel):
+    """A system message's per-turn output settings (beta ``per-turn-control-2026-07-01``,
+    sent by Claude Code 2.1.3xx on every request): ``format`` stays top-level only."""
+
+    effort: Effort | None = None
+
+
 class SystemMessage(RequestModel):
     """A ``role: "system"`` turn inside ``messages`` (sent by newer Claude Code)."""
 
@@ -68,9 +78,15 @@ class SystemMessage(RequestModel):
         Annotated[str, Tag(tag("str"))] | Annotated[list[SystemMessageBlock], Tag(tag("list"))],
         shape_discriminator(str_or_list),
     ]
-    # Declared so they are recognised; refused unless null (``unsupported_fields``).
+    # Honoured: its effort replaces the top-level one from this turn on.
+    output_config: SystemMessageOutputConfig | None = None
+    # Declared so it is recognised; refused unless null (``unsupported_fields``).
     clear_at: Any = None
-    output_config: Any = None
+
+    def sets_output(self) -> bool:
+        """Whether it sets an output field: such a message may have empty content, as on
+        the API (one with neither content nor a setting is refused)."""
+        return self.output_config is not None and self.output_config.effort is not None
 
 
 def _role_discriminator() -> Any:
@@ -226,10 +242,15 @@ ToolChoice = Annotated[
 # --- thinking, output, metadata ------------------------------------------------
 
 
+# Accepted; parley returns the thinking it produces whichever is asked ("updates",
+# beta thinking-display-updates-2026-08-18, is what interactive Claude Code asks for).
+ThinkingDisplay = Literal["summarized", "omitted", "updates"]
+
+
 class ThinkingEnabled(RequestModel):
     type: Literal["enabled"]
     budget_tokens: int
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     # Declared so it is recognised; refused unless null (``unsupported_fields``).
     block_binding: Any = None
 
@@ -240,7 +261,7 @@ class ThinkingDisabled(RequestModel):
 
 class ThinkingAdaptive(RequestModel):
     type: Literal["adaptive"]
-    display: Literal["summarized", "omitted"] | None = None
+    display: ThinkingDisplay | None = None
     block_binding: Any = None  # as in ThinkingEnabled
 
 
@@ -263,7 +284,7 @@ class JSONOutputFormat(RequestModel):
 
 
 class OutputConfig(RequestModel):
-    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    effort: Effort | None = None
     format: JSONOutputFormat | None = None
     # Declared so it is recognised; refused unless null (``unsupported_fields``).
     task_budget: Any = None
@@ -271,6 +292,17 @@ class OutputConfig(RequestModel):
 
 class Metadata(RequestModel):
     user_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class DangerousToolUseSafeguard(RequestModel):
+    """Asks Anthropic's service to classify the tool calls of the answer (beta
+    ``dangerous-tool-use-2026-09-03``, sent by interactive Claude Code 2.1.3xx), with
+    the client's permission state as ``classifier_context``. Accepted without local
+    effect: parley has no such classifier and reports no ``safeguard_results``, which
+    Claude Code reads as the classifier being unavailable, keeping its own checks."""
+
+    type: Literal["dangerous_tool_use"]
+    classifier_context: dict[str, Any] | None = None
 
 
 SystemPrompt = SystemContent
@@ -307,13 +339,18 @@ class CountTokensRequest(RequestModel):
         if self.output_config is not None and self.output_config.task_budget is not None:
             names.append("output_config.task_budget")
         for i, message in enumerate(self.messages):
-            if isinstance(message, SystemMessage):
-                names += [
-                    f"messages.{i}.{name}"
-                    for name in ("clear_at", "output_config")
-                    if getattr(message, name) is not None
-                ]
+            if isinstance(message, SystemMessage) and message.clear_at is not None:
+                names.append(f"messages.{i}.clear_at")
         return names
+
+    def effort(self) -> Effort | None:
+        """The effort asked for the turn being answered: the last system message's that
+        sets one (per-turn control: it holds from its turn on), else the top-level one."""
+        for message in reversed(self.messages):
+            if isinstance(message, SystemMessage) and message.sets_output():
+                assert message.output_config is not None
+                return message.output_config.effort
+        return self.output_config.effort if self.output_config is not None else None
 
 
 class CreateMessageRequest(CountTokensRequest):
@@ -331,6 +368,8 @@ class CreateMessageRequest(CountTokensRequest):
     # Accepted: they route or bill requests in Anthropic's service, with no
     # meaning for a local model.
     inference_geo: str | None = None
+    # Accepted without local effect (see ``DangerousToolUseSafeguard``).
+    safeguards: list[DangerousToolUseSafeguard] | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
     diagnostics: dict[str, Any] | None = None
