@@ -1,6 +1,9 @@
 """Claude Code (``@anthropic-ai/claude-code`` from npm) runs unchanged against parley.
 
-The CLI is installed from ``tests/cc/package-lock.json`` and run headless
+The CLI is Claude Code's newest release on npm (``tests/cc/package.json`` asks
+for ``latest``, without a lockfile: the fixture reinstalls whenever npm's
+``latest`` is not what ``tests/cc/node_modules`` holds), so the tests see what a
+user who installs it today sees. It runs headless
 (``claude -p ... --output-format json``) with ``ANTHROPIC_BASE_URL`` pointing
 at a parley started here, a temporary ``HOME`` and working directory, and no
 network beyond loopback.
@@ -30,15 +33,41 @@ CC = Path(__file__).parent / "cc"
 KEY = "cc-test-key"
 
 
+PACKAGE = "@anthropic-ai/claude-code"
+
+
+def installed_version() -> str | None:
+    manifest = CC / "node_modules" / PACKAGE / "package.json"
+    if not manifest.exists() or not (CC / "node_modules" / ".bin" / "claude").exists():
+        return None
+    version: str = json.loads(manifest.read_text())["version"]
+    return version
+
+
 @pytest.fixture(scope="module")
 def claude() -> Path:
-    binary = CC / "node_modules" / ".bin" / "claude"
-    if not binary.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is needed to install Claude Code for these tests")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CC, check=True, timeout=900)
-    return binary
+    """Claude Code's newest release, installed into tests/cc when it is not there yet."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is needed to install Claude Code for these tests")
+    asked = subprocess.run(
+        [npm, "view", PACKAGE, "version"], cwd=CC, capture_output=True, text=True, timeout=120
+    )
+    if asked.returncode != 0:
+        pytest.fail(f"npm could not name {PACKAGE}'s newest release:\n{asked.stderr}")
+    newest = asked.stdout.strip()
+    if installed_version() != newest:
+        # That very version (npm may keep an installed copy as satisfying a tag), without
+        # writing a lockfile or changing package.json's "latest".
+        install = [npm, "install", "--no-package-lock", "--no-save", "--no-audit", "--no-fund"]
+        subprocess.run(
+            [*install, f"{PACKAGE}@{newest}"],
+            cwd=CC,
+            check=True,
+            timeout=900,
+        )
+    assert installed_version() == newest, (installed_version(), newest)
+    return CC / "node_modules" / ".bin" / "claude"
 
 
 def run_claude(
@@ -130,6 +159,18 @@ def test_an_agent_loop_with_claude_codes_own_tools(
     assert "status=400" not in server.log() and "status=500" not in server.log()
 
 
+def test_bare_mode(claude: Path, server_factory: Callable[..., Server], tmp_path: Path) -> None:
+    # --bare ends its request with a system message that carries only a per-turn
+    # effort (empty content), which the API accepts.
+    script = tmp_path / "rules.yaml"
+    script.write_text(yaml.safe_dump({"rules": []}))
+    server = server_factory("--engine", "scripted", "--script", str(script), "--api-key", KEY)
+    result, _ = run_claude(claude, server, tmp_path, "Echo this.", "--bare")
+    assert result["subtype"] == "success" and not result["is_error"], result
+    assert result["result"] == "Echo this.", result
+    assert "status=400" not in server.log() and "status=500" not in server.log()
+
+
 @pytest.mark.model
 def test_a_plain_prompt_on_the_embedded_model(
     claude: Path, server_factory: Callable[..., Server], tmp_path: Path
@@ -169,14 +210,14 @@ def test_a_plain_prompt_on_the_embedded_model(
 
 @pytest.mark.model
 def test_a_claude_code_shaped_request_on_the_embedded_model(embedded_server: Server) -> None:
-    """What Claude Code sends (logged from a real run), scaled down to fit SmolLM2's
-    context, with the small max_tokens Claude Code sends under
-    ``CLAUDE_CODE_MAX_OUTPUT_TOKENS``: adaptive thinking then gets half of it, so the
+    """What Claude Code sends (logged from a real run of 2.1.332, interactive: see
+    tests/data/claude-code), scaled down to fit SmolLM2's context, with the small
+    max_tokens Claude Code sends under ``CLAUDE_CODE_MAX_OUTPUT_TOKENS``: adaptive thinking then gets half of it, so the
     whole answer is bounded by max_tokens, never by the model deciding to stop."""
     from tests.test_tool_format import CLAUDE_CODE_LIKE
 
     cap = 160
-    billing = "x-anthropic-billing-header: cc_version=2.1.197.1c0; cc_entrypoint=sdk-cli;"
+    billing = "x-anthropic-billing-header: cc_version=2.1.332.8e2; cc_entrypoint=cli;"
     body = {
         "model": "claude-opus-4-8",
         "messages": [
@@ -194,7 +235,11 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(embedded_server: Ser
                     },
                 ],
             },
-            {"role": "system", "content": "Available agent types: none."},
+            {
+                "role": "system",
+                "content": "Available agent types: none.",
+                "output_config": {"effort": "low"},
+            },
         ],
         "system": [
             {"type": "text", "text": billing},
@@ -210,7 +255,8 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(embedded_server: Ser
         ],
         "metadata": {"user_id": json.dumps({"device_id": "ab" * 32, "session_id": "s"})},
         "max_tokens": cap,
-        "thinking": {"type": "adaptive"},
+        "thinking": {"type": "adaptive", "display": "updates"},
+        "safeguards": [{"type": "dangerous_tool_use", "classifier_context": {"v": 1}}],
         "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
         "output_config": {"effort": "low"},
         "stream": True,
@@ -218,8 +264,11 @@ def test_a_claude_code_shaped_request_on_the_embedded_model(embedded_server: Ser
     headers = {
         "x-api-key": "k",
         "anthropic-version": "2023-06-01",
-        "anthropic-beta": "claude-code-20250219,context-1m-2025-08-07,interleaved-thinking-2025-05-14,"
-        "context-management-2025-06-27,prompt-caching-scope-2026-01-05,effort-2025-11-24",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14,"
+        "context-management-2025-06-27,per-turn-control-2026-07-01,"
+        "mid-conversation-tool-changes-2026-07-01,thinking-token-count-2026-05-13,"
+        "advanced-tool-use-2025-11-20,effort-2025-11-24,dangerous-tool-use-2026-09-03,"
+        "thinking-display-updates-2026-08-18,afk-mode-2026-01-31",
         "x-app": "cli",
     }
     import httpx

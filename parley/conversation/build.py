@@ -85,6 +85,9 @@ def build_conversation(
         parts = _parts(message, context, path=f"messages.{i}", auto=auto, skip=skip)
         if not parts and (skip or only_void_compactions(message)):
             continue
+        if not parts and isinstance(message, wr.SystemMessage) and message.sets_output():
+            # Only a per-turn output setting (Claude Code's --bare sends these): no turn.
+            continue
         if not parts and not (last and message.role == "assistant"):
             raise InvalidRequestError(
                 f"messages.{i}: all messages must have non-empty content except for "

@@ -129,7 +129,8 @@ def check_breakpoints(req: wr.CountTokensRequest) -> None:
         )
 
 
-# Budgets parley gives adaptive thinking, by output_config.effort.
+# Budgets parley gives adaptive thinking, by output_config.effort (the top-level one or
+# a system message's, ``CountTokensRequest.effort``).
 EFFORT_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "xhigh": 6144, "max": 8192}
 
 
@@ -138,8 +139,7 @@ def thinking_budget(req: wr.CountTokensRequest) -> int | None:
     if isinstance(thinking, wr.ThinkingEnabled):
         return thinking.budget_tokens
     if isinstance(thinking, wr.ThinkingAdaptive):
-        effort = req.output_config.effort if req.output_config is not None else None
-        budget = EFFORT_BUDGETS[effort or "medium"]
+        budget = EFFORT_BUDGETS[req.effort() or "medium"]
         max_tokens = getattr(req, "max_tokens", None)
         # Leave room for an answer within max_tokens.
         return min(budget, max(1, max_tokens // 2)) if max_tokens is not None else budget

@@ -70,6 +70,16 @@ SystemMessageBlock = Annotated[
 ]
 
 
+Effort = Literal["low", "medium", "high", "xhigh", "max"]
+
+
+class SystemMessageOutputConfig(RequestModel):
+    """A system message's per-turn output settings (beta ``per-turn-control-2026-07-01``,
+    sent by Claude Code 2.1.3xx on every request): ``format`` stays top-level only."""
+
+    effort: Effort | None = None
+
+
 class SystemMessage(RequestModel):
     """A ``role: "system"`` turn inside ``messages`` (sent by newer Claude Code)."""
 
@@ -81,11 +91,16 @@ class SystemMessage(RequestModel):
         ]
         | None
     ) = None
+    # Honoured: its effort replaces the top-level one from this turn on.
+    output_config: SystemMessageOutputConfig | None = None
     # "never", the default, is what parley does: the text stays in every request
     # that includes it. "next_user_message" is refused (``unsupported_fields``).
     clear_at: Literal["next_user_message", "never"] | None = None
-    # Declared so it is recognised; refused unless null (``unsupported_fields``).
-    output_config: Any = None
+
+    def sets_output(self) -> bool:
+        """Whether it sets an output field: such a message may have empty content, as on
+        the API (one with neither content nor a setting is refused)."""
+        return self.output_config is not None and self.output_config.effort is not None
 
     @model_validator(mode="after")
     def _has_something(self) -> SystemMessage:
@@ -291,7 +306,8 @@ ToolChoice = Annotated[
 # --- thinking, output, metadata ------------------------------------------------
 
 
-# "updates" (beta) is refused (``unsupported_fields``).
+# Accepted; parley returns the thinking it produces whichever is asked ("updates",
+# beta thinking-display-updates-2026-08-18, is what interactive Claude Code asks for).
 ThinkingDisplay = Literal["summarized", "omitted", "updates"]
 
 
@@ -332,7 +348,7 @@ class JSONOutputFormat(RequestModel):
 
 
 class OutputConfig(RequestModel):
-    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    effort: Effort | None = None
     format: JSONOutputFormat | None = None
     # Declared so it is recognised; refused unless null (``unsupported_fields``).
     task_budget: Any = None
@@ -388,6 +404,17 @@ Fallbacks = Annotated[
 ]
 
 
+class DangerousToolUseSafeguard(RequestModel):
+    """Asks Anthropic's service to classify the tool calls of the answer (beta
+    ``dangerous-tool-use-2026-09-03``, sent by interactive Claude Code 2.1.3xx), with
+    the client's permission state as ``classifier_context``. Accepted without local
+    effect: parley has no such classifier and reports no ``safeguard_results``, which
+    Claude Code reads as the classifier being unavailable, keeping its own checks."""
+
+    type: Literal["dangerous_tool_use"]
+    classifier_context: dict[str, Any] | None = None
+
+
 SystemPrompt = SystemContent
 
 
@@ -438,17 +465,21 @@ class CountTokensRequest(RequestModel):
         names: list[str] = []
         if getattr(self.thinking, "block_binding", None) is not None:
             names.append("thinking.block_binding")
-        if getattr(self.thinking, "display", None) == "updates":
-            names.append("thinking.display")
         if self.output_config is not None and self.output_config.task_budget is not None:
             names.append("output_config.task_budget")
         for i, message in enumerate(self.messages):
-            if isinstance(message, SystemMessage):
-                if message.clear_at == "next_user_message":
-                    names.append(f"messages.{i}.clear_at")
-                if message.output_config is not None:
-                    names.append(f"messages.{i}.output_config")
+            if isinstance(message, SystemMessage) and message.clear_at == "next_user_message":
+                names.append(f"messages.{i}.clear_at")
         return names
+
+    def effort(self) -> Effort | None:
+        """The effort asked for the turn being answered: the last system message's that
+        sets one (per-turn control: it holds from its turn on), else the top-level one."""
+        for message in reversed(self.messages):
+            if isinstance(message, SystemMessage) and message.sets_output():
+                assert message.output_config is not None
+                return message.output_config.effort
+        return self.output_config.effort if self.output_config is not None else None
 
 
 class CreateMessageRequest(CountTokensRequest):
@@ -472,6 +503,8 @@ class CreateMessageRequest(CountTokensRequest):
     # The ``anthropic-beta`` header's list, which the SDK's batch ``params`` type
     # carries in the body; no local effect, as the header has none.
     betas: list[str] | None = None
+    # Accepted without local effect (see ``DangerousToolUseSafeguard``).
+    safeguards: list[DangerousToolUseSafeguard] | None = None
     # Declared so they are recognised; refused while parley cannot honour them.
     container: Any = None
     thread: Any = None
