@@ -100,7 +100,9 @@ class SystemMessage(RequestModel):
     def sets_output(self) -> bool:
         """Whether it sets an output field: such a message may have empty content, as on
         the API (one with neither content nor a setting is refused)."""
-        return self.output_config is not None and self.output_config.effort is not None
+        if self.output_config is None:
+            return False
+        return self.content is None or self.output_config.effort is not None
 
     @model_validator(mode="after")
     def _has_something(self) -> SystemMessage:
@@ -476,9 +478,9 @@ class CountTokensRequest(RequestModel):
         """The effort asked for the turn being answered: the last system message's that
         sets one (per-turn control: it holds from its turn on), else the top-level one."""
         for message in reversed(self.messages):
-            if isinstance(message, SystemMessage) and message.sets_output():
-                assert message.output_config is not None
-                return message.output_config.effort
+            config = message.output_config if isinstance(message, SystemMessage) else None
+            if config is not None and config.effort is not None:
+                return config.effort
         return self.output_config.effort if self.output_config is not None else None
 
 
