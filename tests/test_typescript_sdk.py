@@ -42,7 +42,39 @@ def node() -> str:
         pytest.fail("Node.js and npm are needed for the TypeScript SDK tests")
     if not installed_as_locked():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TS, check=True, timeout=600)
+    newest = newest_sdk(npm)
+    if installed_version(SDK) != newest:
+        # The newest release within the major, as a user installing ^1 gets it,
+        # whatever the lock file says (it keeps the other packages steady).
+        install = [npm, "install", "--no-package-lock", "--no-save", "--no-audit", "--no-fund"]
+        subprocess.run([*install, f"{SDK}@{newest}"], cwd=TS, check=True, timeout=600)
     return node
+
+
+SDK = "@anthropic-ai/sdk"
+
+
+def newest_sdk(npm: str) -> str:
+    """npm's newest release of the SDK within the major version package.json asks for."""
+    wanted = json.loads((TS / "package.json").read_text())["dependencies"][SDK]
+    major = wanted.lstrip("^~").split(".")[0]
+    asked = subprocess.run(
+        [npm, "view", f"{SDK}@^{major}", "version", "--json"],
+        cwd=TS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if asked.returncode != 0:
+        pytest.fail(f"npm could not name {SDK}'s newest {major}.x release:\n{asked.stderr}")
+    versions = json.loads(asked.stdout)
+    versions = versions if isinstance(versions, list) else [versions]
+    return str(max(versions, key=lambda v: tuple(int(x) for x in v.split("-")[0].split("."))))
+
+
+def installed_version(package: str) -> str | None:
+    manifest = TS / "node_modules" / package / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
 
 
 def installed_as_locked() -> bool:
@@ -50,7 +82,7 @@ def installed_as_locked() -> bool:
     (an older install, made before the lock moved on, is replaced)."""
     lock = json.loads((TS / "package-lock.json").read_text())
     for where, entry in lock["packages"].items():
-        if not where:
+        if not where or where == f"node_modules/{SDK}":  # the SDK: npm's newest, below
             continue
         manifest = TS / where / "package.json"
         if not manifest.exists() or json.loads(manifest.read_text())["version"] != entry["version"]:
