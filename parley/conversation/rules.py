@@ -79,15 +79,21 @@ def check_server_tools(req: wr.CountTokensRequest) -> None:
 
 
 def check_schema(schema: dict[str, Any], path: str) -> None:
-    """A JSON Schema (2020-12) that is itself valid, or a 400 naming where it is not."""
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    """A JSON Schema (2020-12, or the draft its ``$schema`` names) that is itself
+    valid, or a 400 naming where it is not. Without a ``$schema``, one valid under
+    draft 7 or 4 is taken too (draft 4's boolean ``exclusiveMinimum``, which the
+    grammar reads)."""
+    declared = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
-        validator.check_schema(schema)
+        declared.check_schema(schema)
     except jsonschema.exceptions.SchemaError as exc:
+        if "$schema" not in schema:
+            for older in (jsonschema.Draft7Validator, jsonschema.Draft4Validator):
+                if older(older.META_SCHEMA).is_valid(schema):
+                    return
         where = "".join(f".{p}" for p in exc.path)
-        raise InvalidRequestError(
-            f"{path}{where}: not a valid JSON Schema: {exc.message}"
-        ) from None
+        message = f"{path}{where}: not a valid JSON Schema: {exc.message}"
+        raise InvalidRequestError(message) from None
 
 
 def check_answer_format(req: wr.CountTokensRequest, prefill: bool) -> None:
