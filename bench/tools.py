@@ -29,7 +29,12 @@ TOOL = {
     "description": "Write a story.",
     "input_schema": {
         "type": "object",
-        "properties": {"title": {"type": "string"}, "story": {"type": "string"}},
+        # The story cannot end within MAX_TOKENS, so every side decodes to the
+        # budget and the rates compare steady decoding, not short answers.
+        "properties": {
+            "title": {"type": "string", "maxLength": 40},
+            "story": {"type": "string", "minLength": 2000},
+        },
         "required": ["title", "story"],
     },
 }
@@ -104,7 +109,8 @@ def main() -> Section:
     notes = (
         f"{REPS} alternating runs a side, {MAX_TOKENS} max tokens, medians; the same prompt, "
         "tool_choice none vs. a forced call vs. the tool's schema as output_config.format "
-        "(two long strings, so the grammar constrains every token)."
+        "(a story of at least 2,000 characters, so every side decodes to the budget and the "
+        "grammar constrains every token)."
     )
     return Section(
         "tools", "Tool calls and structured outputs: grammar-constrained vs. free decoding",

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parley.conversation import Conversation, ToolSpec
+from parley.conversation import Conversation, TextPart, ToolSpec, Turn
 from parley.engines.llamacpp import grammar_repeat
 from parley.engines.llamacpp.grammar import grammar_for
 from parley.engines.llamacpp.grammar_json import SafeConverter
@@ -213,3 +213,54 @@ def test_a_refused_grammar_is_not_printed(native: Any, capfd: pytest.CaptureFixt
     assert not native.grammar_ok(Grammar('root ::= "secret-tool-name" (unclosed'))
     assert native.grammar_ok(Grammar('root ::= "fine"'))
     assert "secret-tool-name" not in capfd.readouterr().err
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_the_fast_path_draws_what_the_whole_walk_draws(native: Any, temperature: float) -> None:
+    """A grammar's sampler draws without the grammar and asks it about that token
+    alone; only a refused token walks the vocabulary. Greedy, both give the same
+    tokens; sampled (one seed), every token is one the grammar allows. The fast
+    path is taken for most tokens of a JSON answer."""
+    from parley.engines.llamacpp.native import Constrained
+    from parley.engines.llamacpp.ops import BatchEntry
+
+    schema = {
+        "type": "object",
+        "properties": {"story": {"type": "string", "minLength": 200}},
+        "required": ["story"],
+    }
+    conversation = Conversation(
+        system=None, turns=(Turn("user", (TextPart("Write a story as JSON."),)),),
+        answer_schema=schema,
+    )  # fmt: skip
+    grammar = grammar_for(conversation)
+    assert grammar is not None
+    prompt = native.tokenize("<|im_start|>user\nA story as JSON.<|im_end|>\n", add_bos=False)
+
+    def draw(fast: bool) -> tuple[list[int], Constrained]:
+        sampler = native.new_sampler(
+            temperature=temperature, top_p=None, top_k=None, seed=7, grammar=grammar
+        )
+        assert isinstance(sampler, Constrained)
+        if not fast:
+            sampler.free = None
+        native.forget(0)
+        native.decode([BatchEntry(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+        out: list[int] = []
+        for step in range(40):
+            # The logits row: the prompt's last entry in its batch, then the one token.
+            token = native.sample(sampler, len(prompt) - 1 if step == 0 else 0)
+            out.append(token)
+            native.decode([BatchEntry(token, len(prompt) + step, 0, True)])
+        return out, sampler
+
+    fast, used = draw(True)
+    text = b"".join(native.piece(t) for t in fast).decode(errors="replace")
+    assert text.startswith("{") and '"story"' in text, text
+    assert used.walked < 10  # most tokens passed the grammar as drawn
+    native.free_sampler(used)
+    if temperature == 0.0:
+        whole, walked = draw(False)
+        assert whole == fast
+        native.free_sampler(walked)

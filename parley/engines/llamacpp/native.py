@@ -31,6 +31,26 @@ from parley.logs import stderr_muted
 log = logging.getLogger("parley.engine.llamacpp")
 
 GREEDY = "greedy"  # the sampler of greedy decoding: an argmax over the logits, no chain
+
+
+@dataclass
+class Constrained:
+    """A grammar's sampler with a fast path: the token is drawn without the grammar
+    (``free``: GREEDY or a chain of temperature and distribution) and checked alone
+    against it; only when the grammar refuses that token is the whole vocabulary
+    walked through it (``chain``: grammar first). This is exact: greedy takes the
+    best token, and at any temperature a draw from the whole distribution that the
+    grammar allows is a draw from the distribution the grammar leaves (renormalised),
+    as is the fallback; so the mixture is too. With ``top_k``/``top_p`` the two
+    differ (they cut before or after the grammar), so those requests walk every
+    token (``free`` is None)."""
+
+    chain: Any  # grammar, then the samplers
+    grammar: Any  # the chain's first sampler (owned by the chain)
+    free: Any  # GREEDY, a chain without the grammar, or None
+    walked: int = 0  # steps that needed the whole vocabulary (for stats and tests)
+
+
 GGML_TYPE_Q8_0 = 8
 FLASH_ATTN_ENABLED = 1
 
@@ -89,6 +109,11 @@ class LlamaNative(LlamaVocab):
         held = ctypes.PyDLL(L.llama_cpp._lib._name).llama_get_logits_ith
         held.argtypes, held.restype = [ctypes.c_void_p, ctypes.c_int32], ctypes.c_void_p
         self._logits_at = held
+        # One candidate, to ask a grammar about the token drawn without it.
+        self._one_data = (L.llama_token_data * 1)()
+        self._one_token = L.llama_token_data_array(
+            data=ctypes.cast(self._one_data, L.llama_token_data_p), size=1, selected=-1
+        )
 
     def _rope(self, params: Any, config: NativeConfig) -> str:
         """Set RoPE scaling for a context longer than the model was trained on;
@@ -174,7 +199,16 @@ class LlamaNative(LlamaVocab):
         if temperature <= 0.0 and grammar is None:
             return GREEDY
         with LLAMA.crossing("build a sampler"):
-            return self._chain(temperature, top_p, top_k, seed, grammar)
+            chain = self._chain(temperature, top_p, top_k, seed, grammar)
+            if grammar is None:
+                return chain
+            free: Any = None
+            if temperature <= 0.0:
+                free = GREEDY
+            elif not top_k and (top_p is None or top_p >= 1.0):
+                other = None if seed is None else seed + 1
+                free = self._chain(temperature, None, None, other, None)
+            return Constrained(chain, L.llama_sampler_chain_get(chain, 0), free)
 
     def _chain(
         self,
@@ -219,6 +253,8 @@ class LlamaNative(LlamaVocab):
         return sampler
 
     def sample(self, sampler: Any, index: int) -> int:
+        if isinstance(sampler, Constrained):
+            return self._constrained(sampler, index)
         if sampler is GREEDY:
             # A sampler chain copies all logits into candidates first; argmax reads
             # them in place (~15 us instead of ~60 us a token for this vocabulary).
@@ -226,7 +262,26 @@ class LlamaNative(LlamaVocab):
             return int(np.frombuffer(memoryview(row), dtype=np.float32).argmax())
         return int(L.llama_sampler_sample(sampler, self._ctx, index))
 
+    def _constrained(self, sampler: Constrained, index: int) -> int:
+        if sampler.free is not None:
+            token = self.sample(sampler.free, index)
+            one, candidate = self._one_token, self._one_data[0]
+            # (llama-cpp-python types the fields as ctypes values; ctypes takes ints)
+            candidate.id = token  # type: ignore[assignment]
+            candidate.logit, candidate.p = 0.0, 0.0
+            one.size, one.selected, one.sorted = 1, -1, False
+            L.llama_sampler_apply(sampler.grammar, ctypes.byref(one))
+            if candidate.logit != float("-inf"):
+                L.llama_sampler_accept(sampler.chain, token)
+                return token
+        sampler.walked += 1
+        return int(L.llama_sampler_sample(sampler.chain, self._ctx, index))
+
     @staticmethod
     def free_sampler(sampler: Any) -> None:
-        if sampler is not GREEDY:
+        if isinstance(sampler, Constrained):
+            L.llama_sampler_free(sampler.chain)
+            if sampler.free is not None and sampler.free is not GREEDY:
+                L.llama_sampler_free(sampler.free)
+        elif sampler is not GREEDY:
             L.llama_sampler_free(sampler)
