@@ -90,6 +90,10 @@ class Settings:
     url_max_documents: int = 20  # URL documents in one request
     url_timeout: float = 10.0  # seconds for one document's whole fetch
     default_temperature: float = 1.0  # for requests without one (the API default is 1)
+    # Caps max_tokens of requests made under a Claude id (an alias here): clients
+    # written for Claude ask for 32,000-64,000, which a small model may write
+    # until its context is full. None: no cap (the context bounds the answer).
+    alias_max_tokens: int | None = None
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024
@@ -260,6 +264,8 @@ def load_settings(
         raise ConfigError("setting 'idle_cache_mb' must be 0 or more")
     if settings.cache_budget_mb < 0 or settings.cache_min_tokens < 1:
         raise ConfigError("settings 'cache_budget_mb' ≥ 0 and 'cache_min_tokens' ≥ 1 are required")
+    if settings.alias_max_tokens is not None and settings.alias_max_tokens < 1:
+        raise ConfigError("setting 'alias_max_tokens' must be at least 1")
     if settings.max_queue < 1:
         raise ConfigError("setting 'max_queue' must be at least 1")
     if settings.batch_max_attempts < 1:

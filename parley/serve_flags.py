@@ -299,6 +299,15 @@ FLAGS: tuple[Flag, ...] = (
         default="--parallel",
     ),
     Flag(
+        "--alias-max-tokens",
+        "cap max_tokens of requests under a Claude model id (Claude Code asks for 32,000 "
+        "or more); the answer ends with stop_reason max_tokens there",
+        "alias_max_tokens",
+        int,
+        "N",
+        default="none",
+    ),
+    Flag(
         "--default-temperature",
         "temperature of requests that send none",
         "default_temperature",

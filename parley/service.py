@@ -169,7 +169,9 @@ class MessagesService:
         fetch: FetchPolicy | None = None,
         default_temperature: float = 1.0,
         offload: Offload | None = None,
+        alias_max_tokens: int | None = None,
     ) -> None:
+        self._alias_max_tokens = alias_max_tokens  # the cap under Claude ids (None: none)
         self.offload = offload or Offload()  # big requests' parsing and rendering
         self._temperature = default_temperature  # for requests that send none (the API's is 1)
         self._draining = draining or Draining()
@@ -205,8 +207,9 @@ class MessagesService:
         edits = edits_of(req)
 
         def build() -> Conversation:
+            # Refusals name the served model, which an alias stands for.
             return build_conversation(
-                req, engine.card.capabilities, model=req.model, signer=self._signer
+                req, engine.card.capabilities, model=engine.card.id, signer=self._signer
             )
 
         if self.offload.heavy(size):  # in the caller's slot (parley.offload)
@@ -245,8 +248,12 @@ class MessagesService:
         prompt = edited.prompt
         if prompt.n_tokens >= context:
             raise PromptTooLongError(prompt.n_tokens, context=context, model=req.model)
+        max_tokens = req.max_tokens
+        cap = self._alias_max_tokens
+        if cap is not None and max_tokens > cap and self._catalog.is_alias(req.model):
+            max_tokens = cap  # the answer ends there with stop_reason "max_tokens"
         params = SamplingParams(
-            max_tokens=req.max_tokens,
+            max_tokens=max_tokens,
             temperature=self._temperature if req.temperature is None else req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,

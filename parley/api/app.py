@@ -98,6 +98,7 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             redact_thinking=settings.redact_thinking,
             draining=app.state.draining,
             default_temperature=settings.default_temperature,
+            alias_max_tokens=settings.alias_max_tokens,
             fetch=FetchPolicy(
                 enabled=settings.url_sources,
                 allow=settings.url_allow,
