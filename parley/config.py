@@ -94,6 +94,7 @@ class Settings:
     # written for Claude ask for 32,000-64,000, which a small model may write
     # until its context is full. None: no cap (the context bounds the answer).
     alias_max_tokens: int | None = None
+    docs: bool = False  # the interactive API docs page at /docs
     ping_interval: float = 5.0
     redact_thinking: bool = False  # return thinking as sealed redacted_thinking blocks
     max_body_bytes: int = 32 * 1024 * 1024

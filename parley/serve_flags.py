@@ -299,6 +299,12 @@ FLAGS: tuple[Flag, ...] = (
         default="--parallel",
     ),
     Flag(
+        "--docs",
+        "serve the interactive API docs at /docs (Swagger UI; its scripts load from a CDN)",
+        "docs",
+        switch=True,
+    ),
+    Flag(
         "--alias-max-tokens",
         "cap max_tokens of requests under a Claude model id (Claude Code asks for 32,000 "
         "or more); the answer ends with stop_reason max_tokens there",

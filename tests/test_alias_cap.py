@@ -49,3 +49,13 @@ def test_a_bad_cap_is_one_line(tmp_path: object) -> None:
     )
     assert done.returncode != 0
     assert "alias_max_tokens" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_docs_page_is_opt_in(server_factory: Callable[..., Server], capped: Server) -> None:
+    import httpx
+
+    assert httpx.get(capped.url + "/docs").status_code == 404
+    docs = server_factory("--engine", "scripted", "--script", str(RULES), "--docs")
+    page = httpx.get(docs.url + "/docs")
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert httpx.get(docs.url + "/openapi.json").json()["info"]["title"] == "parley"

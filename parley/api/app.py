@@ -157,7 +157,9 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
         title="parley",
         version=__version__,
         lifespan=lifespan,
-        docs_url=None,
+        # ``--docs``: FastAPI's interactive page (Swagger UI, whose scripts load from
+        # a CDN) at /docs over the OpenAPI document at /openapi.json.
+        docs_url="/docs" if settings.docs else None,
         redoc_url=None,
         redirect_slashes=False,
     )

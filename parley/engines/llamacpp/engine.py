@@ -127,6 +127,10 @@ class LlamaCppEngine(Engine):
                 "rope": native.rope,
                 "parallel": self._config.n_seq_max,
                 "threads": self._config.n_threads,
+                # What the chat template does: tools through the template (Hermes-style
+                # <tool_call>) or parley's fallback format; a reasoning mode of its own.
+                "tool_format": "template" if self._renderer.template.native_tools else "fallback",
+                "reasoning_template": self._renderer.template.reasoning,
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
