@@ -59,7 +59,9 @@ def test_thinking_block_then_answer(
     assert thinking_tokens(model_client, block.thinking) <= 64 + 2
     assert thought.usage.output_tokens <= 128
     if thought.stop_reason == "end_turn":
-        assert kinds == ["thinking", "text"]
+        # The model may end its turn right after its reasoning (seen through
+        # llama-server, whose greedy answers vary): then no text block follows.
+        assert kinds in (["thinking", "text"], ["thinking"])
 
 
 def test_adaptive_thinking_respects_its_budget(model_client: anthropic.Anthropic) -> None:
