@@ -68,6 +68,24 @@ class Gate:
         self.path.touch()
 
 
+def beta_batch_result(
+    client: anthropic.Anthropic, custom_id: str, params: dict[str, Any], betas: list[str]
+) -> Any:
+    """The result of a one-request batch made through the beta surface, once it ended."""
+    batch = client.beta.messages.batches.create(
+        requests=[{"custom_id": custom_id, "params": params}],  # type: ignore[list-item]
+        betas=betas,
+    )
+
+    def ended() -> bool:
+        got = client.beta.messages.batches.retrieve(batch.id, betas=betas)
+        return got.processing_status == "ended"
+
+    wait_for(ended, "the batch to end")
+    [item] = list(client.beta.messages.batches.results(batch.id, betas=betas))
+    return item
+
+
 def write_rules(path: Path, rules: list[dict[str, Any]], **options: object) -> Path:
     """A rules file of the scripted engine (``options``: ``slots``, ``max_queue``...)."""
     path.write_text(yaml.safe_dump({**options, "rules": rules}))

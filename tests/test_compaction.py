@@ -16,7 +16,7 @@ import pytest
 
 from parley.compaction import SUMMARY_MAX_TOKENS
 from parley.conversation.compaction import DEFAULT_PROMPT, SUMMARY_HEADER
-from tests.conftest import MODEL, Server, wait_for
+from tests.conftest import MODEL, Server, beta_batch_result
 
 BETA = ["compact-2026-01-12", "context-management-2025-06-27"]
 QUESTION = "tell me about the harbour"
@@ -307,17 +307,7 @@ def test_batch_results_carry_the_compaction(client: anthropic.Anthropic) -> None
         "messages": HISTORY,
         "context_management": compact(),
     }
-    batch = client.beta.messages.batches.create(
-        requests=[{"custom_id": "c", "params": params}],  # type: ignore[list-item]
-        betas=BETA,
-    )
-
-    def ended() -> bool:
-        got = client.beta.messages.batches.retrieve(batch.id, betas=BETA)
-        return got.processing_status == "ended"
-
-    wait_for(ended, "the batch to end")
-    [item] = list(client.beta.messages.batches.results(batch.id, betas=BETA))
+    item = beta_batch_result(client, "c", params, BETA)
     assert item.result.type == "succeeded"
     message = item.result.message
     direct = create(client, HISTORY, context_management=compact())

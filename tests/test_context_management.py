@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from parley.conversation.context_edits import CLEARED_RESULT
-from tests.conftest import MODEL, Server, wait_for
+from tests.conftest import MODEL, Server, beta_batch_result
 
 BETA = ["context-management-2025-06-27"]
 WORDS = " ".join(f"line {i} of a long listing" for i in range(40))
@@ -287,17 +287,7 @@ def test_batch_results_carry_the_applied_edits(client: anthropic.Anthropic) -> N
         "tools": TOOLS,
         "context_management": edit(trigger=LOW),
     }
-    batch = client.beta.messages.batches.create(
-        requests=[{"custom_id": "cm", "params": params}],  # type: ignore[list-item]
-        betas=BETA,
-    )
-
-    def ended() -> bool:
-        got = client.beta.messages.batches.retrieve(batch.id, betas=BETA)
-        return got.processing_status == "ended"
-
-    wait_for(ended, "the batch to end")
-    [item] = list(client.beta.messages.batches.results(batch.id, betas=BETA))
+    item = beta_batch_result(client, "cm", params, BETA)
     assert item.result.type == "succeeded"
     message = item.result.message
     by_hand = count(client, cleared_by_hand(history, {"toolu_0"})).input_tokens
@@ -421,6 +411,19 @@ def model_count(model: anthropic.Anthropic, messages: list[dict[str, Any]], **ex
     )
 
 
+def model_create(model: anthropic.Anthropic, messages: list[dict[str, Any]], **extra: Any) -> Any:
+    """A 4-token answer to ``messages`` with the tools and adaptive thinking (as counted)."""
+    return model.beta.messages.create(
+        model=MODEL,
+        max_tokens=4,
+        messages=messages,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
+        thinking={"type": "adaptive"},
+        betas=BETA,
+        **extra,
+    )
+
+
 @pytest.mark.model
 def test_clear_thinking_of_the_current_loop(
     model: anthropic.Anthropic, thought: dict[str, Any]
@@ -469,15 +472,7 @@ def test_both_edits_in_order_each_measured_after_the_one_before(
     counted = model_count(model, history, context_management=both)
     assert counted.input_tokens == cleared
     assert counted.context_management.original_input_tokens == original
-    message = model.beta.messages.create(
-        model=MODEL,
-        max_tokens=4,
-        messages=history,  # type: ignore[arg-type]
-        tools=TOOLS,  # type: ignore[arg-type]
-        thinking={"type": "adaptive"},
-        betas=BETA,
-        context_management=both,  # type: ignore[arg-type]
-    )
+    message = model_create(model, history, context_management=both)
     assert applied(message) == [
         {
             "type": "clear_thinking_20251015",
@@ -515,15 +510,7 @@ def test_thinking_of_earlier_turns_is_not_rendered_so_clearing_it_clears_nothing
             {"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}
         ]
     }
-    message = model.beta.messages.create(
-        model=MODEL,
-        max_tokens=4,
-        messages=history,  # type: ignore[arg-type]
-        tools=TOOLS,  # type: ignore[arg-type]
-        thinking={"type": "adaptive"},
-        betas=BETA,
-        context_management=management,  # type: ignore[arg-type]
-    )
+    message = model_create(model, history, context_management=management)
     assert applied(message) == []
     assert model_count(model, history).input_tokens == (
         message.usage.input_tokens

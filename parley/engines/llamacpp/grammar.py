@@ -230,7 +230,7 @@ def _literal(text: str) -> str:
 
 # Keys that describe a schema without constraining it; a schema of only these
 # (or an empty one) admits any JSON value.
-_ANNOTATIONS = frozenset(
+ANNOTATIONS = frozenset(
     {
         "description",
         "title",
@@ -259,7 +259,7 @@ def _gbnf_safe(schema: Any) -> Any:
         return schema
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _ANNOTATIONS:
+        if key in ANNOTATIONS:
             continue
         if key in _SCHEMA_MAPS and isinstance(value, dict):
             out[key] = {name: _gbnf_safe(sub) for name, sub in value.items()}

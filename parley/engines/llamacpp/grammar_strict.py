@@ -12,25 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from parley.engines.llamacpp.grammar import ANNOTATIONS as _ANNOTATIONS
 from parley.engines.llamacpp.grammar_format import FORMATS, format_rule
 from parley.engines.llamacpp.grammar_numeric import exact
 from parley.engines.llamacpp.grammar_regex import pattern_rule
 
-# Keys that describe without constraining.
-_ANNOTATIONS = frozenset(
-    {
-        "description",
-        "title",
-        "default",
-        "examples",
-        "$comment",
-        "$schema",
-        "$id",
-        "deprecated",
-        "readOnly",
-        "writeOnly",
-    }
-)
 _DEFS = frozenset({"$defs", "definitions"})
 _BY_TYPE: dict[str, frozenset[str]] = {
     "object": frozenset({"properties", "required", "additionalProperties"}),
