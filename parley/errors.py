@@ -19,7 +19,8 @@ these; one handler (``parley.api.errors``) renders the Anthropic envelope
     ├── APIError                   500 api_error
     │   └── EngineError                (the inference engine failed)
     ├── TimeoutError_              504 timeout_error
-    └── OverloadedError            529 overloaded_error
+    ├── OverloadedError            529 overloaded_error
+    └── ModelLoadError             (start-up: a model or an upstream cannot be served)
 
 Foreign exceptions (llama.cpp, jinja, I/O) are translated at the boundary
 with ``raise SomeParleyError(...) from exc``.
@@ -128,3 +129,8 @@ class TimeoutError_(ParleyError):
 class OverloadedError(ParleyError):
     status_code = 529
     error_type = "overloaded_error"
+
+
+class ModelLoadError(ParleyError):
+    """Start-up error: a model file is missing or cannot be loaded, or an
+    upstream cannot serve (said on the command line, never to a client)."""

@@ -215,7 +215,7 @@ class MessagesService:
         if self.offload.heavy(size):  # in the caller's slot (parley.offload)
             return await self.offload.run(size, lambda: _prepare(engine, build(), edits, limit))
         conversation = build()
-        if not engine.prepare_off_loop:
+        if not engine.prepare_off_loop or self.offload.inline_render(size):
             return _prepare(engine, conversation, edits, limit)
         return await anyio.to_thread.run_sync(lambda: _prepare(engine, conversation, edits, limit))
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from parley.boundary import Boundary
-from parley.engines.llamacpp.vocab import LLAMA, ModelLoadError
-from parley.errors import EngineError, InvalidRequestError, NotFoundError
+from parley.engines.llamacpp.vocab import LLAMA
+from parley.errors import EngineError, InvalidRequestError, ModelLoadError, NotFoundError
 from parley.fetch import HTTPX
 
 

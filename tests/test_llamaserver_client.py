@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from parley.engines.llamacpp.vocab import ModelLoadError
 from parley.engines.llamaserver.client import LlamaServerClient
-from parley.errors import EngineError, OverloadedError
+from parley.errors import EngineError, ModelLoadError, OverloadedError
 
 URL = "http://upstream.test"
 LAST = {"content": "", "tokens": [], "stop": True, "stop_type": "eos"}

@@ -11,6 +11,8 @@ its prompt cache. The model is tiny: every generation is bounded by a small
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +256,14 @@ def test_structured_output_goes_as_response_format(client: anthropic.Anthropic) 
         + (message.usage.cache_creation_input_tokens or 0)
         == counted.input_tokens
     )
+
+
+def test_the_chat_engine_loads_no_llama_cpp() -> None:
+    """A chat-mode upstream (a hosted service, say) needs no llama.cpp: its
+    engine imports neither the bindings nor the embedded engine."""
+    code = (
+        "import sys, parley.engines.openai_chat.engine\n"
+        "loaded = [m for m in ('llama_cpp', 'parley.engines.llamacpp.engine') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -34,7 +34,7 @@ from parley.engines.llamacpp.output import LlamaPrompt
 from parley.engines.llamacpp.prefix_cache import PrefixCache
 from parley.engines.llamacpp.render import Renderer
 from parley.engines.llamacpp.scheduler import BatchScheduler
-from parley.engines.llamacpp.vocab import ModelLoadError
+from parley.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from parley.config import Settings

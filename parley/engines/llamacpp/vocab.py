@@ -19,7 +19,7 @@ import llama_cpp as L
 
 from parley.boundary import Boundary
 from parley.engines.llamacpp.output import Grammar
-from parley.errors import EngineError, ParleyError
+from parley.errors import EngineError, ModelLoadError, ParleyError
 from parley.logs import stderr_muted
 
 # The bindings open /dev/null twice at import (llama_cpp._utils) and never close
@@ -27,10 +27,6 @@ from parley.logs import stderr_muted
 for _null in (getattr(L._utils, "outnull_file", None), getattr(L._utils, "errnull_file", None)):
     if _null is not None:
         atexit.register(_null.close)
-
-
-class ModelLoadError(ParleyError):
-    """Start-up error: the model file is missing or llama.cpp cannot load it."""
 
 
 def _failed(exc: BaseException, what: str, context: Mapping[str, Any]) -> ParleyError:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from parley.engines.base import SamplingParams
 from parley.engines.llamacpp.model_file import read_template
 from parley.engines.llamacpp.output import Grammar
-from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
+from parley.engines.llamacpp.vocab import LlamaVocab
 from parley.engines.llamaserver.client import LlamaServerClient
 from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.options import UpstreamOptions, read_options
@@ -41,6 +41,7 @@ from parley.engines.upstream.tokens import (
     TokensEngine,
     tokenizer_probe,
 )
+from parley.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -118,6 +119,12 @@ class LlamaServerEngine(TokensEngine[LlamaServerClient]):
         report: Report,
     ) -> AsyncGenerator[Piece, None]:
         body = _body(tokens, max_tokens, params, grammar)
+        if report.breakpoints:
+            # Every chunk then carries llama-server's timings, the first one how
+            # much of the prompt came from its cache (the last one says it too,
+            # but parley may close the stream before it: a stop sequence). Without
+            # breakpoints that figure changes no usage: not asked for.
+            body["timings_per_token"] = True
         return self._route(report, lambda client, attempt: _read(client, attempt, body, report))
 
 
@@ -128,7 +135,7 @@ async def _read(
     answer = client.completion(body, on_answer=report.accepted, attempt=attempt)
     async with contextlib.aclosing(answer) as chunks:
         async for chunk in chunks:
-            if report.cached is None and "timings" in chunk:
+            if report.cached is None and "timings" in chunk:  # how much of the prompt was cached
                 report.cached = int(chunk["timings"].get("cache_n") or 0)
             end: End | None = None
             if chunk.get("stop"):
@@ -146,7 +153,6 @@ def _body(
         "stream": True,
         "cache_prompt": True,
         "return_tokens": True,
-        "timings_per_token": True,  # the first chunk says how much of the prompt was cached
         "temperature": params.temperature,
         "top_k": params.top_k or 0,
         "top_p": 1.0 if params.top_p is None else params.top_p,

@@ -44,9 +44,9 @@ from typing import Any
 import httpx
 
 from parley.boundary import Boundary
-from parley.engines.llamacpp.vocab import ModelLoadError
+from parley.engines.upstream import netio
 from parley.engines.upstream.backends import Attempt
-from parley.errors import EngineError, OverloadedError, ParleyError, TimeoutError_
+from parley.errors import EngineError, ModelLoadError, OverloadedError, ParleyError, TimeoutError_
 
 log = logging.getLogger("parley.engine.upstream")
 
@@ -119,12 +119,13 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self._retries = retries
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            transport=transport,
+            limits=limits,
+            transport=transport or netio.transport(self.url, limits),
         )
 
     async def close(self) -> None:

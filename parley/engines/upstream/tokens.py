@@ -74,11 +74,15 @@ class Report:
     """One generation's link with the upstream: ``accepted`` is called once it
     took a request (answered 200, before its prefill), ``cached`` is set to
     the prompt tokens it took from its prefix cache, once it says; ``affinity``
-    is the prompt's key for choosing a backend (``backends.affinity_key``)."""
+    is the prompt's key for choosing a backend (``backends.affinity_key``);
+    ``breakpoints``: whether the prompt has cache breakpoints (without, the
+    cache figure changes no usage, and an upstream need not be asked for it
+    early, which may cost it something on every chunk)."""
 
     accepted: Callable[[], None]
     cached: int | None = None
     affinity: bytes | None = None
+    breakpoints: bool = False
 
 
 def tokenizer_probe(vocab: LlamaVocab) -> tuple[str, list[int]]:
@@ -231,11 +235,31 @@ class TokensEngine(Engine, Generic[ClientT]):
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.sleep(self._options.health_interval)
-            for backend in self._pool.down():
+            down = self._pool.down()
+            for backend in self._pool.backends:
                 try:
-                    await self._probe(backend)
+                    if backend in down:
+                        await self._probe(backend)
+                    else:
+                        await self._check(backend)
                 except Exception:  # a bug: said, and the others still probed
                     log.exception("health probe failed", extra={"upstream": backend.url})
+
+    async def _check(self, backend: Backend[ClientT]) -> None:
+        """Open the circuit of a backend in use whose /health stopped answering
+        200: requests go elsewhere before any has to fail there, and once all
+        are down ``broken`` says so (parley's own /health answers 503)."""
+        if await backend.client.healthy() or backend in self._pool.down():
+            return  # up, or opened meanwhile by a failed request
+        self._pool.open(backend)
+        log.warning("backend down: its /health does not answer 200", extra={"upstream": backend.url})
+
+    @property
+    def broken(self) -> str | None:
+        down = self._pool.down()
+        if len(down) < len(self._pool.backends):
+            return None
+        return "every upstream backend is down: " + ", ".join(b.url for b in down)
 
     async def _probe(self, backend: Backend[ClientT]) -> None:
         """Close the circuit of a backend whose /health answers 200 and that still fits."""
@@ -287,7 +311,9 @@ class TokensEngine(Engine, Generic[ClientT]):
         async def produce(run: TaskGeneration) -> None:
             async with self._slots.held(params.priority):
                 report = Report(
-                    run.accepted, affinity=affinity_key(prompt.tokens, prompt.breakpoints)
+                    run.accepted,
+                    affinity=affinity_key(prompt.tokens, prompt.breakpoints),
+                    breakpoints=bool(prompt.breakpoints),
                 )
                 try:
                     finished = await self._generate(prompt, params, run.emit, report)

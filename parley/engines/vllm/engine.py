@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from parley.engines.base import SamplingParams
 from parley.engines.llamacpp.model_file import read_template
 from parley.engines.llamacpp.output import Grammar
-from parley.engines.llamacpp.vocab import LlamaVocab, ModelLoadError
+from parley.engines.llamacpp.vocab import LlamaVocab
 from parley.engines.upstream.backends import Attempt
 from parley.engines.upstream.http import upstream_error
 from parley.engines.upstream.options import UpstreamOptions, read_options
@@ -44,6 +44,7 @@ from parley.engines.upstream.tokens import (
     tokenizer_probe,
 )
 from parley.engines.vllm.client import VllmClient
+from parley.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from parley.config import Settings
