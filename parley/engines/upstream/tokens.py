@@ -252,7 +252,9 @@ class TokensEngine(Engine, Generic[ClientT]):
         if await backend.client.healthy() or backend in self._pool.down():
             return  # up, or opened meanwhile by a failed request
         self._pool.open(backend)
-        log.warning("backend down: its /health does not answer 200", extra={"upstream": backend.url})
+        log.warning(
+            "backend down: its /health does not answer 200", extra={"upstream": backend.url}
+        )
 
     @property
     def broken(self) -> str | None:
