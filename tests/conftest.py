@@ -379,3 +379,25 @@ def long_body(max_tokens: int = 3000, **extra: object) -> dict[str, object]:
         "messages": LONG_MESSAGES,
         **extra,
     }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster for the session (``tests/pg.py``), stopped at its end."""
+    from tests import pg
+
+    cluster = pg.start_cluster(free_port())
+    try:
+        yield cluster
+    finally:
+        pg.remove_cluster(cluster)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each test using it runs twice: on the embedded SQLite (None: the data dir's)
+    and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres").fresh_database()
+    return url

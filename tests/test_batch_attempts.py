@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from anthropic.types.messages import MessageBatchErroredResult, MessageBatchIndividualResponse
 
-from parley.batches.schema import batch_requests
 from parley.batches.store import BatchStore
+from parley.db.schema import batch_requests
 from tests.conftest import Gate, start_server, stop_server, write_rules
 from tests.test_batches import request, results, wait_ended
 

@@ -16,10 +16,10 @@ import anthropic
 import pytest
 import sqlalchemy as sa
 
-from parley.batches.schema import batch_requests
 from parley.batches.store import BatchStore
 from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
+from parley.db.schema import batch_requests
 from parley.engines.scripted import Script, ScriptedEngine
 from parley.errors import RateLimitError
 from parley.ratelimit import RateLimiter
