@@ -37,13 +37,22 @@ def attempts(store: BatchStore) -> dict[int, tuple[str, int]]:
 
 
 @pytest.fixture
-def reopen(tmp_path: Path) -> Iterator[Callable[[int], BatchStore]]:
-    """A store on the same data dir each call, as each new process opens it."""
+def reopen(tmp_path: Path, database_url: str | None) -> Iterator[Callable[[int], BatchStore]]:
+    """A store on the same data dir (or database) each call, as each new process
+    opens it, a minute later than the last: on PostgreSQL the leases of the
+    process before have run out by then (it died; a live one would renew them)."""
     opened: list[BatchStore] = []
+    now = [1000.0]
 
     def open_store(max_attempts: int = 3) -> BatchStore:
-        opened.append(BatchStore.in_data_dir(tmp_path, max_attempts=max_attempts))
-        return opened[-1]
+        now[0] += 60
+
+        def clock() -> float:
+            return now[0]
+
+        store = BatchStore.open(database_url, tmp_path, max_attempts=max_attempts, clock=clock)
+        opened.append(store)
+        return store
 
     yield open_store
     for store in opened:
