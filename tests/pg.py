@@ -80,6 +80,7 @@ def start_cluster(port: int) -> Cluster:
 
 def remove_cluster(cluster: Cluster) -> None:
     try:
-        cluster.stop()
+        if (cluster.folder / "data" / "postmaster.pid").exists():  # (else stopped already)
+            cluster.stop()
     finally:
         shutil.rmtree(cluster.folder, ignore_errors=True)

@@ -29,8 +29,16 @@ import sqlalchemy as sa
 from parley.batches.store import BatchStore
 from parley.db.database import resolve_url
 from parley.db.schema import batch_requests
-from tests.conftest import Gate, Server, start_server, stop_server, wait_for, write_rules
-from tests.test_batches import results, wait_ended
+from tests.conftest import (
+    Gate,
+    Server,
+    free_port,
+    start_server,
+    stop_server,
+    wait_for,
+    write_rules,
+)
+from tests.test_batches import request, results, wait_ended
 
 WORKERS = 4  # batch requests in flight per replica (and the scripted engine's slots)
 
@@ -275,3 +283,57 @@ def test_a_signature_made_on_one_replica_verifies_on_another(trio: list[Server])
             thinking=thinking,
             messages=history,  # type: ignore[arg-type]
         )
+
+
+def test_the_database_going_away_stops_no_interactive_request_and_loses_no_result(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stops while a replica holds batch requests, and comes back:
+    /v1/messages is served meanwhile, the batch API answers 500 api_error, the
+    results wait in the worker and are written once the database is back."""
+    from tests import pg
+
+    cluster = pg.start_cluster(free_port())
+    server = None
+    try:
+        url = cluster.fresh_database()
+        gate = Gate(tmp_path / "gate")
+        rules = [
+            {
+                "match": {"user": r"^b\d+$", "regex": True},
+                "reply": {"text": "b", "hold": str(gate.path)},
+            }
+        ]
+        # A slot more than the batch takes: for the interactive request.
+        script = write_rules(tmp_path / "rules.yaml", rules, slots=WORKERS + 1)
+        env = {"PARLEY_DATABASE_URL": url, "PARLEY_BATCH_WORKERS": str(WORKERS)}
+        server = start_server(["--engine", "scripted", "--script", str(script)], tmp_path, env)
+        client = server.client()
+        batch = client.messages.batches.create(
+            requests=[request(f"r{i}", f"b{i}") for i in range(12)]  # type: ignore[misc]
+        )
+        server.wait_stats("scripted", held=WORKERS)
+        cluster.stop()
+        hello = client.messages.create(
+            model="scripted", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
+        )
+        assert hello.content[0].text == "hello"  # type: ignore[union-attr]
+        with pytest.raises(anthropic.InternalServerError) as down:
+            client.messages.batches.retrieve(batch.id)
+        assert down.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+        assert "database is unavailable" in down.value.body["error"]["message"]  # type: ignore[index]
+        gate.open()  # the held four finish; their results cannot be written yet
+        server.wait_stats("scripted", running=0)
+        assert "could not record batch results" in wait_for(
+            lambda: server.log() if "could not record batch results" in server.log() else "",
+            "the worker to fail writing",
+        )
+        cluster.start()
+        ended = wait_ended(client, batch.id)
+        assert ended.request_counts.succeeded == 12
+        got = results(client, batch.id)  # asserts one result each
+        assert sorted(got) == sorted(f"r{i}" for i in range(12))
+    finally:
+        if server is not None:
+            stop_server(server)
+        pg.remove_cluster(cluster)

@@ -39,13 +39,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sys
 from typing import TYPE_CHECKING, Literal
 
 import anyio
 
 from parley.batches.store import BatchStore, Claimed, RequestStatus
 from parley.db.database import WORK_CHANNEL
-from parley.errors import OverloadedError, ParleyError, RateLimitError
+from parley.errors import OverloadedError, ParleyError, RateLimitError, StorageError
 from parley.ratelimit import Meter, RateLimiter
 from parley.service import MessagesService
 from parley.wire.batches import CANCELED, EXPIRED, ErroredResult, SucceededResult
@@ -58,6 +59,17 @@ log = logging.getLogger("parley.batches")
 BATCH_PRIORITY = 10  # below interactive traffic (0)
 
 Stop = Literal["canceled", "expired"]
+
+
+def _failed(what: str, **extra: object) -> None:
+    """Log the exception being handled: one line when the database is unavailable
+    (it is retried, and an outage would repeat a traceback every tick), else with
+    its traceback (a bug)."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, StorageError):
+        log.warning(what, extra={**extra, "error": exc.message})
+    else:
+        log.exception(what, extra=extra)
 
 
 class BatchWorker:
@@ -183,7 +195,7 @@ class BatchWorker:
                 try:
                     claimed = await self._claim()
                 except Exception:  # the database is unwell (full disk...): retry later
-                    log.exception("could not claim batch requests; retrying")
+                    _failed("could not claim batch requests; retrying")
                     self._backoff = self._retry_after
             for item in claimed:
                 if self._admitted(item):
@@ -251,7 +263,7 @@ class BatchWorker:
         try:
             await anyio.to_thread.run_sync(lambda: self._store.release(items))
         except Exception:
-            log.exception("could not give batch requests back; retrying")
+            _failed("could not give batch requests back; retrying")
             self._deferred = items + self._deferred
             self._backoff = self._retry_after
 
@@ -278,7 +290,7 @@ class BatchWorker:
             if purged:
                 log.info("batches past retention deleted", extra={"batches": purged})
         except Exception:
-            log.exception("batch housekeeping failed")
+            _failed("batch housekeeping failed")
 
     async def _renew_leases(self) -> None:
         """Every third of the lease: this replica's leases are extended (a failed
@@ -291,7 +303,7 @@ class BatchWorker:
             try:
                 canceling = await anyio.to_thread.run_sync(self._store.renew)
             except Exception:
-                log.exception("could not renew batch leases")
+                _failed("could not renew batch leases")
                 continue
             for seq in canceling:  # canceled through another replica
                 self.stop_batch(seq, "canceled")
@@ -344,7 +356,7 @@ class BatchWorker:
                 # Kept and written again shortly (a full disk may free up); if the
                 # process ends first, the requests are still running in the
                 # database and run again at the next start.
-                log.exception("could not record batch results", extra={"n": len(outcomes)})
+                _failed("could not record batch results", n=len(outcomes))
                 self._outcomes = outcomes + self._outcomes
                 if self._closing:
                     return
