@@ -100,7 +100,7 @@ def _status(db: Database) -> str:
     if version == 0:
         return "\n".join(lines)
     with db._reading() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 sa.select(batch_requests.c.status, sa.func.count()).group_by(
                     batch_requests.c.status
