@@ -39,9 +39,31 @@ class Clock:
         return self.now
 
 
-def test_buckets_refill_continuously_and_output_is_charged_after() -> None:
+@pytest.fixture
+def make_limiter(database_url: str | None, tmp_path: Path) -> Iterator[Callable[..., RateLimiter]]:
+    """Limiters on this process's buckets (sqlite: the default), or on buckets in a
+    PostgreSQL database as replicas share them; both on ``clock``."""
+    stores: list[BatchStore] = []
+
+    def make(clock: Clock, **limits: int) -> RateLimiter:
+        buckets = None
+        if database_url is not None:
+            from parley.db.buckets import SharedBuckets
+
+            stores.append(BatchStore(database_url))
+            buckets = SharedBuckets(stores[-1], "test", clock=clock)
+        return RateLimiter(**limits, clock=clock, wall=lambda: 0.0, buckets=buckets)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def test_buckets_refill_continuously_and_output_is_charged_after(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
     clock = Clock()
-    limiter = RateLimiter(requests=2, output_tokens=100, clock=clock, wall=lambda: 0.0)
+    limiter = make_limiter(clock, requests=2, output_tokens=100)
     limiter.admit_request("k")
     limiter.admit_request("k")
     with pytest.raises(RateLimitError) as refused:
@@ -61,9 +83,11 @@ def test_buckets_refill_continuously_and_output_is_charged_after() -> None:
     assert waiting.value.headers["retry-after"] == "37"  # 61 tokens at 100/min
 
 
-def test_input_tokens_are_taken_once_counted_and_the_request_stays_spent() -> None:
+def test_input_tokens_are_taken_once_counted_and_the_request_stays_spent(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
     clock = Clock()
-    limiter = RateLimiter(requests=10, input_tokens=1000, clock=clock, wall=lambda: 0.0)
+    limiter = make_limiter(clock, requests=10, input_tokens=1000)
     limiter.admit_request("k")
     limiter.admit_input("k", 900)
     limiter.admit_request("k")  # 100 input tokens left: a request may still try
