@@ -22,11 +22,17 @@ import psycopg
 
 
 def bindir() -> Path:
+    """The server's binaries: ``pg_config --bindir``, else Debian's newest server."""
     try:
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise RuntimeError("PostgreSQL is not installed: run scripts/install test") from exc
-    return Path(out.stdout.strip())
+        if (Path(out.stdout.strip()) / "initdb").exists():
+            return Path(out.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: run scripts/install test")
+    return found[-1].parent
 
 
 def _as_postgres(command: list[str]) -> list[str]:
