@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -132,7 +133,7 @@ class WorkQueue(Database):
         (a replica died under them); one on its last attempt ends errored instead."""
         now = self.clock()
         lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
-        where: list[sa.ColumnElement[bool]] = [sa.or_(batch_requests.c.status == "pending", lapsed)]
+        where: list[sa.ColumnElement[bool]] = []
         if skip_owners:
             # The unfinished batches of the others, so the index on (status,
             # batch_seq) is walked batch by batch instead of across skipped rows.
@@ -144,35 +145,14 @@ class WorkQueue(Database):
             where.append(batch_requests.c.id.in_(list(rows)))
         with self._writing() as conn:
             self._end_exhausted(conn, lapsed, now)
-            picked = (
-                sa.select(batch_requests.c.id)
-                .where(*where)
-                .order_by(batch_requests.c.batch_seq, batch_requests.c.idx)
-                .limit(limit)
-                # Replicas claiming at once skip each other's rows instead of
-                # taking them again once the first commits (SQLite: ignored).
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
-            found = list(
-                conn.execute(
-                    batch_requests.update()
-                    .where(batch_requests.c.id.in_(picked))
-                    .values(
-                        status="running",
-                        attempts=batch_requests.c.attempts + 1,
-                        lease_owner=self.replica,
-                        lease_until=now + self.lease,
-                    )
-                    .returning(
-                        batch_requests.c.id,
-                        batch_requests.c.batch_seq,
-                        batch_requests.c.custom_id,
-                        batch_requests.c.params,
-                        batch_requests.c.attempts,
-                    )
-                )
-            )
+            # Lapsed leases first (older work; few rows: the running ones), then
+            # pending requests, each walking the (status, batch_seq, idx) index in
+            # order: one query over both states would filter its way past every
+            # finished request of the batch on each claim.
+            found = self._take(conn, [lapsed, *where], limit, now)
+            if len(found) < limit:
+                pending = batch_requests.c.status == "pending"
+                found += self._take(conn, [pending, *where], limit - len(found), now)
             if not found:
                 return []
             seqs = {r.batch_seq for r in found}
@@ -191,6 +171,40 @@ class WorkQueue(Database):
                 Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner, r.attempts)
             )
         return out
+
+    def _take(
+        self, conn: Connection, where: list[sa.ColumnElement[bool]], limit: int, now: float
+    ) -> list[Any]:
+        """Lease up to ``limit`` requests matching ``where``, oldest first."""
+        picked = (
+            sa.select(batch_requests.c.id)
+            .where(*where)
+            .order_by(batch_requests.c.status, batch_requests.c.batch_seq, batch_requests.c.idx)
+            .limit(limit)
+            # Replicas claiming at once skip each other's rows instead of taking
+            # them again once the first commits (SQLite: ignored).
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        return list(
+            conn.execute(
+                batch_requests.update()
+                .where(batch_requests.c.id.in_(picked))
+                .values(
+                    status="running",
+                    attempts=batch_requests.c.attempts + 1,
+                    lease_owner=self.replica,
+                    lease_until=now + self.lease,
+                )
+                .returning(
+                    batch_requests.c.id,
+                    batch_requests.c.batch_seq,
+                    batch_requests.c.custom_id,
+                    batch_requests.c.params,
+                    batch_requests.c.attempts,
+                )
+            )
+        )
 
     def renew(self) -> list[int]:
         """Extend the leases this replica holds; the batches of those requests
