@@ -9,7 +9,8 @@ default 6,000), in the same run on the same machine:
 2. one replica on PostgreSQL;
 3. two replicas on the same PostgreSQL, the batch created through one.
 
-Each run: requests/s from the create call until the batch has ended, the
+Each run, after a warm-up batch: requests/s from the create call until the
+batch has ended, the
 replicas' peak RSS (sampled every 50 ms, summed), and the database's share
 of the CPU time spent (PostgreSQL's processes against them plus the
 replicas'). Targets: one replica on PostgreSQL ≥ 0.8 times one on SQLite; two ≥
@@ -77,8 +78,8 @@ def postgres_pids(cluster: Any) -> list[int]:
     return [postmaster, *(child.pid for child in main.children(recursive=True))]
 
 
-def one_run(urls: list[str], db_pids: list[int], replica_pids: list[int]) -> dict[str, float]:
-    client = httpx.Client(timeout=600, headers=HEADERS)
+def run_batch(client: httpx.Client, url: str, n: int) -> dict[str, Any]:
+    """A batch of ``n`` requests created through ``url``, once it has ended."""
     requests = [
         {
             "custom_id": f"r{i}",
@@ -88,25 +89,33 @@ def one_run(urls: list[str], db_pids: list[int], replica_pids: list[int]) -> dic
                 "messages": [{"role": "user", "content": f"say {i}"}],
             },
         }
-        for i in range(N)
+        for i in range(n)
     ]
+    response = client.post(f"{url}/v1/messages/batches", json={"requests": requests})
+    response.raise_for_status()
+    batch: dict[str, Any] = response.json()
+    while batch["processing_status"] != "ended":
+        time.sleep(0.05)
+        batch = client.get(f"{url}/v1/messages/batches/{batch['id']}").json()
+    assert batch["request_counts"]["succeeded"] == n, batch
+    return batch
+
+
+def one_run(urls: list[str], db_pids: list[int], replica_pids: list[int]) -> dict[str, float]:
+    client = httpx.Client(timeout=600, headers=HEADERS)
+    run_batch(client, urls[0], 50 * WORKERS)  # warm: connections, plans, every replica
     replicas = Sampler(replica_pids)
     database = Sampler(db_pids) if db_pids else None
     started = time.perf_counter()
-    response = client.post(f"{urls[0]}/v1/messages/batches", json={"requests": requests})
-    response.raise_for_status()
-    batch = response.json()
-    while batch["processing_status"] != "ended":
-        time.sleep(0.05)
-        batch = client.get(f"{urls[0]}/v1/messages/batches/{batch['id']}").json()
+    run_batch(client, urls[0], N)
     seconds = time.perf_counter() - started
     replica_cpu = replicas.stop()
     db_cpu = database.stop() if database else 0.0
-    assert batch["request_counts"]["succeeded"] == N, batch
     return {
         "rate": N / seconds,
         "rss": replicas.peak / 2**20,
         "db_share": db_cpu / (db_cpu + replica_cpu) if db_cpu else 0.0,
+        "cores": (db_cpu + replica_cpu) / seconds,  # of the machine's, replicas + database
     }
 
 
@@ -161,6 +170,11 @@ def main() -> Section:
             "PostgreSQL's share of the CPU time: 1 replica / 2 replicas",
             f"{one['db_share']:.0%} / {two['db_share']:.0%}",
             "",
+        ),
+        (
+            "cores busy (replicas + database): SQLite 1 / PostgreSQL 1 / 2",
+            f"{base['cores']:.2f} / {one['cores']:.2f} / {two['cores']:.2f}",
+            f"of {psutil.cpu_count()}",
         ),
     ]
     notes = (

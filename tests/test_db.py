@@ -86,3 +86,48 @@ def test_db_migrate_and_status(postgres: Any, tmp_path: Path) -> None:
     assert missing.returncode == 0 and "no database yet" in missing.stdout
     bad = parley_db("status", "--database-url", "mysql://x")
     assert bad.returncode == 1 and "not a database parley uses" in bad.stderr
+
+
+def test_new_work_wakes_a_listening_replica(postgres: Any) -> None:
+    """A batch created by one replica NOTIFYs; another's listener wakes (no poll)."""
+    from parley.db.database import WORK_CHANNEL
+    from parley.db.listen import Listener
+
+    url = postgres.fresh_database()
+    store = BatchStore(url)
+    woken = threading.Event()
+    listener = Listener(store.url, WORK_CHANNEL, woken.set)
+    try:
+        listener.start()
+        assert listener.listening.wait(30)
+        assert woken.wait(30)  # once on connecting: work may have come meanwhile
+        woken.clear()
+        store.create("msgbatch_w", "", [("r", "{}")], expires_in=3600)
+        assert woken.wait(30)
+    finally:
+        listener.stop()
+        store.close()
+
+
+def test_the_thinking_key_is_shared_and_seeded_from_a_data_dir(
+    postgres: Any, tmp_path: Path
+) -> None:
+    """The first replica stores its data dir's key (signatures it gave out stay
+    valid); a replica with another key in its data dir signs with the stored one."""
+    from parley.thinking import KEY_BYTES, Signer
+
+    url = postgres.fresh_database()
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "thinking.key").write_bytes(b"k" * KEY_BYTES)
+    (second / "thinking.key").write_bytes(b"z" * KEY_BYTES)
+    stores = [BatchStore(url), BatchStore(url)]
+    try:
+        a = Signer.from_database(stores[0], first)
+        b = Signer.from_database(stores[1], second)
+        assert a.sign("t") == b.sign("t") == Signer(b"k" * KEY_BYTES).sign("t")
+        assert b.unseal(a.seal("secret thoughts")) == "secret thoughts"
+    finally:
+        for store in stores:
+            store.close()

@@ -2,9 +2,10 @@
 
 A replica claims a request by taking a lease on it: ``lease_owner`` (the
 replica's id) and ``lease_until``, renewed by ``renew`` while the replica
-runs it. A claim takes pending requests and running ones whose lease ran out
-(their replica died), ``FOR UPDATE SKIP LOCKED`` on PostgreSQL so replicas
-claiming at once never take the same row. Each claim adds one to
+runs it. A claim takes pending requests, ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL so replicas claiming at once never take the same row; every
+tick ``reclaim`` makes requests whose lease ran out (their replica died)
+pending again. Each claim adds one to
 ``attempts``, and that number is the claim's fencing token: a result is
 written in the transaction that moves its request out of ``running`` only
 where the owner and the attempt are still the claim's, so a replica that
@@ -31,7 +32,6 @@ import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -119,6 +119,25 @@ class WorkQueue(Database):
                 self._notify_work(conn)
             return Recovered(ids, exhausted)
 
+    def reclaim(self) -> Recovered:
+        """Every tick: requests whose lease ran out (their replica died or stalled)
+        go back to ``pending`` for any replica to claim, unless that was their
+        last attempt. This replica's own live leases are never lapsed (renewed)."""
+        now = self.clock()
+        lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
+        with self._writing() as conn:
+            exhausted = self._end_exhausted(conn, lapsed, now)
+            resumed = conn.execute(
+                batch_requests.update()
+                .where(lapsed)
+                .values(status="pending", lease_owner=None, lease_until=None)
+                .returning(batch_requests.c.id)
+            )
+            ids = sorted(r.id for r in resumed)
+            if ids:
+                self._notify_work(conn)
+            return Recovered(ids, exhausted)
+
     def claim(
         self,
         limit: int,
@@ -129,11 +148,10 @@ class WorkQueue(Database):
         """Up to ``limit`` pending requests, oldest batch first, moved to ``running``
         with one attempt more. Batches of ``skip_owners`` are passed over (their
         owners are waiting for their rate limits); ``rows`` limits the choice to
-        those request ids. Running requests whose lease ran out count as pending
-        (a replica died under them); one on its last attempt ends errored instead."""
+        those request ids. (Requests whose lease ran out are made pending again
+        by ``reclaim``.)"""
         now = self.clock()
-        lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
-        where: list[sa.ColumnElement[bool]] = []
+        where = [batch_requests.c.status == "pending"]
         if skip_owners:
             # The unfinished batches of the others, so the index on (status,
             # batch_seq) is walked batch by batch instead of across skipped rows.
@@ -144,15 +162,35 @@ class WorkQueue(Database):
         if rows is not None:
             where.append(batch_requests.c.id.in_(list(rows)))
         with self._writing() as conn:
-            self._end_exhausted(conn, lapsed, now)
-            # Lapsed leases first (older work; few rows: the running ones), then
-            # pending requests, each walking the (status, batch_seq, idx) index in
-            # order: one query over both states would filter its way past every
-            # finished request of the batch on each claim.
-            found = self._take(conn, [lapsed, *where], limit, now)
-            if len(found) < limit:
-                pending = batch_requests.c.status == "pending"
-                found += self._take(conn, [pending, *where], limit - len(found), now)
+            picked = (
+                sa.select(batch_requests.c.id)
+                .where(*where)
+                .order_by(batch_requests.c.batch_seq, batch_requests.c.idx)
+                .limit(limit)
+                # Replicas claiming at once skip each other's rows instead of
+                # taking them again once the first commits (SQLite: ignored).
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            found = list(
+                conn.execute(
+                    batch_requests.update()
+                    .where(batch_requests.c.id.in_(picked))
+                    .values(
+                        status="running",
+                        attempts=batch_requests.c.attempts + 1,
+                        lease_owner=self.replica,
+                        lease_until=now + self.lease,
+                    )
+                    .returning(
+                        batch_requests.c.id,
+                        batch_requests.c.batch_seq,
+                        batch_requests.c.custom_id,
+                        batch_requests.c.params,
+                        batch_requests.c.attempts,
+                    )
+                )
+            )
             if not found:
                 return []
             seqs = {r.batch_seq for r in found}
@@ -171,40 +209,6 @@ class WorkQueue(Database):
                 Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner, r.attempts)
             )
         return out
-
-    def _take(
-        self, conn: Connection, where: list[sa.ColumnElement[bool]], limit: int, now: float
-    ) -> list[Any]:
-        """Lease up to ``limit`` requests matching ``where``, oldest first."""
-        picked = (
-            sa.select(batch_requests.c.id)
-            .where(*where)
-            .order_by(batch_requests.c.status, batch_requests.c.batch_seq, batch_requests.c.idx)
-            .limit(limit)
-            # Replicas claiming at once skip each other's rows instead of taking
-            # them again once the first commits (SQLite: ignored).
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        return list(
-            conn.execute(
-                batch_requests.update()
-                .where(batch_requests.c.id.in_(picked))
-                .values(
-                    status="running",
-                    attempts=batch_requests.c.attempts + 1,
-                    lease_owner=self.replica,
-                    lease_until=now + self.lease,
-                )
-                .returning(
-                    batch_requests.c.id,
-                    batch_requests.c.batch_seq,
-                    batch_requests.c.custom_id,
-                    batch_requests.c.params,
-                    batch_requests.c.attempts,
-                )
-            )
-        )
 
     def renew(self) -> list[int]:
         """Extend the leases this replica holds; the batches of those requests
@@ -237,20 +241,37 @@ class WorkQueue(Database):
         """Record running requests' results (each moves out of ``running`` together
         with its result, all in one transaction); how many were recorded. A
         request whose lease this replica lost is not (another replica runs it)."""
+        if not outcomes:
+            return 0
         now = self.clock()
-        recorded = 0
+        held = sa.and_(
+            batch_requests.c.id == sa.bindparam("b_id"),
+            batch_requests.c.status == "running",
+            batch_requests.c.lease_owner == self.replica,
+            batch_requests.c.attempts == sa.bindparam("b_attempt"),
+        )
+        # One statement executed for every outcome (psycopg pipelines them: one
+        # round trip, not one a result); its row count is the sum.
+        record = (
+            batch_requests.update()
+            .where(held)
+            .values(
+                status=sa.bindparam("b_status"),
+                result=sa.bindparam("b_result"),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        params = [
+            {"b_id": c.row_id, "b_attempt": c.attempt, "b_status": status, "b_result": result}
+            for c, status, result in outcomes
+        ]
         with self._writing() as conn:
-            touched: set[int] = set()
-            for claimed, status, result in outcomes:
-                recorded += conn.execute(
-                    batch_requests.update()
-                    .where(self._held(claimed))
-                    .values(status=status, result=result, lease_owner=None, lease_until=None)
-                ).rowcount
-                touched.add(claimed.batch_seq)
-            for seq in sorted(touched):  # (in order: replicas lock batch rows alike)
+            recorded = conn.execute(record, params).rowcount
+            # (in order: replicas lock batch rows alike)
+            for seq in sorted({c.batch_seq for c, _, _ in outcomes}):
                 self._end_if_done(conn, seq, now)
-        return recorded
+        return int(recorded)
 
     def release(self, claimed: Sequence[Claimed], *, spent: bool = False) -> int:
         """Give running requests back to ``pending``; how many ended errored instead.

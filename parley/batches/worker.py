@@ -284,6 +284,12 @@ class BatchWorker:
 
     async def _housekeeping(self) -> None:
         try:
+            reclaimed = await anyio.to_thread.run_sync(self._store.reclaim)
+            if reclaimed.resumed or reclaimed.exhausted:
+                log.info(
+                    "batch requests taken over: the lease of the replica running them ran out",
+                    extra={"requests": len(reclaimed.resumed), "exhausted": reclaimed.exhausted},
+                )
             for seq in await anyio.to_thread.run_sync(self._store.expire):
                 self.stop_batch(seq, "expired")
             purged = await anyio.to_thread.run_sync(self._store.purge, self._retention)
