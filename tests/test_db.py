@@ -131,3 +131,20 @@ def test_the_thinking_key_is_shared_and_seeded_from_a_data_dir(
     finally:
         for store in stores:
             store.close()
+
+
+def test_an_unusable_database_is_a_one_line_start_up_error(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    def serve(url: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "parley", "serve", "--engine", "scripted"]
+        command += ["--port", str(free_port()), "--data-dir", str(tmp_path), "--database-url", url]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    bad = serve("postgresql://u@h:notaport/db")
+    assert bad.returncode == 2 and "database_url: not a URL parley can use" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    down = serve(f"postgresql://postgres@127.0.0.1:{free_port()}/x")  # nobody listens there
+    assert down.returncode == 1, down.stderr
+    assert "cannot start" in down.stderr and "the database is unavailable" in down.stderr
+    assert "Traceback" not in down.stderr

@@ -43,20 +43,21 @@ class Clock:
 def make_limiter(database_url: str | None, tmp_path: Path) -> Iterator[Callable[..., RateLimiter]]:
     """Limiters on this process's buckets (sqlite: the default), or on buckets in a
     PostgreSQL database as replicas share them; both on ``clock``."""
-    stores: list[BatchStore] = []
+    opened: list[Any] = []
 
     def make(clock: Clock, **limits: int) -> RateLimiter:
         buckets = None
         if database_url is not None:
             from parley.db.buckets import SharedBuckets
 
-            stores.append(BatchStore(database_url))
-            buckets = SharedBuckets(stores[-1], "test", clock=clock)
+            store = BatchStore(database_url)
+            buckets = SharedBuckets(store, "test", clock=clock)
+            opened.extend([buckets, store])
         return RateLimiter(**limits, clock=clock, wall=lambda: 0.0, buckets=buckets)
 
     yield make
-    for store in stores:
-        store.close()
+    for thing in opened:
+        thing.close()
 
 
 def test_buckets_refill_continuously_and_output_is_charged_after(

@@ -289,8 +289,9 @@ def test_the_database_going_away_stops_no_interactive_request_and_loses_no_resul
     tmp_path: Path,
 ) -> None:
     """PostgreSQL stops while a replica holds batch requests, and comes back:
-    /v1/messages is served meanwhile, the batch API answers 500 api_error, the
-    results wait in the worker and are written once the database is back."""
+    /v1/messages is served meanwhile (rate-limited on the replica's own
+    buckets), the batch API answers 500 api_error, the results wait in the
+    worker and are written once the database is back."""
     from tests import pg
 
     cluster = pg.start_cluster(free_port())
@@ -307,17 +308,21 @@ def test_the_database_going_away_stops_no_interactive_request_and_loses_no_resul
         # A slot more than the batch takes: for the interactive request.
         script = write_rules(tmp_path / "rules.yaml", rules, slots=WORKERS + 1)
         env = {"PARLEY_DATABASE_URL": url, "PARLEY_BATCH_WORKERS": str(WORKERS)}
-        server = start_server(["--engine", "scripted", "--script", str(script)], tmp_path, env)
+        args = ["--engine", "scripted", "--script", str(script), "--rate-requests", "1000"]
+        server = start_server(args, tmp_path, env)
         client = server.client()
         batch = client.messages.batches.create(
             requests=[request(f"r{i}", f"b{i}") for i in range(12)]  # type: ignore[misc]
         )
         server.wait_stats("scripted", held=WORKERS)
         cluster.stop()
-        hello = client.messages.create(
+        # Served, and limited on the replica's own buckets meanwhile.
+        hello = client.messages.with_raw_response.create(
             model="scripted", max_tokens=8, messages=[{"role": "user", "content": "hello"}]
         )
-        assert hello.content[0].text == "hello"  # type: ignore[union-attr]
+        assert hello.parse().content[0].text == "hello"  # type: ignore[union-attr]
+        assert hello.headers["anthropic-ratelimit-requests-limit"] == "1000"
+        assert "rate limits fall back to this replica's own buckets" in server.log()
         with pytest.raises(anthropic.InternalServerError) as down:
             client.messages.batches.retrieve(batch.id)
         assert down.value.body["error"]["type"] == "api_error"  # type: ignore[index]

@@ -126,17 +126,22 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             ),
         )
         # Replicas sharing a database share their buckets; else each has its own.
+        shared = (
+            [SharedBuckets(store, "messages"), SharedBuckets(store, "count_tokens")]
+            if store.shared
+            else []
+        )
         limiter = RateLimiter(
             requests=settings.rate_requests,
             input_tokens=settings.rate_input_tokens,
             output_tokens=settings.rate_output_tokens,
-            buckets=SharedBuckets(store, "messages") if store.shared else None,
+            buckets=shared[0] if shared else None,
         )
         count_rpm = settings.rate_count_tokens
         count_limiter = RateLimiter(
             requests=2 * settings.rate_requests if count_rpm is None else count_rpm,
             label="token counting ",
-            buckets=SharedBuckets(store, "count_tokens") if store.shared else None,
+            buckets=shared[1] if shared else None,
         )
         worker = BatchWorker(
             store,
@@ -166,6 +171,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             log.info("shutting down")
             await slow_readers.stop()
             await worker.stop()
+            for buckets in shared:
+                buckets.close()
             store.close()
             for engine in chosen:
                 await engine.close()

@@ -7,7 +7,11 @@ holds enough, and return the levels (``_SETTLE``); the first check of an
 owner inserts its full buckets first. Replicas' clocks must agree (NTP):
 each refills to its own ``time.time()``, never backwards.
 
-When the database cannot be reached the limiter does not fail requests: it
+Checks are made on the event loop (the limiter is synchronous), so each
+runs on a thread of its own and is waited for at most ``TIMEOUT``: a
+database that stops answering (a partition, not a refused connection) must
+not stall every request for the driver's connect timeout. When the database
+cannot be reached or is that slow, the limiter does not fail requests: it
 falls back to this replica's own buckets (``MemoryBuckets``) for a few
 seconds at a time, with a warning, and goes back to the shared ones when
 the database answers again.
@@ -15,6 +19,7 @@ the database answers again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +33,7 @@ from parley.ratelimit import Bucket, MemoryBuckets
 log = logging.getLogger("parley.ratelimit")
 
 RETRY_AFTER = 5.0  # seconds on this replica's own buckets after a database failure
+TIMEOUT = 1.0  # seconds a check may wait for the database
 
 # :owner, :now, and per kind i: :k{i} (its name), :l{i} (limit per minute),
 # :w{i} (wanted; NULL: not a condition), :t{i} (debited when every want fits).
@@ -66,6 +72,10 @@ class SharedBuckets:
         self._fallback = MemoryBuckets(clock)
         self._down_until = 0.0
         self._statements: dict[int, sa.TextClause] = {}
+        self._threads = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="parley-rl")
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def settle(
         self,
@@ -77,16 +87,18 @@ class SharedBuckets:
         now = self._clock()
         if now < self._down_until:
             return self._fallback.settle(owner, limits, want, take)
+        key = f"{self._scope}:{owner}"
+        future = self._threads.submit(self._settle, key, limits, want, take, now)
         try:
-            result = self._settle(f"{self._scope}:{owner}", limits, want, take, now)
-        except StorageError as exc:
+            return future.result(timeout=TIMEOUT)
+        except (StorageError, concurrent.futures.TimeoutError) as exc:
+            why = exc.message if isinstance(exc, StorageError) else f"no answer in {TIMEOUT:g} s"
             log.warning(
                 "rate limits fall back to this replica's own buckets for a while",
-                extra={"error": exc.message, "seconds": RETRY_AFTER},
+                extra={"error": why, "seconds": RETRY_AFTER},
             )
             self._down_until = now + RETRY_AFTER
             return self._fallback.settle(owner, limits, want, take)
-        return result
 
     def _settle(
         self,

@@ -51,16 +51,21 @@ DATABASE = Boundary(
 def resolve_url(url: str) -> str:
     """A user's database URL as SQLAlchemy takes it: ``postgres://`` and
     ``postgresql://`` mean the psycopg driver; only SQLite and PostgreSQL are known."""
+    resolved = url
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    if url.startswith(("postgresql+psycopg://", "sqlite:")):
-        return url
-    scheme = url.split(":", 1)[0] if ":" in url else url
-    raise ConfigError(
-        f"database_url: '{scheme}' is not a database parley uses; "
-        "give postgresql://USER@HOST/DB or sqlite:///PATH"
-    )
+            resolved = "postgresql+psycopg://" + url.removeprefix(prefix)
+    if not resolved.startswith(("postgresql+psycopg://", "sqlite:")):
+        scheme = url.split(":", 1)[0] if ":" in url else url
+        raise ConfigError(
+            f"database_url: '{scheme}' is not a database parley uses; "
+            "give postgresql://USER@HOST/DB or sqlite:///PATH"
+        )
+    try:
+        sa.engine.make_url(resolved)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        raise ConfigError(f"database_url: not a URL parley can use: {exc}") from exc
+    return resolved
 
 
 def redacted(url: str) -> str:
