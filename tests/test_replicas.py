@@ -322,7 +322,8 @@ def test_the_database_going_away_stops_no_interactive_request_and_loses_no_resul
         )
         assert hello.parse().content[0].text == "hello"  # type: ignore[union-attr]
         assert hello.headers["anthropic-ratelimit-requests-limit"] == "1000"
-        assert "rate limits fall back to this replica's own buckets" in server.log()
+        fallback = "rate limits fall back to this replica's own buckets"
+        wait_for(lambda: fallback in server.log(), "the fallback to be logged")
         with pytest.raises(anthropic.InternalServerError) as down:
             client.messages.batches.retrieve(batch.id)
         assert down.value.body["error"]["type"] == "api_error"  # type: ignore[index]
