@@ -100,6 +100,9 @@ def test_the_store_ends_a_request_errored_after_max_attempts(
     assert store.get(other.id, "").counts["errored"] == 1
 
 
+# SQLite only: on a shared database a crashed replica's requests are taken over
+# when their leases run out, by whichever replica claims them, beside its other
+# work (a pill still ends errored after its attempts; see ARCHITECTURE.md).
 def test_a_request_that_crashes_the_server_ends_errored_and_takes_no_other_down(
     tmp_path: Path,
 ) -> None:

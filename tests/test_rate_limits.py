@@ -25,7 +25,7 @@ from parley.errors import RateLimitError
 from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 from parley.thinking import Signer
-from tests.conftest import RULES, Server
+from tests.conftest import RULES, Server, db_env
 from tests.test_batches import request, wait_ended
 
 HI = [{"role": "user", "content": "hello"}]
@@ -207,9 +207,10 @@ def origin() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def strict(server_factory: Callable[..., Server]) -> Server:
+def strict(server_factory: Callable[..., Server], module_database_url: str | None) -> Server:
     """Two requests a key a minute (one every 30 s: none refills during a test),
-    three token counts; documents by URL from the loopback origin."""
+    three token counts; documents by URL from the loopback origin. In memory,
+    and in PostgreSQL (the buckets replicas share)."""
     keys = [arg for key in ("doc", "counter", "alice", "bob", "eve") for arg in ("--api-key", key)]
     return server_factory(
         "--engine",
@@ -226,12 +227,14 @@ def strict(server_factory: Callable[..., Server]) -> Server:
         "--allow-url-sources",
         "--url-allow",
         "127.0.0.1",
+        env=db_env(module_database_url),
     )
 
 
 def test_a_key_at_its_request_limit_costs_no_rendering(strict: Server, origin: str) -> None:
     """The request bucket is checked before ``prepare``: the refused request's
     document is never fetched (nor its prompt rendered or tokenized)."""
+    Origin.hits = 0  # (the origin serves both databases' runs)
     client = strict.client(api_key="doc")
     with_doc = [
         {
