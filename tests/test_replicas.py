@@ -343,3 +343,37 @@ def test_the_database_going_away_stops_no_interactive_request_and_loses_no_resul
         if server is not None:
             stop_server(server)
         pg.remove_cluster(cluster)
+
+
+def test_leases_are_renewed_lapse_and_fence_the_result(pg_url: str) -> None:
+    """Store level, on one clock: a renewed lease holds, a lapsed one is taken over,
+    and the replica that lost it writes nothing (its result is dropped)."""
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    a = BatchStore(pg_url, clock=clock, lease=10, replica="a")
+    b = BatchStore(pg_url, clock=clock, lease=10, replica="b")
+    try:
+        a.create("msgbatch_l", "", [("x", "{}"), ("y", "{}")], expires_in=3600)
+        x, y = a.claim(2)
+        now[0] += 8
+        a.renew()  # both held until 1018
+        now[0] += 8
+        assert b.reclaim().resumed == [] and b.claim(2) == []
+        now[0] += 8  # 1024: lapsed (a stalled, or died)
+        assert b.reclaim().resumed == [x.row_id, y.row_id]
+        taken = b.claim(2)
+        assert [(c.row_id, c.attempt) for c in taken] == [(x.row_id, 2), (y.row_id, 2)]
+        assert a.finish([(x, "succeeded", '"from a"')]) == 0  # lost: dropped
+        assert a.release([y]) == 0 and a.renew() == []  # nor can it give it back
+        assert b.finish([(c, "succeeded", '"from b"') for c in taken]) == 2
+        lines = [line for page in b.results("msgbatch_l", "") for line in page]
+        assert lines == [
+            b'{"custom_id":"x","result":"from b"}\n',
+            b'{"custom_id":"y","result":"from b"}\n',
+        ]
+    finally:
+        a.close()
+        b.close()
