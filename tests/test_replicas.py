@@ -377,3 +377,59 @@ def test_leases_are_renewed_lapse_and_fence_the_result(pg_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_dead_replicas_requests_of_a_canceled_batch_end_canceled(pg_url: str) -> None:
+    now = [1000.0]
+
+    def clock() -> float:
+        return now[0]
+
+    a = BatchStore(pg_url, clock=clock, lease=10, replica="a")
+    b = BatchStore(pg_url, clock=clock, lease=10, replica="b")
+    try:
+        a.create("msgbatch_c", "", [("x", "{}"), ("y", "{}"), ("z", "{}")], expires_in=3600)
+        a.claim(2)  # and a dies
+        assert b.cancel("msgbatch_c", "").counts == {
+            "processing": 2,  # running: the cancel leaves them to their replica
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 1,
+            "expired": 0,
+        }
+        assert a.renew() == [1]  # (a live a would stop them: its batch is canceling)
+        now[0] += 20
+        assert len(b.reclaim().resumed) == 2
+        ended = b.get("msgbatch_c", "")
+        assert ended.ended_at is not None and ended.counts["canceled"] == 3
+        assert b.claim(5) == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_cancel_through_one_replica_stops_the_others_requests(
+    tmp_path: Path, pg_url: str, replicas: Callable[..., Server]
+) -> None:
+    gate = Gate(tmp_path / "gate")  # never opened: in flight until canceled
+    rules = [{"match": {}, "reply": {"text": "held", "hold": str(gate.path)}}]
+    script = write_rules(tmp_path / "rules.yaml", rules, slots=WORKERS)
+    a, b = replicas("a", script), replicas("b", script)
+    engine = sa.create_engine(resolve_url(pg_url))
+    try:
+        client = a.client()
+        batch = client.messages.batches.create(
+            requests=[request(f"r{i}", f"w{i}") for i in range(20)]  # type: ignore[misc]
+        )
+        pids = [a.process.pid, b.process.pid]
+        wait_for(
+            lambda: holders(engine) == Counter(dict.fromkeys(pids, WORKERS)),
+            lambda: f"both replicas to hold {WORKERS}: {holders(engine)}",
+        )
+        b.client().messages.batches.cancel(batch.id)
+        ended = wait_ended(client, batch.id)  # a learns of it at its next heartbeat
+        assert ended.request_counts.canceled == 20
+        assert a.wait_idle("scripted")["cancelled"] == WORKERS
+        assert {r.type for r in results(client, batch.id).values()} == {"canceled"}
+    finally:
+        engine.dispose()

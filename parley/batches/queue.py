@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 
 from parley.db.database import Database
 from parley.db.schema import RequestStatus, batch_requests, batches
-from parley.wire.batches import EXPIRED, ErroredResult
+from parley.wire.batches import CANCELED, EXPIRED, ErroredResult
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ class WorkQueue(Database):
             )
             ids = sorted(r.id for r in resumed)
             if ids:
+                self._cancel_if_canceling(conn, now)
                 self._notify_work(conn)
             return Recovered(ids, exhausted)
 
@@ -135,6 +136,7 @@ class WorkQueue(Database):
             )
             ids = sorted(r.id for r in resumed)
             if ids:
+                self._cancel_if_canceling(conn, now)
                 self._notify_work(conn)
             return Recovered(ids, exhausted)
 
@@ -304,12 +306,15 @@ class WorkQueue(Database):
         batches whose running requests the worker must stop are returned."""
         now = self.clock()
         with self._writing() as conn:
+            # Batch rows are locked before their requests, as cancel and delete
+            # lock them: two replicas doing both at once would deadlock otherwise.
             due = [
                 r.seq
                 for r in conn.execute(
-                    sa.select(batches.c.seq).where(
-                        batches.c.ended_at.is_(None), batches.c.expires_at <= now
-                    )
+                    sa.select(batches.c.seq)
+                    .where(batches.c.ended_at.is_(None), batches.c.expires_at <= now)
+                    .order_by(batches.c.seq)
+                    .with_for_update()
                 )
             ]
             if not due:
@@ -330,9 +335,10 @@ class WorkQueue(Database):
             old = [
                 r.seq
                 for r in conn.execute(
-                    sa.select(batches.c.seq).where(
-                        batches.c.created_at <= cutoff, batches.c.ended_at.is_not(None)
-                    )
+                    sa.select(batches.c.seq)
+                    .where(batches.c.created_at <= cutoff, batches.c.ended_at.is_not(None))
+                    .order_by(batches.c.seq)
+                    .with_for_update()
                 )
             ]
             self._delete(conn, old)
@@ -342,6 +348,22 @@ class WorkQueue(Database):
         with self._reading() as conn:
             query = sa.select(batch_requests.c.id).where(batch_requests.c.status == "pending")
             return conn.execute(query.limit(1)).first() is not None
+
+    def _cancel_if_canceling(self, conn: Connection, now: float) -> None:
+        """Pending requests of batches being canceled become canceled: requests
+        made pending again after their runner died were running when the cancel
+        came, so the cancel left them to it."""
+        canceling = sa.select(batches.c.seq).where(
+            batches.c.cancel_initiated_at.is_not(None), batches.c.ended_at.is_(None)
+        )
+        ended = conn.execute(
+            batch_requests.update()
+            .where(batch_requests.c.status == "pending", batch_requests.c.batch_seq.in_(canceling))
+            .values(status="canceled", result=CANCELED)
+            .returning(batch_requests.c.batch_seq)
+        )
+        for seq in sorted({r.batch_seq for r in ended}):
+            self._end_if_done(conn, seq, now)
 
     def _end_exhausted(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> int:
         """Requests matching ``where`` that were started ``max_attempts`` times end
