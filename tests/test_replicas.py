@@ -171,10 +171,11 @@ def test_three_replicas_share_a_batch_and_lose_nothing_when_two_die(
                 )
             }
         assert {status for status, _ in rows.values()} == {"succeeded"}
-        # The dead c's requests were taken over once their leases ran out: run twice,
-        # recorded once. (Those a and b had in flight or unwritten when they died
-        # ran twice too; how many depends on when the kill struck.)
-        assert all(rows[row][1] == 2 for row in held_by_c)
+        # The dead c's requests were taken over once their leases ran out: run again,
+        # recorded once (a third time if a or b held them when it died). Those a and
+        # b had in flight or unwritten when they died ran again too; how many
+        # depends on when the kill struck.
+        assert all(rows[row][1] >= 2 for row in held_by_c)
     finally:
         engine.dispose()
 
