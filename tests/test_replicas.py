@@ -249,7 +249,7 @@ def test_rate_limits_are_one_bucket_across_replicas(trio: list[Server]) -> None:
     # 4 a minute: one more each 15 s; per replica buckets would have allowed all eight.
     refills = int((time.monotonic() - began) / 15)
     allowed = [o for o in outcomes if o >= 0]
-    assert len(allowed) == min(8, 4 + refills), outcomes
+    assert 4 <= len(allowed) <= min(8, 4 + refills), outcomes
     assert allowed[:4] == [3, 2, 1, 0] or refills, outcomes
 
 
