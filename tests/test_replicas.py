@@ -7,8 +7,10 @@ work alone. Rate limits are one bucket across replicas, and a thinking
 signature made on one verifies on another. Claims are checked concurrently
 at the store: many claimers never take the same request twice.
 
-Leases are 2 s here (``PARLEY_BATCH_LEASE``), so a killed replica's work is
-taken over quickly; every wait is on a condition with a deadline.
+Leases are 3 s here (``PARLEY_BATCH_LEASE``, renewed every second: a busy
+machine may delay a beat or two without a live replica losing its work), so
+a killed replica's work is taken over quickly; every wait is on a condition
+with a deadline.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def replicas(tmp_path: Path, pg_url: str) -> Iterator[Callable[..., Server]]:
         full = {
             "PARLEY_DATABASE_URL": pg_url,
             "PARLEY_DATA_DIR": str(folder / "data"),
-            "PARLEY_BATCH_LEASE": "2",
+            "PARLEY_BATCH_LEASE": "3",
             "PARLEY_BATCH_WORKERS": str(WORKERS),
             **env,
         }
