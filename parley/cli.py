@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any, NoReturn
 
-from parley import __version__, batch_cli, serve_flags
+from parley import __version__, batch_cli, db_cli, serve_flags
 from parley.config import ConfigError, did_you_mean, load_settings, parse_pairs
 from parley.errors import ParleyError
 from parley.logs import configure
@@ -25,6 +25,7 @@ examples:
   parley serve --model model.gguf --n-ctx 32768
   parley serve --config parley.toml            settings from a file (parley.example.toml)
   parley batch submit requests.jsonl --wait -o results.jsonl
+  parley db status --database-url postgresql://parley@db/parley
 
 Settings: defaults < config file < PARLEY_* environment < flags.
 'parley serve --help' lists every option with its default and environment variable."""
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_flags.add_flags(serve)
     batch_cli.add_parser(sub)
+    db_cli.add_parser(sub)
     return parser
 
 
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batch":
         return batch_cli.run(args)
+    if args.command == "db":
+        return db_cli.run(args)
     try:
         overrides = serve_flags.overrides(args)
         if args.upstream and not overrides["engine"]:

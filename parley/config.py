@@ -103,6 +103,10 @@ class Settings:
     batch_expiry: float = 24 * 3600.0  # seconds from creation until unfinished requests expire
     batch_retention: float = 29 * 24 * 3600.0  # seconds from creation until a batch is deleted
     batch_max_attempts: int = 3  # times a batch request is started before it ends errored
+    # Where batches (and, when given, rate limits and the thinking key) live:
+    # None is SQLite in the data dir; postgresql://... is shared by replicas.
+    database_url: str | None = None
+    batch_lease: float = 30.0  # seconds a replica's claim on a batch request lasts unrenewed
     log_level: str = "info"
     # Options engines declare for themselves (parley.engines.options), by engine name:
     # the config file's [engines.NAME] tables, --engine-opt and PARLEY_ENGINE_OPTS.
@@ -271,6 +275,12 @@ def load_settings(
         raise ConfigError("setting 'max_queue' must be at least 1")
     if settings.batch_max_attempts < 1:
         raise ConfigError("setting 'batch_max_attempts' must be at least 1")
+    if settings.batch_lease < 1:
+        raise ConfigError("setting 'batch_lease' must be at least 1 (seconds)")
+    if settings.database_url is not None:
+        from parley.db.database import resolve_url
+
+        resolve_url(settings.database_url)  # a ConfigError naming what is wrong
     if settings.rate_count_tokens is not None and settings.rate_count_tokens < 0:
         raise ConfigError("setting 'rate_count_tokens' must be 0 or more")
     for name in ("url_max_bytes", "url_max_total_bytes", "url_max_documents", "url_timeout"):

@@ -17,7 +17,8 @@ these; one handler (``parley.api.errors``) renders the Anthropic envelope
     ├── RequestTooLargeError       413 request_too_large
     ├── RateLimitError             429 rate_limit_error
     ├── APIError                   500 api_error
-    │   └── EngineError                (the inference engine failed)
+    │   ├── EngineError                (the inference engine failed)
+    │   └── StorageError               (the database failed: down, disk full)
     ├── TimeoutError_              504 timeout_error
     ├── OverloadedError            529 overloaded_error
     └── ModelLoadError             (start-up: a model or an upstream cannot be served)
@@ -119,6 +120,10 @@ class APIError(ParleyError):
 
 class EngineError(APIError):
     """The inference engine failed while serving a request."""
+
+
+class StorageError(APIError):
+    """The database could not be used (its server is down, its disk is full)."""
 
 
 class TimeoutError_(ParleyError):

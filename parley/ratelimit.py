@@ -11,6 +11,12 @@ below zero, and later requests wait for it). A request that does not fit
 gets 429 ``rate_limit_error`` with ``retry-after``; every response of the
 Messages endpoints carries the ``anthropic-ratelimit-*`` headers.
 
+Where the buckets are kept is ``Buckets``' business: this process's memory
+(``MemoryBuckets``, the default), or a database all replicas share
+(``parley.db.buckets.SharedBuckets``), so a key's requests spread over
+several replicas are limited as one. Every check is one ``settle``: refill,
+and debit only if what the request needs is there.
+
 Interactive requests and Message Batch requests of a key draw on the same
 buckets (the batch worker calls the same methods and waits instead of
 failing). Token counting has a limiter of its own (requests only), as the
@@ -22,9 +28,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from parley.errors import RateLimitError
 
@@ -55,6 +62,52 @@ class Bucket:
         return max(0.0, (self.limit - self.level) / self.rate)
 
 
+class Buckets(Protocol):
+    """Where an owner's buckets live. ``settle`` is atomic for the owner: refill
+    each bucket of ``limits`` (a new one starts full), then, if every kind in
+    ``want`` holds as much (or is full: a want above the limit never fits
+    otherwise), debit ``take``; whether it did, and the buckets after."""
+
+    def settle(
+        self,
+        owner: str,
+        limits: Mapping[str, int],
+        want: Mapping[str, float],
+        take: Mapping[str, float],
+    ) -> tuple[bool, dict[str, Bucket]]: ...
+
+
+class MemoryBuckets:
+    """This process's buckets."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._keys: dict[str, dict[str, Bucket]] = {}  # owner -> kind -> bucket
+        self._lock = threading.Lock()
+
+    def settle(
+        self,
+        owner: str,
+        limits: Mapping[str, int],
+        want: Mapping[str, float],
+        take: Mapping[str, float],
+    ) -> tuple[bool, dict[str, Bucket]]:
+        with self._lock:
+            now = self._clock()
+            buckets = self._keys.setdefault(owner, {})
+            for kind, limit in limits.items():
+                if limit and kind not in buckets:
+                    buckets[kind] = Bucket(float(limit), float(limit), now)
+            for bucket in buckets.values():
+                bucket.refill(now)
+            ok = all(b.wait_for(want[k]) == 0 for k, b in buckets.items() if k in want)
+            if ok:
+                for kind, amount in take.items():
+                    if kind in buckets:
+                        buckets[kind].level -= amount
+            return ok, {k: Bucket(b.limit, b.level, b.stamp) for k, b in buckets.items()}
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -65,32 +118,32 @@ class RateLimiter:
         label: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        buckets: Buckets | None = None,
     ) -> None:
         """``label`` names what is limited in messages ("token counting " gives
-        "... 100 token counting requests per minute ..."); 0 turns a limit off."""
+        "... 100 token counting requests per minute ..."); 0 turns a limit off.
+        ``buckets``: where they live (default: in memory, on ``clock``)."""
         self._label = label
         self._limits = {
             "requests": requests,
             "input-tokens": input_tokens,
             "output-tokens": output_tokens,
         }
-        self._clock = clock
         self._wall = wall
-        self._keys: dict[str, dict[str, Bucket]] = {}  # owner -> kind -> bucket
-        self._lock = threading.Lock()
+        self._store: Buckets = buckets if buckets is not None else MemoryBuckets(clock)
 
     @property
     def enabled(self) -> bool:
         return any(self._limits.values())
 
-    def _buckets(self, owner: str, now: float) -> dict[str, Bucket]:
-        buckets = self._keys.setdefault(owner, {})
-        for kind, limit in self._limits.items():
-            if limit and kind not in buckets:
-                buckets[kind] = Bucket(float(limit), float(limit), now)
-        for bucket in buckets.values():
-            bucket.refill(now)
-        return buckets
+    def _settle(
+        self,
+        owner: str,
+        want: Mapping[str, float] | None = None,
+        take: Mapping[str, float] | None = None,
+    ) -> tuple[bool, dict[str, Bucket]]:
+        limits = {k: v for k, v in self._limits.items() if v}
+        return self._store.settle(owner, limits, want or {}, take or {})
 
     def admit_request(self, owner: str) -> None:
         """Take one request of ``owner``'s allowance, or raise 429 saying what ran out.
@@ -110,39 +163,32 @@ class RateLimiter:
         For callers that wait instead of answering 429, such as the batch worker."""
         if not self.enabled:
             return 0.0
-        with self._lock:
-            buckets = self._buckets(owner, self._clock())
-            want = {**_START, "input-tokens": float(max(1, input_tokens))}
-            return max((b.wait_for(want[k]) for k, b in buckets.items()), default=0.0)
+        _, buckets = self._settle(owner)
+        want = {**_START, "input-tokens": float(max(1, input_tokens))}
+        return max((b.wait_for(want[k]) for k, b in buckets.items()), default=0.0)
 
     def _admit(self, owner: str, want: dict[str, float], take: str) -> None:
         if not self.enabled:
             return
-        with self._lock:
-            now = self._clock()
-            buckets = self._buckets(owner, now)
-            waits = {k: b.wait_for(want[k]) for k, b in buckets.items() if k in want}
-            worst = max(waits, key=lambda k: waits[k], default=None)
-            if worst is not None and waits[worst] > 0:
-                retry = max(1, math.ceil(waits[worst]))
-                headers = self._headers(buckets)
-                headers["retry-after"] = str(retry)
-                raise RateLimitError(
-                    f"This request would exceed the rate limit of {int(buckets[worst].limit)} "
-                    f"{self._label}{worst.replace('-', ' ')} per minute for this API key; "
-                    f"retry in {retry} s",
-                    headers=headers,
-                )
-            if take in buckets:
-                buckets[take].level -= want[take]
+        ok, buckets = self._settle(owner, want, {take: want[take]})
+        if ok:
+            return
+        waits = {k: b.wait_for(want[k]) for k, b in buckets.items() if k in want}
+        worst = max(waits, key=lambda k: waits[k])
+        retry = max(1, math.ceil(waits[worst]))
+        headers = self._headers(buckets)
+        headers["retry-after"] = str(retry)
+        raise RateLimitError(
+            f"This request would exceed the rate limit of {int(buckets[worst].limit)} "
+            f"{self._label}{worst.replace('-', ' ')} per minute for this API key; "
+            f"retry in {retry} s",
+            headers=headers,
+        )
 
     def spend_output(self, owner: str, output_tokens: int) -> None:
         if not self._limits["output-tokens"] or not output_tokens:
             return
-        with self._lock:
-            buckets = self._buckets(owner, self._clock())
-            if "output-tokens" in buckets:
-                buckets["output-tokens"].level -= output_tokens
+        self._settle(owner, take={"output-tokens": float(output_tokens)})
 
     def headers_for(self, owner: str) -> Callable[[], dict[str, str]]:
         """The headers of ``owner``, computed when called (when a response starts)."""
@@ -151,8 +197,7 @@ class RateLimiter:
     def headers(self, owner: str) -> dict[str, str]:
         if not self.enabled:
             return {}
-        with self._lock:
-            return self._headers(self._buckets(owner, self._clock()))
+        return self._headers(self._settle(owner)[1])
 
     def _headers(self, buckets: dict[str, Bucket]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -149,10 +149,26 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "--data-dir",
-        "where state lives (batches, thinking key)",
+        "where state lives (batches, thinking key) without --database-url",
         "data_dir",
         Path,
         "DIR",
+    ),
+    Flag(
+        "--database-url",
+        "the database of batches, rate limits and the thinking key: postgresql://USER@HOST/DB "
+        "for several replicas sharing one",
+        "database_url",
+        metavar="URL",
+        default="SQLite in --data-dir",
+    ),
+    Flag(
+        "--batch-lease",
+        "seconds a replica's claim on a batch request lasts without renewal; another "
+        "replica takes the request over after that",
+        "batch_lease",
+        float,
+        "S",
     ),
     Flag(
         "--config",

@@ -2,7 +2,8 @@
 
 The secret lives in the data dir (``thinking.key``: 32 random bytes, mode
 0600, written atomically once), so signatures and redacted data stay valid
-across restarts. A signature is an
+across restarts; with a shared database (``--database-url``) it lives there,
+so every replica verifies what any other signed. A signature is an
 HMAC over the thinking text; redacted thinking is the text sealed with
 AES-256-GCM under a key derived from the same secret. A thinking block that
 comes back in history with a wrong signature, or redacted data that does not
@@ -16,12 +17,16 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from parley import datadir
 from parley.config import ConfigError
+
+if TYPE_CHECKING:
+    from parley.db.database import Database
 
 KEY_FILE = datadir.KEY
 KEY_BYTES = 32
@@ -68,6 +73,31 @@ class Signer:
         except OSError as exc:
             raise ConfigError(f"cannot use the thinking key {path}: {exc.strerror or exc}") from exc
         raise ConfigError(f"cannot use the thinking key {path}: it keeps changing")
+
+    @classmethod
+    def from_database(cls, db: Database, data_dir: Path) -> Signer:
+        """The signer keyed by the database's thinking key. The first replica to
+        start stores it: the key of its data dir when it has one (what it signed
+        before still verifies), else a new one."""
+        from parley.db.secrets import shared_secret
+
+        path = data_dir / KEY_FILE
+        try:
+            first = path.read_bytes()
+        except FileNotFoundError:
+            first = b""
+        except OSError as exc:
+            raise ConfigError(f"cannot read the thinking key {path}: {exc.strerror}") from exc
+        if len(first) != KEY_BYTES:
+            first = secrets.token_bytes(KEY_BYTES)
+        key = shared_secret(db, "thinking_key", first)
+        if len(key) != KEY_BYTES:
+            raise ConfigError(
+                f"the database's thinking key has {len(key)} bytes, not {KEY_BYTES}; "
+                "delete its row in 'secrets' to create a new one (signatures given out "
+                "before will be refused)"
+            )
+        return cls(key)
 
     def sign(self, thinking: str) -> str:
         digest = hmac.new(self._key, thinking.encode("utf-8"), hashlib.sha256).digest()

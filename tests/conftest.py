@@ -379,3 +379,43 @@ def long_body(max_tokens: int = 3000, **extra: object) -> dict[str, object]:
         "messages": LONG_MESSAGES,
         **extra,
     }
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL cluster for the session (``tests/pg.py``), stopped at its end."""
+    from tests import pg
+
+    cluster = pg.start_cluster(free_port())
+    try:
+        yield cluster
+    finally:
+        pg.remove_cluster(cluster)
+
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+def _database_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres").fresh_database()
+    return url
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """Each test using it runs twice: on the embedded SQLite (None: the data dir's)
+    and on a fresh PostgreSQL database."""
+    return _database_url(request)
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def module_database_url(request: pytest.FixtureRequest) -> str | None:
+    """``database_url`` for a module's shared server."""
+    return _database_url(request)
+
+
+def db_env(url: str | None, **env: str) -> dict[str, str]:
+    """A server's environment for the database ``url`` (None: the data dir's SQLite)."""
+    return {**env, "PARLEY_DATABASE_URL": url} if url else dict(env)

@@ -13,13 +13,15 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import RULES, Server
+from tests.conftest import RULES, Server, db_env
 
 PARAMS = '{"model":"scripted","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
 
 
 @pytest.fixture(scope="module")
-def envelope_server(server_factory: Callable[..., Server]) -> Server:
+def envelope_server(
+    server_factory: Callable[..., Server], module_database_url: str | None
+) -> Server:
     # Two keys: batches are scoped to a key, so the hostile one's list shows
     # whether anything it sent was stored.
     return server_factory(
@@ -31,6 +33,7 @@ def envelope_server(server_factory: Callable[..., Server]) -> Server:
         "hostile",
         "--api-key",
         "test-key",
+        env=db_env(module_database_url),
     )
 
 

@@ -31,6 +31,8 @@ COMMANDS = [
     ("batch", "results"),
     ("batch", "list"),
     ("batch", "delete"),
+    ("db",),
+    ("db", "status"),
 ]
 
 

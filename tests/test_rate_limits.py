@@ -16,16 +16,16 @@ import anthropic
 import pytest
 import sqlalchemy as sa
 
-from parley.batches.schema import batch_requests
 from parley.batches.store import BatchStore
 from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
+from parley.db.schema import batch_requests
 from parley.engines.scripted import Script, ScriptedEngine
 from parley.errors import RateLimitError
 from parley.ratelimit import RateLimiter
 from parley.service import MessagesService
 from parley.thinking import Signer
-from tests.conftest import RULES, Server
+from tests.conftest import RULES, Server, db_env
 from tests.test_batches import request, wait_ended
 
 HI = [{"role": "user", "content": "hello"}]
@@ -39,9 +39,32 @@ class Clock:
         return self.now
 
 
-def test_buckets_refill_continuously_and_output_is_charged_after() -> None:
+@pytest.fixture
+def make_limiter(database_url: str | None, tmp_path: Path) -> Iterator[Callable[..., RateLimiter]]:
+    """Limiters on this process's buckets (sqlite: the default), or on buckets in a
+    PostgreSQL database as replicas share them; both on ``clock``."""
+    opened: list[Any] = []
+
+    def make(clock: Clock, **limits: int) -> RateLimiter:
+        buckets = None
+        if database_url is not None:
+            from parley.db.buckets import SharedBuckets
+
+            store = BatchStore(database_url)
+            buckets = SharedBuckets(store, "test", clock=clock)
+            opened.extend([buckets, store])
+        return RateLimiter(**limits, clock=clock, wall=lambda: 0.0, buckets=buckets)
+
+    yield make
+    for thing in opened:
+        thing.close()
+
+
+def test_buckets_refill_continuously_and_output_is_charged_after(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
     clock = Clock()
-    limiter = RateLimiter(requests=2, output_tokens=100, clock=clock, wall=lambda: 0.0)
+    limiter = make_limiter(clock, requests=2, output_tokens=100)
     limiter.admit_request("k")
     limiter.admit_request("k")
     with pytest.raises(RateLimitError) as refused:
@@ -61,9 +84,11 @@ def test_buckets_refill_continuously_and_output_is_charged_after() -> None:
     assert waiting.value.headers["retry-after"] == "37"  # 61 tokens at 100/min
 
 
-def test_input_tokens_are_taken_once_counted_and_the_request_stays_spent() -> None:
+def test_input_tokens_are_taken_once_counted_and_the_request_stays_spent(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
     clock = Clock()
-    limiter = RateLimiter(requests=10, input_tokens=1000, clock=clock, wall=lambda: 0.0)
+    limiter = make_limiter(clock, requests=10, input_tokens=1000)
     limiter.admit_request("k")
     limiter.admit_input("k", 900)
     limiter.admit_request("k")  # 100 input tokens left: a request may still try
@@ -182,9 +207,10 @@ def origin() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def strict(server_factory: Callable[..., Server]) -> Server:
+def strict(server_factory: Callable[..., Server], module_database_url: str | None) -> Server:
     """Two requests a key a minute (one every 30 s: none refills during a test),
-    three token counts; documents by URL from the loopback origin."""
+    three token counts; documents by URL from the loopback origin. In memory,
+    and in PostgreSQL (the buckets replicas share)."""
     keys = [arg for key in ("doc", "counter", "alice", "bob", "eve") for arg in ("--api-key", key)]
     return server_factory(
         "--engine",
@@ -201,12 +227,14 @@ def strict(server_factory: Callable[..., Server]) -> Server:
         "--allow-url-sources",
         "--url-allow",
         "127.0.0.1",
+        env=db_env(module_database_url),
     )
 
 
 def test_a_key_at_its_request_limit_costs_no_rendering(strict: Server, origin: str) -> None:
     """The request bucket is checked before ``prepare``: the refused request's
     document is never fetched (nor its prompt rendered or tokenized)."""
+    Origin.hits = 0  # (the origin serves both databases' runs)
     client = strict.client(api_key="doc")
     with_doc = [
         {

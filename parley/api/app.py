@@ -17,6 +17,7 @@ from parley.batches.store import BatchStore
 from parley.batches.worker import BatchWorker
 from parley.catalog import Catalog
 from parley.config import CLAUDE_MODEL_IDS, ConfigError, Settings
+from parley.db.buckets import SharedBuckets
 from parley.engines import registry
 from parley.engines.base import Engine
 from parley.engines.registry import UnknownEngineError
@@ -73,7 +74,23 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
     chosen = list(engines) if engines is not None else build_engines(settings)
     # Checked before serving, so a bad data dir is a one-line start-up error.
     data_dir = datadir.prepare(settings.data_dir.expanduser())
-    signer = Signer.from_data_dir(data_dir)
+    # Opened (and migrated) now: an unreachable database is a one-line start-up error.
+    store = BatchStore.open(
+        settings.database_url,
+        data_dir,
+        max_attempts=settings.batch_max_attempts,
+        lease=settings.batch_lease,
+    )
+    try:
+        # In a shared database every replica signs with the same key.
+        signer = (
+            Signer.from_database(store, data_dir)
+            if settings.database_url
+            else Signer.from_data_dir(data_dir)
+        )
+    except BaseException:
+        store.close()
+        raise
     slow_readers = SlowReaders(settings.slow_reader_timeout)
 
     @asynccontextmanager
@@ -108,17 +125,24 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
                 timeout=settings.url_timeout,
             ),
         )
+        # Replicas sharing a database share their buckets; else each has its own.
+        shared = (
+            [SharedBuckets(store, "messages"), SharedBuckets(store, "count_tokens")]
+            if store.shared
+            else []
+        )
         limiter = RateLimiter(
             requests=settings.rate_requests,
             input_tokens=settings.rate_input_tokens,
             output_tokens=settings.rate_output_tokens,
+            buckets=shared[0] if shared else None,
         )
         count_rpm = settings.rate_count_tokens
         count_limiter = RateLimiter(
             requests=2 * settings.rate_requests if count_rpm is None else count_rpm,
             label="token counting ",
+            buckets=shared[1] if shared else None,
         )
-        store = BatchStore.in_data_dir(data_dir, max_attempts=settings.batch_max_attempts)
         worker = BatchWorker(
             store,
             service,
@@ -147,6 +171,8 @@ def create_app(settings: Settings, engines: Sequence[Engine] | None = None) -> F
             log.info("shutting down")
             await slow_readers.stop()
             await worker.stop()
+            for buckets in shared:
+                buckets.close()
             store.close()
             for engine in chosen:
                 await engine.close()

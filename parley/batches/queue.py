@@ -1,9 +1,21 @@
 """The worker's side of the batches database: claiming requests and recording outcomes.
 
-A request's result is written in the same transaction that moves it out of
-``running``, guarded by that state, so it is recorded exactly once; requests
-found ``running`` at start-up (the server died mid-request) go back to
-``pending`` and run again.
+A replica claims a request by taking a lease on it: ``lease_owner`` (the
+replica's id) and ``lease_until``, renewed by ``renew`` while the replica
+runs it. A claim takes pending requests, ``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL so replicas claiming at once never take the same row; every
+tick ``reclaim`` makes requests whose lease ran out (their replica died)
+pending again. Each claim adds one to
+``attempts``, and that number is the claim's fencing token: a result is
+written in the transaction that moves its request out of ``running`` only
+where the owner and the attempt are still the claim's, so a replica that
+lost its lease (it stalled, another took the request over) writes nothing
+and every request is recorded exactly once.
+
+At start-up (``recover``) the embedded SQLite database is this process's
+alone: requests found ``running`` (the server died mid-request) go back to
+``pending`` and run again. A shared database is left to the leases: only
+requests whose lease has run out are reset, never those other replicas hold.
 
 ``attempts`` counts how often a request was started (claimed and not given
 back unused). A request started ``max_attempts`` times without finishing
@@ -14,6 +26,9 @@ the engine would otherwise crash it again after every restart) ends
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -21,8 +36,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from parley.batches.schema import ACTIVE, Database, RequestStatus, batch_requests, batches
-from parley.wire.batches import EXPIRED, ErroredResult
+from parley.db.database import Database
+from parley.db.schema import RequestStatus, batch_requests, batches
+from parley.wire.batches import CANCELED, EXPIRED, ErroredResult
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,7 @@ class Claimed:
     custom_id: str
     params: str
     owner: str
+    attempt: int = 0  # the claim's fencing token (its ``attempts`` number)
 
 
 @dataclass(frozen=True)
@@ -45,32 +62,83 @@ class Recovered:
     exhausted: int  # requests that ended errored: they had used all their attempts
 
 
+def replica_id() -> str:
+    """A name for this process among the replicas: host, pid and a random tail
+    (a pid comes back after a restart; a lease of the old process must not)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class WorkQueue(Database):
     def __init__(
-        self, url: str, *, clock: Callable[[], float] = time.time, max_attempts: int = 3
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_attempts: int = 3,
+        replica: str | None = None,
+        lease: float = 30.0,
+        migrate: bool = True,
     ) -> None:
         self.max_attempts = max(1, max_attempts)
+        self.replica = replica or replica_id()
+        self.lease = lease  # seconds a claim holds without a renewal
         self._exhausted = ErroredResult.of(
             "api_error",
             f"the request failed {self.max_attempts} attempts: the server stopped or crashed "
             "each time while running it, so it is not retried again",
         ).model_dump_json()
-        super().__init__(url, clock=clock)
+        super().__init__(url, clock=clock, migrate=migrate)
+
+    def _stale(self, now: float) -> sa.ColumnElement[bool]:
+        """Running requests no live replica holds: on SQLite at start-up every one
+        (the database is this process's), on a shared one those whose lease ran out."""
+        running = batch_requests.c.status == "running"
+        if not self.shared:
+            return running
+        lapsed = sa.or_(batch_requests.c.lease_until.is_(None), batch_requests.c.lease_until < now)
+        return sa.and_(running, sa.or_(lapsed, batch_requests.c.lease_owner == self.replica))
 
     def recover(self) -> Recovered:
-        """At start-up: requests left ``running`` by a previous process run again,
-        unless that was their last attempt (then they end errored)."""
+        """At start-up: requests left ``running`` by a dead process run again,
+        unless that was their last attempt (then they end errored). Requests
+        other live replicas hold are theirs (a shared database)."""
         now = self.clock()
+        stale = self._stale(now)
         with self._writing() as conn:
             # Pending ones too: max_attempts may have been lowered since they ran.
-            exhausted = self._end_exhausted(conn, batch_requests.c.status.in_(ACTIVE), now)
+            active = sa.or_(batch_requests.c.status == "pending", stale)
+            exhausted = self._end_exhausted(conn, active, now)
             resumed = conn.execute(
                 batch_requests.update()
-                .where(batch_requests.c.status == "running")
-                .values(status="pending")
+                .where(stale)
+                .values(status="pending", lease_owner=None, lease_until=None)
                 .returning(batch_requests.c.id)
             )
-            return Recovered(sorted(r.id for r in resumed), exhausted)
+            ids = sorted(r.id for r in resumed)
+            if ids:
+                self._cancel_if_canceling(conn, now)
+                self._notify_work(conn)
+            return Recovered(ids, exhausted)
+
+    def reclaim(self) -> Recovered:
+        """Every tick: requests whose lease ran out (their replica died or stalled)
+        go back to ``pending`` for any replica to claim, unless that was their
+        last attempt. This replica's own live leases are never lapsed (renewed)."""
+        now = self.clock()
+        lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
+        with self._writing() as conn:
+            exhausted = self._end_exhausted(conn, lapsed, now)
+            resumed = conn.execute(
+                batch_requests.update()
+                .where(lapsed)
+                .values(status="pending", lease_owner=None, lease_until=None)
+                .returning(batch_requests.c.id)
+            )
+            ids = sorted(r.id for r in resumed)
+            if ids:
+                self._cancel_if_canceling(conn, now)
+                self._notify_work(conn)
+            return Recovered(ids, exhausted)
 
     def claim(
         self,
@@ -82,7 +150,9 @@ class WorkQueue(Database):
         """Up to ``limit`` pending requests, oldest batch first, moved to ``running``
         with one attempt more. Batches of ``skip_owners`` are passed over (their
         owners are waiting for their rate limits); ``rows`` limits the choice to
-        those request ids."""
+        those request ids. (Requests whose lease ran out are made pending again
+        by ``reclaim``.)"""
+        now = self.clock()
         where = [batch_requests.c.status == "pending"]
         if skip_owners:
             # The unfinished batches of the others, so the index on (status,
@@ -99,18 +169,27 @@ class WorkQueue(Database):
                 .where(*where)
                 .order_by(batch_requests.c.batch_seq, batch_requests.c.idx)
                 .limit(limit)
+                # Replicas claiming at once skip each other's rows instead of
+                # taking them again once the first commits (SQLite: ignored).
+                .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
             found = list(
                 conn.execute(
                     batch_requests.update()
                     .where(batch_requests.c.id.in_(picked))
-                    .values(status="running", attempts=batch_requests.c.attempts + 1)
+                    .values(
+                        status="running",
+                        attempts=batch_requests.c.attempts + 1,
+                        lease_owner=self.replica,
+                        lease_until=now + self.lease,
+                    )
                     .returning(
                         batch_requests.c.id,
                         batch_requests.c.batch_seq,
                         batch_requests.c.custom_id,
                         batch_requests.c.params,
+                        batch_requests.c.attempts,
                     )
                 )
             )
@@ -128,29 +207,73 @@ class WorkQueue(Database):
         out = []
         for r in sorted(found, key=lambda r: r.id):
             batch_id, owner = info[r.batch_seq]
-            out.append(Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner))
+            out.append(
+                Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner, r.attempts)
+            )
         return out
+
+    def renew(self) -> list[int]:
+        """Extend the leases this replica holds; the batches of those requests
+        that are being canceled (by any replica: their running requests are
+        this one's to stop)."""
+        now = self.clock()
+        mine = sa.and_(
+            batch_requests.c.lease_owner == self.replica, batch_requests.c.status == "running"
+        )
+        with self._writing() as conn:
+            conn.execute(batch_requests.update().where(mine).values(lease_until=now + self.lease))
+            canceling = conn.execute(
+                sa.select(batch_requests.c.batch_seq)
+                .distinct()
+                .join(batches, batches.c.seq == batch_requests.c.batch_seq)
+                .where(mine, batches.c.cancel_initiated_at.is_not(None))
+            )
+            return sorted(r.batch_seq for r in canceling)
+
+    def _held(self, claimed: Claimed) -> sa.ColumnElement[bool]:
+        """The claim still holds its request: running, by this replica, at its attempt."""
+        return sa.and_(
+            batch_requests.c.id == claimed.row_id,
+            batch_requests.c.status == "running",
+            batch_requests.c.lease_owner == self.replica,
+            batch_requests.c.attempts == claimed.attempt,
+        )
 
     def finish(self, outcomes: Sequence[tuple[Claimed, RequestStatus, str]]) -> int:
         """Record running requests' results (each moves out of ``running`` together
-        with its result, all in one transaction); how many were still running."""
+        with its result, all in one transaction); how many were recorded. A
+        request whose lease this replica lost is not (another replica runs it)."""
+        if not outcomes:
+            return 0
         now = self.clock()
-        recorded = 0
+        held = sa.and_(
+            batch_requests.c.id == sa.bindparam("b_id"),
+            batch_requests.c.status == "running",
+            batch_requests.c.lease_owner == self.replica,
+            batch_requests.c.attempts == sa.bindparam("b_attempt"),
+        )
+        # One statement executed for every outcome (psycopg pipelines them: one
+        # round trip, not one a result); its row count is the sum.
+        record = (
+            batch_requests.update()
+            .where(held)
+            .values(
+                status=sa.bindparam("b_status"),
+                result=sa.bindparam("b_result"),
+                lease_owner=None,
+                lease_until=None,
+            )
+        )
+        params = [
+            {"b_id": c.row_id, "b_attempt": c.attempt, "b_status": status, "b_result": result}
+            for c, status, result in outcomes
+        ]
         with self._writing() as conn:
-            touched: set[int] = set()
-            for claimed, status, result in outcomes:
-                recorded += conn.execute(
-                    batch_requests.update()
-                    .where(
-                        batch_requests.c.id == claimed.row_id,
-                        batch_requests.c.status == "running",
-                    )
-                    .values(status=status, result=result)
-                ).rowcount
-                touched.add(claimed.batch_seq)
-            for seq in touched:
+            recorded = conn.execute(record, params).rowcount
+            # (in order: replicas lock batch rows alike)
+            for seq in sorted({c.batch_seq for c, _, _ in outcomes}):
                 self._end_if_done(conn, seq, now)
-        return recorded
+        return int(recorded)
 
     def release(self, claimed: Sequence[Claimed], *, spent: bool = False) -> int:
         """Give running requests back to ``pending``; how many ended errored instead.
@@ -161,20 +284,21 @@ class WorkQueue(Database):
         and a request that used its last one ends errored.
         """
         now = self.clock()
-        mine = sa.and_(
-            batch_requests.c.id.in_([c.row_id for c in claimed]),
-            batch_requests.c.status == "running",
-        )
+        mine = sa.or_(*(self._held(c) for c in claimed)) if claimed else sa.false()
+        pending = {"status": "pending", "lease_owner": None, "lease_until": None}
         with self._writing() as conn:
             if not spent:
-                conn.execute(
+                given = conn.execute(
                     batch_requests.update()
                     .where(mine)
-                    .values(status="pending", attempts=batch_requests.c.attempts - 1)
-                )
+                    .values(**pending, attempts=batch_requests.c.attempts - 1)
+                ).rowcount
+                if given:
+                    self._notify_work(conn)
                 return 0
             exhausted = self._end_exhausted(conn, mine, now)
-            conn.execute(batch_requests.update().where(mine).values(status="pending"))
+            if conn.execute(batch_requests.update().where(mine).values(**pending)).rowcount:
+                self._notify_work(conn)
             return exhausted
 
     def expire(self) -> list[int]:
@@ -182,12 +306,15 @@ class WorkQueue(Database):
         batches whose running requests the worker must stop are returned."""
         now = self.clock()
         with self._writing() as conn:
+            # Batch rows are locked before their requests, as cancel and delete
+            # lock them: two replicas doing both at once would deadlock otherwise.
             due = [
                 r.seq
                 for r in conn.execute(
-                    sa.select(batches.c.seq).where(
-                        batches.c.ended_at.is_(None), batches.c.expires_at <= now
-                    )
+                    sa.select(batches.c.seq)
+                    .where(batches.c.ended_at.is_(None), batches.c.expires_at <= now)
+                    .order_by(batches.c.seq)
+                    .with_for_update()
                 )
             ]
             if not due:
@@ -208,9 +335,10 @@ class WorkQueue(Database):
             old = [
                 r.seq
                 for r in conn.execute(
-                    sa.select(batches.c.seq).where(
-                        batches.c.created_at <= cutoff, batches.c.ended_at.is_not(None)
-                    )
+                    sa.select(batches.c.seq)
+                    .where(batches.c.created_at <= cutoff, batches.c.ended_at.is_not(None))
+                    .order_by(batches.c.seq)
+                    .with_for_update()
                 )
             ]
             self._delete(conn, old)
@@ -221,16 +349,32 @@ class WorkQueue(Database):
             query = sa.select(batch_requests.c.id).where(batch_requests.c.status == "pending")
             return conn.execute(query.limit(1)).first() is not None
 
+    def _cancel_if_canceling(self, conn: Connection, now: float) -> None:
+        """Pending requests of batches being canceled become canceled: requests
+        made pending again after their runner died were running when the cancel
+        came, so the cancel left them to it."""
+        canceling = sa.select(batches.c.seq).where(
+            batches.c.cancel_initiated_at.is_not(None), batches.c.ended_at.is_(None)
+        )
+        ended = conn.execute(
+            batch_requests.update()
+            .where(batch_requests.c.status == "pending", batch_requests.c.batch_seq.in_(canceling))
+            .values(status="canceled", result=CANCELED)
+            .returning(batch_requests.c.batch_seq)
+        )
+        for seq in sorted({r.batch_seq for r in ended}):
+            self._end_if_done(conn, seq, now)
+
     def _end_exhausted(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> int:
         """Requests matching ``where`` that were started ``max_attempts`` times end
         errored (their batches end if nothing else is left); how many."""
         ended = conn.execute(
             batch_requests.update()
             .where(where, batch_requests.c.attempts >= self.max_attempts)
-            .values(status="errored", result=self._exhausted)
+            .values(status="errored", result=self._exhausted, lease_owner=None, lease_until=None)
             .returning(batch_requests.c.batch_seq)
         )
         seqs = [r.batch_seq for r in ended]
-        for seq in set(seqs):
+        for seq in sorted(set(seqs)):
             self._end_if_done(conn, seq, now)
         return len(seqs)

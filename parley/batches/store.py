@@ -1,8 +1,8 @@
-"""Message Batches on disk: SQLAlchemy Core over SQLite (PostgreSQL-ready SQL).
+"""Message Batches in a database: SQLAlchemy Core over SQLite or PostgreSQL.
 
 Every state change is one transaction; request counts are read from the
 requests themselves, so they are exact at every moment. The tables and
-migrations are in ``schema.py``; the worker's side (claiming, recording
+migrations are in ``parley.db``; the worker's side (claiming, recording
 results, recovery, expiry) in ``queue.py``; this module adds what the API
 does with batches (create, read, page, cancel, delete, results).
 
@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from parley import datadir
 from parley.batches.queue import Claimed, WorkQueue
-from parley.batches.schema import ACTIVE, RequestStatus, batch_requests, batches
+from parley.db.schema import ACTIVE, RequestStatus, batch_requests, batches
 from parley.errors import InvalidRequestError, NotFoundError
 from parley.wire.batches import CANCELED, EXPIRED
 
@@ -67,6 +67,13 @@ class BatchStore(WorkQueue):
             datadir.private_file(data_dir / name, create=name == datadir.DATABASE)
         return cls(f"sqlite:///{data_dir / datadir.DATABASE}", **kwargs)
 
+    @classmethod
+    def open(cls, database_url: str | None, data_dir: Path, **kwargs: Any) -> BatchStore:
+        """The store at ``database_url``, or in the data dir when there is none."""
+        if database_url is None:
+            return cls.in_data_dir(data_dir, **kwargs)
+        return cls(database_url, **kwargs)
+
     # --- batches --------------------------------------------------------------------
 
     def create(
@@ -104,6 +111,7 @@ class BatchStore(WorkQueue):
             ]
             for start in range(0, len(rows), 5000):
                 conn.execute(batch_requests.insert(), rows[start : start + 5000])
+            self._notify_work(conn)
         return self.get(batch_id, owner)
 
     def get(self, batch_id: str, owner: str) -> BatchRow:

@@ -20,6 +20,13 @@ an owner whose bucket is empty is not refused: its requests go back to
 ``pending`` without costing an attempt and its batches are passed over
 until the bucket has refilled, while other owners' work goes on.
 
+Several replicas may share one database (PostgreSQL). A claim is a lease
+(``queue.py``); a heartbeat task renews this replica's leases every third
+of the lease, and learns of the batches another replica was asked to cancel
+whose requests run here. Another replica's new work wakes the dispatcher
+through ``LISTEN/NOTIFY`` (``parley.db.listen``), the poll every ``tick``
+remaining the fallback.
+
 A request is started at most ``max_attempts`` times (the store ends it
 ``errored`` after that). The requests that were running when the server
 died may be what killed it, so after a restart each runs alone first: a
@@ -32,21 +39,37 @@ import asyncio
 import contextlib
 import functools
 import logging
-from typing import Literal
+import sys
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
 from parley.batches.store import BatchStore, Claimed, RequestStatus
-from parley.errors import OverloadedError, ParleyError, RateLimitError
+from parley.db.database import WORK_CHANNEL
+from parley.errors import OverloadedError, ParleyError, RateLimitError, StorageError
 from parley.ratelimit import Meter, RateLimiter
 from parley.service import MessagesService
 from parley.wire.batches import CANCELED, EXPIRED, ErroredResult, SucceededResult
+
+if TYPE_CHECKING:
+    from parley.db.listen import Listener
 
 log = logging.getLogger("parley.batches")
 
 BATCH_PRIORITY = 10  # below interactive traffic (0)
 
 Stop = Literal["canceled", "expired"]
+
+
+def _failed(what: str, **extra: object) -> None:
+    """Log the exception being handled: one line when the database is unavailable
+    (it is retried, and an outage would repeat a traceback every tick), else with
+    its traceback (a bug)."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, StorageError):
+        log.warning(what, extra={**extra, "error": exc.message})
+    else:
+        log.exception(what, extra=extra)
 
 
 class BatchWorker:
@@ -78,6 +101,8 @@ class BatchWorker:
         self._stops: dict[int, Stop] = {}  # row id -> why it was stopped
         self._main: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
         self._outcomes: list[tuple[Claimed, RequestStatus, str]] = []
         self._written = asyncio.Event()
         self._closing = False
@@ -87,10 +112,24 @@ class BatchWorker:
     def start(self) -> None:
         self._main = asyncio.create_task(self._run(), name="parley-batch-worker")
         self._writer = asyncio.create_task(self._write_outcomes(), name="parley-batch-writer")
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="parley-batch-leases")
+        if self._store.shared:
+            from parley.db.listen import Listener  # psycopg: only with PostgreSQL
+
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:  # (on the listener's thread)
+                loop.call_soon_threadsafe(self.wake)
+
+            self._listener = Listener(self._store.url, WORK_CHANNEL, wake)
+            self._listener.start()
 
     async def stop(self) -> None:
         """Stop claiming; in-flight requests go back to pending for the next start,
         finished ones are written before this returns."""
+        if self._listener is not None:
+            await anyio.to_thread.run_sync(self._listener.stop)
+            self._listener = None
         if self._main is not None:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -108,6 +147,11 @@ class BatchWorker:
         if self._writer is not None:
             await self._writer
             self._writer = None
+        if self._heartbeat is not None:  # last: the leases held until results are written
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -151,7 +195,7 @@ class BatchWorker:
                 try:
                     claimed = await self._claim()
                 except Exception:  # the database is unwell (full disk...): retry later
-                    log.exception("could not claim batch requests; retrying")
+                    _failed("could not claim batch requests; retrying")
                     self._backoff = self._retry_after
             for item in claimed:
                 if self._admitted(item):
@@ -219,7 +263,7 @@ class BatchWorker:
         try:
             await anyio.to_thread.run_sync(lambda: self._store.release(items))
         except Exception:
-            log.exception("could not give batch requests back; retrying")
+            _failed("could not give batch requests back; retrying")
             self._deferred = items + self._deferred
             self._backoff = self._retry_after
 
@@ -240,13 +284,35 @@ class BatchWorker:
 
     async def _housekeeping(self) -> None:
         try:
+            reclaimed = await anyio.to_thread.run_sync(self._store.reclaim)
+            if reclaimed.resumed or reclaimed.exhausted:
+                log.info(
+                    "batch requests taken over: the lease of the replica running them ran out",
+                    extra={"requests": len(reclaimed.resumed), "exhausted": reclaimed.exhausted},
+                )
             for seq in await anyio.to_thread.run_sync(self._store.expire):
                 self.stop_batch(seq, "expired")
             purged = await anyio.to_thread.run_sync(self._store.purge, self._retention)
             if purged:
                 log.info("batches past retention deleted", extra={"batches": purged})
         except Exception:
-            log.exception("batch housekeeping failed")
+            _failed("batch housekeeping failed")
+
+    async def _renew_leases(self) -> None:
+        """Every third of the lease: this replica's leases are extended (a failed
+        renewal is tried again at the next beat; two missed in a row and another
+        replica may take the requests over, which the fencing makes safe)."""
+        while True:
+            await asyncio.sleep(self._store.lease / 3)
+            if not (self._tasks or self._outcomes or self._deferred):
+                continue  # (no lease held)
+            try:
+                canceling = await anyio.to_thread.run_sync(self._store.renew)
+            except Exception:
+                _failed("could not renew batch leases")
+                continue
+            for seq in canceling:  # canceled through another replica
+                self.stop_batch(seq, "canceled")
 
     # --- one request -----------------------------------------------------------------
 
@@ -296,7 +362,7 @@ class BatchWorker:
                 # Kept and written again shortly (a full disk may free up); if the
                 # process ends first, the requests are still running in the
                 # database and run again at the next start.
-                log.exception("could not record batch results", extra={"n": len(outcomes)})
+                _failed("could not record batch results", n=len(outcomes))
                 self._outcomes = outcomes + self._outcomes
                 if self._closing:
                     return
