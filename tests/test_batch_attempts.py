@@ -20,7 +20,7 @@ from anthropic.types.messages import MessageBatchErroredResult, MessageBatchIndi
 
 from parley.batches.store import BatchStore
 from parley.db.schema import batch_requests
-from tests.conftest import Gate, start_server, stop_server, write_rules
+from tests.conftest import Gate, db_env, start_server, stop_server, write_rules
 from tests.test_batches import request, results, wait_ended
 
 
@@ -100,17 +100,16 @@ def test_the_store_ends_a_request_errored_after_max_attempts(
     assert store.get(other.id, "").counts["errored"] == 1
 
 
-# SQLite only: on a shared database a crashed replica's requests are taken over
-# when their leases run out, by whichever replica claims them, beside its other
-# work (a pill still ends errored after its attempts; see ARCHITECTURE.md).
 def test_a_request_that_crashes_the_server_ends_errored_and_takes_no_other_down(
-    tmp_path: Path,
+    tmp_path: Path, database_url: str | None
 ) -> None:
     """The scripted engine kills its own process (SIGKILL) when it answers "poison
     pill". Each start runs it again until its attempts (3) are used; the requests
     that were running beside it at the first crash (held at a gate until then)
-    rerun alone and succeed."""
-    env = {"PARLEY_DATA_DIR": str(tmp_path / "data")}
+    rerun alone and succeed. On PostgreSQL the restarted process is a new
+    replica: it takes the dead one's requests over once their leases run out,
+    and runs each alone as a suspect."""
+    env = db_env(database_url, PARLEY_DATA_DIR=str(tmp_path / "data"))
     gate = Gate(tmp_path / "gate")
     texts = [f"a b c d {i}" for i in range(6)]
     rules = [{"match": {"user": t}, "reply": {"text": t, "hold": str(gate.path)}} for t in texts]
@@ -118,6 +117,8 @@ def test_a_request_that_crashes_the_server_ends_errored_and_takes_no_other_down(
     # A slot for each: the pill is answered however the others are scheduled.
     script = write_rules(tmp_path / "crash.yaml", rules, slots=8)
     args = ["--engine", "scripted", "--script", str(script)]
+    if database_url:
+        args += ["--batch-lease", "3"]  # the dead replica's leases run out soon
     server = start_server(args, tmp_path, env)
     texts.insert(2, "poison pill")
     batch = server.client().messages.batches.create(

@@ -52,6 +52,8 @@ class Claimed:
     params: str
     owner: str
     attempt: int = 0  # the claim's fencing token (its ``attempts`` number)
+    # Taken over from a replica that died holding it (``reclaim``): it runs alone.
+    suspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,9 @@ class WorkQueue(Database):
             resumed = conn.execute(
                 batch_requests.update()
                 .where(stale)
-                .values(status="pending", lease_owner=None, lease_until=None)
+                # Whoever claims it next runs it alone: it may be what killed the
+                # replica (the rule for requests found running at start-up).
+                .values(status="pending", lease_owner=None, lease_until=None, suspect=True)
                 .returning(batch_requests.c.id)
             )
             ids = sorted(r.id for r in resumed)
@@ -131,7 +135,9 @@ class WorkQueue(Database):
             resumed = conn.execute(
                 batch_requests.update()
                 .where(lapsed)
-                .values(status="pending", lease_owner=None, lease_until=None)
+                # Whoever claims it next runs it alone: it may be what killed the
+                # replica (the rule for requests found running at start-up).
+                .values(status="pending", lease_owner=None, lease_until=None, suspect=True)
                 .returning(batch_requests.c.id)
             )
             ids = sorted(r.id for r in resumed)
@@ -146,14 +152,18 @@ class WorkQueue(Database):
         *,
         skip_owners: Collection[str] = (),
         rows: Collection[int] | None = None,
+        suspects: bool | None = None,
     ) -> list[Claimed]:
         """Up to ``limit`` pending requests, oldest batch first, moved to ``running``
         with one attempt more. Batches of ``skip_owners`` are passed over (their
         owners are waiting for their rate limits); ``rows`` limits the choice to
         those request ids. (Requests whose lease ran out are made pending again
-        by ``reclaim``.)"""
+        by ``reclaim``, as suspects, like those ``recover`` finds: ``suspects``
+        True claims only those, False none of them.)"""
         now = self.clock()
         where = [batch_requests.c.status == "pending"]
+        if suspects is not None:
+            where.append(self._suspect_is(suspects))
         if skip_owners:
             # The unfinished batches of the others, so the index on (status,
             # batch_seq) is walked batch by batch instead of across skipped rows.
@@ -190,6 +200,7 @@ class WorkQueue(Database):
                         batch_requests.c.custom_id,
                         batch_requests.c.params,
                         batch_requests.c.attempts,
+                        batch_requests.c.suspect,
                     )
                 )
             )
@@ -208,9 +219,32 @@ class WorkQueue(Database):
         for r in sorted(found, key=lambda r: r.id):
             batch_id, owner = info[r.batch_seq]
             out.append(
-                Claimed(r.id, r.batch_seq, batch_id, r.custom_id, r.params, owner, r.attempts)
+                Claimed(
+                    r.id,
+                    r.batch_seq,
+                    batch_id,
+                    r.custom_id,
+                    r.params,
+                    owner,
+                    r.attempts,
+                    bool(r.suspect),
+                )
             )
         return out
+
+    def has_suspects(self, skip_owners: Collection[str] = ()) -> bool:
+        """Whether requests taken over from a dead replica wait (of owners not skipped)."""
+        where = [batch_requests.c.status == "pending", self._suspect_is(True)]
+        if skip_owners:
+            others = sa.select(batches.c.seq).where(batches.c.owner.not_in(list(skip_owners)))
+            where.append(batch_requests.c.batch_seq.in_(others))
+        with self._reading() as conn:
+            found = conn.execute(sa.select(batch_requests.c.id).where(*where).limit(1)).first()
+            return found is not None
+
+    @staticmethod
+    def _suspect_is(value: bool) -> sa.ColumnElement[bool]:
+        return batch_requests.c.suspect.is_(sa.true() if value else sa.false())
 
     def renew(self) -> list[int]:
         """Extend the leases this replica holds; the batches of those requests

@@ -31,13 +31,14 @@ A request is started at most ``max_attempts`` times (the store ends it
 ``errored`` after that). The requests that were running when the server
 died may be what killed it, so after a restart each runs alone first: a
 request that crashes the engine then takes no other request down with it.
+So does a request taken over from another replica whose lease on it ran out
+(``suspect``: that replica may have died of it), whichever replica claims it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sys
 from typing import TYPE_CHECKING, Literal
@@ -90,7 +91,6 @@ class BatchWorker:
         # their batches are passed over until the limiter says that fits.
         self._waiting: dict[str, int] = {}
         self._deferred: list[Claimed] = []  # claimed, not run: to give back unspent
-        self._suspects: list[int] = []  # row ids running when the server died
         self._alone = -1  # the suspect running alone, if any
         self._on_engine: set[int] = set()  # row ids the engine has been given
         self._concurrency = max(1, concurrency)
@@ -181,7 +181,6 @@ class BatchWorker:
                 "batch requests ended errored: each of their attempts was cut short",
                 extra={"exhausted": recovered.exhausted, "max_attempts": self._store.max_attempts},
             )
-        self._suspects = list(recovered.resumed)
         loop = asyncio.get_running_loop()
         next_housekeeping = 0.0
         while True:
@@ -214,24 +213,29 @@ class BatchWorker:
 
     async def _claim(self) -> list[Claimed]:
         skip = self._waiting_owners()
-        if self._suspects or self._alone in self._tasks:
-            if self._tasks:  # a suspect runs alone: wait until the pool is empty
-                return []
-            while self._suspects:  # (one canceled or expired meanwhile is not pending)
-                self._alone = self._suspects.pop(0)
-                # Its owner may be waiting for its rate limit; it is then given back
-                # and runs later with the others (a suspect never stalls the worker).
-                claimed = await anyio.to_thread.run_sync(
-                    functools.partial(self._store.claim, 1, rows=[self._alone])
-                )
-                if claimed:
-                    return claimed
-            return []
+        if self._alone in self._tasks:
+            return []  # a suspect runs alone
         free = self._concurrency - len(self._tasks)
         # Claim in groups (half the pool at least): one transaction, many requests.
         if free <= 0 or (free < max(1, self._concurrency // 2) and self._tasks):
             return []
-        return await anyio.to_thread.run_sync(lambda: self._store.claim(free, skip_owners=skip))
+        # Requests that were running when their process died (found at start-up,
+        # or taken over from a replica whose lease ran out): claimed one at a
+        # time, each alone once the pool has drained, so a pill among them costs
+        # the others no attempt. One whose owner waits for its rate limit is
+        # passed over meanwhile (a suspect never stalls the worker).
+        if await anyio.to_thread.run_sync(lambda: self._store.has_suspects(skip)):
+            if self._tasks:
+                return []  # the pool drains first
+            claimed = await anyio.to_thread.run_sync(
+                lambda: self._store.claim(1, skip_owners=skip, suspects=True)
+            )
+            if claimed:
+                self._alone = claimed[0].row_id
+                return claimed
+        return await anyio.to_thread.run_sync(
+            lambda: self._store.claim(free, skip_owners=skip, suspects=False)
+        )
 
     def _admitted(self, item: Claimed) -> bool:
         """Take a request from the owner's bucket; when it is empty, the owner waits."""

@@ -54,6 +54,9 @@ batch_requests = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("lease_owner", sa.String(64)),  # the replica running it (migration 2)
     sa.Column("lease_until", sa.Float),  # its lease ends then unless renewed (migration 2)
+    # Taken over from a replica whose lease ran out: it may be what killed that
+    # replica, so it runs alone (migration 4).
+    sa.Column("suspect", sa.Boolean, nullable=False, default=False),
 )
 
 rate_buckets = sa.Table(
@@ -136,4 +139,20 @@ def _migration_3(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(conn: Connection) -> None:
+    """Suspects: requests whose replica died while running them."""
+    conn.exec_driver_sql(
+        "ALTER TABLE batch_requests ADD COLUMN suspect BOOLEAN NOT NULL DEFAULT FALSE"
+    )
+    # Looked for before every claim: found through an index, not a walk of the pending.
+    conn.exec_driver_sql(
+        "CREATE INDEX ix_batch_requests_suspect ON batch_requests (suspect, status)"
+    )
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
