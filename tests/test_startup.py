@@ -5,13 +5,14 @@ a ready line of its own: the URL and the models with their context."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import RULES, Server, wait_for
+from tests.conftest import RULES, Server, start_server, stop_server, wait_for
 
 
 def test_a_busy_port_fails_before_the_model_loads(tmp_path: Path) -> None:
@@ -49,3 +50,17 @@ def test_the_ready_line_names_the_url_and_the_models(
     )
     assert f"url={server.url}" in line
     assert 'models="scripted (' in line and ' tokens)"' in line
+
+
+def test_a_native_crash_leaves_its_stack_in_the_log(tmp_path: Path) -> None:
+    """A segfault in native code (llama.cpp) kills the process without Python's
+    say; faulthandler writes every thread's stack to the log first."""
+    server = start_server(["--engine", "scripted", "--script", str(RULES)], tmp_path)
+    try:
+        os.kill(server.process.pid, signal.SIGSEGV)
+        assert server.process.wait(timeout=60) == -signal.SIGSEGV
+    finally:
+        stop_server(server)
+    log = server.log()
+    assert "Fatal Python error: Segmentation fault" in log, log[-2000:]
+    assert "Current thread" in log and 'File "' in log, log[-2000:]
