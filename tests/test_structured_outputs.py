@@ -265,7 +265,7 @@ def test_strict_tool_input_validates(model_client: anthropic.Anthropic) -> None:
         max_tokens=200,
         messages=[{"role": "user", "content": "Book a flight for ten people tomorrow."}],
         tools=[{"name": "book", "description": "Book.", "input_schema": schema, "strict": True}],
-        tool_choice={"type": "tool", "name": "book"},
+        tool_choice={"type": "tool", "name": "book", "disable_parallel_tool_use": True},
     )
     call = next(b for b in message.content if b.type == "tool_use")
     jsonschema.validate(call.input, schema, format_checker=jsonschema.FormatChecker())
