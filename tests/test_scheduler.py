@@ -224,13 +224,15 @@ def test_a_cancelled_generation_leaves_at_the_next_step(make: Any) -> None:
 
     async def scenario() -> list[Any]:
         generation = scheduler.submit(prompt([1] * 10), SamplingParams(max_tokens=1000))
-        seen: list[Any] = []
-        async for event in generation:
-            seen.append(event)
-            break  # the first delta arrived; the client leaves
+        # Held, not left with a break: an abandoned iterator cancels the generation
+        # when it is finalised, which could come before the third decode (a race
+        # lost once under load).
+        events = aiter(generation)
+        seen = [await anext(events)]  # the first delta arrived
         assert await asyncio.to_thread(native.decoding.wait, 60)
-        generation.cancel()
+        generation.cancel()  # the client leaves mid-decode
         native.gate.set()
+        await events.aclose()  # type: ignore[attr-defined]
         return seen
 
     seen = asyncio.run(scenario())
