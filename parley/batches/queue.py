@@ -110,19 +110,7 @@ class WorkQueue(Database):
             # Pending ones too: max_attempts may have been lowered since they ran.
             active = sa.or_(batch_requests.c.status == "pending", stale)
             exhausted = self._end_exhausted(conn, active, now)
-            resumed = conn.execute(
-                batch_requests.update()
-                .where(stale)
-                # Whoever claims it next runs it alone: it may be what killed the
-                # replica (the rule for requests found running at start-up).
-                .values(status="pending", lease_owner=None, lease_until=None, suspect=True)
-                .returning(batch_requests.c.id)
-            )
-            ids = sorted(r.id for r in resumed)
-            if ids:
-                self._cancel_if_canceling(conn, now)
-                self._notify_work(conn)
-            return Recovered(ids, exhausted)
+            return Recovered(self._resume(conn, stale, now), exhausted)
 
     def reclaim(self) -> Recovered:
         """Every tick: requests whose lease ran out (their replica died or stalled)
@@ -132,19 +120,22 @@ class WorkQueue(Database):
         lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
         with self._writing() as conn:
             exhausted = self._end_exhausted(conn, lapsed, now)
-            resumed = conn.execute(
-                batch_requests.update()
-                .where(lapsed)
-                # Whoever claims it next runs it alone: it may be what killed the
-                # replica (the rule for requests found running at start-up).
-                .values(status="pending", lease_owner=None, lease_until=None, suspect=True)
-                .returning(batch_requests.c.id)
-            )
-            ids = sorted(r.id for r in resumed)
-            if ids:
-                self._cancel_if_canceling(conn, now)
-                self._notify_work(conn)
-            return Recovered(ids, exhausted)
+            return Recovered(self._resume(conn, lapsed, now), exhausted)
+
+    def _resume(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> list[int]:
+        """Running requests ``where`` back to ``pending`` as suspects (whoever claims
+        one next runs it alone: it may be what killed its process); their ids."""
+        resumed = conn.execute(
+            batch_requests.update()
+            .where(where)
+            .values(status="pending", lease_owner=None, lease_until=None, suspect=True)
+            .returning(batch_requests.c.id)
+        )
+        ids = sorted(r.id for r in resumed)
+        if ids:
+            self._cancel_if_canceling(conn, now)
+            self._notify_work(conn)
+        return ids
 
     def claim(
         self,
