@@ -131,10 +131,12 @@ def test_three_replicas_share_a_batch_and_lose_nothing_when_two_die(
             ]
         )
         pids = [s.process.pid for s in (a, b, c)]
-        # Each replica claims its share and holds it at the gate.
+        # Each replica claims its share (its pool and half as many again, claimed
+        # ahead) and holds it at the gate.
+        share = WORKERS + WORKERS // 2
         wait_for(
-            lambda: holders(engine) == Counter(dict.fromkeys(pids, WORKERS)),
-            lambda: f"each replica to hold {WORKERS}: {holders(engine)}",
+            lambda: holders(engine) == Counter(dict.fromkeys(pids, share)),
+            lambda: f"each replica to hold {share}: {holders(engine)}",
         )
         # c dies and comes back: the others' running requests are untouched.
         held = leases(engine)  # (stable: every one waits at the gate)
@@ -142,7 +144,7 @@ def test_three_replicas_share_a_batch_and_lose_nothing_when_two_die(
         held_by_others = {row: lease for row, lease in held.items() if row not in held_by_c}
         kill(c)
         c = replicas("c", script)
-        # Once it claims, its start-up recovery has run. (It holds WORKERS, or one
+        # Once it claims, its start-up recovery has run. (It holds its share, or one
         # when the dead c's leases had lapsed by then: those it found it runs
         # alone first, as after any crash, and the gate holds them.)
         wait_for(lambda: holders(engine)[c.process.pid] >= 1, "the new c to claim")
@@ -385,6 +387,65 @@ def test_leases_are_renewed_lapse_and_fence_the_result(pg_url: str) -> None:
         b.close()
 
 
+def test_a_batch_whose_last_two_results_two_replicas_write_at_once_ends(pg_url: str) -> None:
+    """Results commit on their own and their batch is ended after: whichever of
+    two replicas finishing a batch's last two requests together commits last
+    sees both done, so the batch ends (50 races, the writes released at once)."""
+    a = BatchStore(pg_url, replica="a")
+    b = BatchStore(pg_url, replica="b")
+    try:
+        for i in range(50):
+            batch_id = f"msgbatch_race{i}"
+            a.create(batch_id, "", [("x", "{}"), ("y", "{}")], expires_in=3600)
+            (x,), (y,) = a.claim(1), b.claim(1)
+            start = threading.Barrier(2)
+
+            threads = [
+                threading.Thread(target=_finish_after, args=(start, a, x)),
+                threading.Thread(target=_finish_after, args=(start, b, y)),
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            ended = a.get(batch_id, "")
+            assert ended.ended_at is not None, i
+            assert ended.counts["succeeded"] == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def _finish_after(start: threading.Barrier, store: BatchStore, claimed: Any) -> None:
+    start.wait()
+    store.finish([(claimed, "succeeded", '"done"')])
+
+
+def test_a_batch_left_unended_by_a_replica_that_died_ends_at_the_next_tick(
+    pg_url: str,
+) -> None:
+    """A replica that dies between writing a batch's last result and ending the
+    batch: any replica's next housekeeping tick ends it."""
+    a = BatchStore(pg_url, replica="a")
+    b = BatchStore(pg_url, replica="b")
+    try:
+        a.create("msgbatch_left", "", [("x", "{}")], expires_in=3600)
+        (x,) = a.claim(1)
+        with a._statements() as conn:  # the result alone, as if a died after it
+            conn.execute(
+                batch_requests.update()
+                .where(batch_requests.c.id == x.row_id)
+                .values(status="succeeded", result='"done"', lease_owner=None, lease_until=None)
+            )
+        assert a.get("msgbatch_left", "").ended_at is None
+        b.reclaim()
+        ended = b.get("msgbatch_left", "")
+        assert ended.ended_at is not None and ended.counts["succeeded"] == 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_dead_replicas_requests_of_a_canceled_batch_end_canceled(pg_url: str) -> None:
     now = [1000.0]
 
@@ -428,13 +489,15 @@ def test_a_cancel_through_one_replica_stops_the_others_requests(
             requests=[request(f"r{i}", f"w{i}") for i in range(20)]  # type: ignore[misc]
         )
         pids = [a.process.pid, b.process.pid]
+        share = WORKERS + WORKERS // 2  # its pool, and half as many claimed ahead
         wait_for(
-            lambda: holders(engine) == Counter(dict.fromkeys(pids, WORKERS)),
-            lambda: f"both replicas to hold {WORKERS}: {holders(engine)}",
+            lambda: holders(engine) == Counter(dict.fromkeys(pids, share)),
+            lambda: f"both replicas to hold {share}: {holders(engine)}",
         )
         b.client().messages.batches.cancel(batch.id)
         ended = wait_ended(client, batch.id)  # a learns of it at its next heartbeat
         assert ended.request_counts.canceled == 20
+        # (on the engine: its pool; those claimed ahead end canceled without starting)
         assert a.wait_idle("scripted")["cancelled"] == WORKERS
         assert {r.type for r in results(client, batch.id).values()} == {"canceled"}
     finally:

@@ -70,6 +70,55 @@ def replica_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+_HELD = sa.and_(
+    batch_requests.c.id == sa.bindparam("b_id"),
+    batch_requests.c.status == "running",
+    batch_requests.c.lease_owner == sa.bindparam("b_replica"),
+    batch_requests.c.attempts == sa.bindparam("b_attempt"),
+)
+# SQLite: one statement executed for every outcome (in process: cheap).
+_RECORD = (
+    batch_requests.update()
+    .where(_HELD)
+    .values(
+        status=sa.bindparam("b_status"),
+        result=sa.bindparam("b_result"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+# PostgreSQL: one statement for all of them, the outcomes as arrays (a statement
+# per outcome, even pipelined, cost the writer about a millisecond each). It
+# also names the batches it may have finished: those with no pending request
+# left (as it found them; one whose pending requests another replica claims
+# and finishes meanwhile is ended by that replica, or at the latest by the
+# next tick's ``reclaim``).
+_RECORD_PG = sa.text(
+    """
+    WITH recorded AS (
+        UPDATE batch_requests AS r
+        SET status = v.status, result = v.result, lease_owner = NULL, lease_until = NULL
+        FROM unnest(
+            CAST(:ids AS integer[]), CAST(:attempts AS integer[]),
+            CAST(:statuses AS varchar[]), CAST(:results AS text[])
+        ) AS v(id, attempt, status, result)
+        WHERE r.id = v.id AND r.status = 'running' AND r.lease_owner = :replica
+            AND r.attempts = v.attempt
+        RETURNING r.batch_seq
+    ), seqs AS (SELECT DISTINCT batch_seq FROM recorded)
+    SELECT
+        (SELECT count(*) FROM recorded) AS recorded,
+        ARRAY(
+            SELECT s.batch_seq FROM seqs AS s
+            WHERE NOT EXISTS (
+                SELECT 1 FROM batch_requests AS p
+                WHERE p.batch_seq = s.batch_seq AND p.status = 'pending'
+            )
+        ) AS finishing
+    """
+)
+
+
 class WorkQueue(Database):
     def __init__(
         self,
@@ -120,7 +169,11 @@ class WorkQueue(Database):
         lapsed = sa.and_(batch_requests.c.status == "running", batch_requests.c.lease_until < now)
         with self._writing() as conn:
             exhausted = self._end_exhausted(conn, lapsed, now)
-            return Recovered(self._resume(conn, lapsed, now), exhausted)
+            resumed = self._resume(conn, lapsed, now)
+            # A batch whose last result was written by a replica that died before
+            # it could end the batch, or while another changed its requests.
+            self._end_finished(conn, None, now)
+            return Recovered(resumed, exhausted)
 
     def _resume(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> list[int]:
         """Running requests ``where`` back to ``pending`` as suspects (whoever claims
@@ -164,7 +217,7 @@ class WorkQueue(Database):
             where.append(batch_requests.c.batch_seq.in_(others))
         if rows is not None:
             where.append(batch_requests.c.id.in_(list(rows)))
-        with self._writing() as conn:
+        with self._statements() as conn:  # (one statement)
             picked = (
                 sa.select(batch_requests.c.id)
                 .where(*where)
@@ -175,53 +228,49 @@ class WorkQueue(Database):
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
-            found = list(
-                conn.execute(
-                    batch_requests.update()
-                    .where(batch_requests.c.id.in_(picked))
-                    .values(
-                        status="running",
-                        attempts=batch_requests.c.attempts + 1,
-                        lease_owner=self.replica,
-                        lease_until=now + self.lease,
-                    )
-                    .returning(
-                        batch_requests.c.id,
-                        batch_requests.c.batch_seq,
-                        batch_requests.c.custom_id,
-                        batch_requests.c.params,
-                        batch_requests.c.attempts,
-                        batch_requests.c.suspect,
-                    )
+
+            # One statement: the batch's id and owner come back with each request
+            # (as subqueries: SQLite's RETURNING names only the updated table).
+            def of_batch(column: sa.Column[str]) -> sa.ScalarSelect[str]:
+                return (
+                    sa.select(column)
+                    .where(batches.c.seq == batch_requests.c.batch_seq)
+                    .scalar_subquery()
                 )
+
+            found = conn.execute(
+                batch_requests.update()
+                .where(batch_requests.c.id.in_(picked))
+                .values(
+                    status="running",
+                    attempts=batch_requests.c.attempts + 1,
+                    lease_owner=self.replica,
+                    lease_until=now + self.lease,
+                )
+                .returning(
+                    batch_requests.c.id,
+                    batch_requests.c.batch_seq,
+                    of_batch(batches.c.id).label("batch_id"),
+                    batch_requests.c.custom_id,
+                    batch_requests.c.params,
+                    of_batch(batches.c.owner).label("owner"),
+                    batch_requests.c.attempts,
+                    batch_requests.c.suspect,
+                )
+            ).all()
+        return [
+            Claimed(
+                r.id,
+                r.batch_seq,
+                r.batch_id,
+                r.custom_id,
+                r.params,
+                r.owner,
+                r.attempts,
+                bool(r.suspect),
             )
-            if not found:
-                return []
-            seqs = {r.batch_seq for r in found}
-            info = {
-                b.seq: (b.id, b.owner)
-                for b in conn.execute(
-                    sa.select(batches.c.seq, batches.c.id, batches.c.owner).where(
-                        batches.c.seq.in_(seqs)
-                    )
-                )
-            }
-        out = []
-        for r in sorted(found, key=lambda r: r.id):
-            batch_id, owner = info[r.batch_seq]
-            out.append(
-                Claimed(
-                    r.id,
-                    r.batch_seq,
-                    batch_id,
-                    r.custom_id,
-                    r.params,
-                    owner,
-                    r.attempts,
-                    bool(r.suspect),
-                )
-            )
-        return out
+            for r in sorted(found, key=lambda r: r.id)
+        ]
 
     def has_suspects(self, skip_owners: Collection[str] = ()) -> bool:
         """Whether requests taken over from a dead replica wait (of owners not skipped)."""
@@ -266,38 +315,42 @@ class WorkQueue(Database):
 
     def finish(self, outcomes: Sequence[tuple[Claimed, RequestStatus, str]]) -> int:
         """Record running requests' results (each moves out of ``running`` together
-        with its result, all in one transaction); how many were recorded. A
-        request whose lease this replica lost is not (another replica runs it)."""
+        with its result, all in one statement), then end the batches they
+        finished; how many were recorded. A request whose lease this replica
+        lost is not (another replica runs it)."""
         if not outcomes:
             return 0
         now = self.clock()
-        held = sa.and_(
-            batch_requests.c.id == sa.bindparam("b_id"),
-            batch_requests.c.status == "running",
-            batch_requests.c.lease_owner == self.replica,
-            batch_requests.c.attempts == sa.bindparam("b_attempt"),
-        )
-        # One statement executed for every outcome (psycopg pipelines them: one
-        # round trip, not one a result); its row count is the sum.
-        record = (
-            batch_requests.update()
-            .where(held)
-            .values(
-                status=sa.bindparam("b_status"),
-                result=sa.bindparam("b_result"),
-                lease_owner=None,
-                lease_until=None,
-            )
-        )
-        params = [
-            {"b_id": c.row_id, "b_attempt": c.attempt, "b_status": status, "b_result": result}
-            for c, status, result in outcomes
-        ]
-        with self._writing() as conn:
-            recorded = conn.execute(record, params).rowcount
-            # (in order: replicas lock batch rows alike)
-            for seq in sorted({c.batch_seq for c, _, _ in outcomes}):
-                self._end_if_done(conn, seq, now)
+        with self._statements() as conn:
+            if self.shared:
+                row = conn.execute(
+                    _RECORD_PG,
+                    {
+                        "ids": [c.row_id for c, _, _ in outcomes],
+                        "attempts": [c.attempt for c, _, _ in outcomes],
+                        "statuses": [status for _, status, _ in outcomes],
+                        "results": [result for _, _, result in outcomes],
+                        "replica": self.replica,
+                    },
+                ).one()
+                recorded, finishing = row.recorded, row.finishing
+            else:
+                params = [
+                    {
+                        "b_id": c.row_id,
+                        "b_attempt": c.attempt,
+                        "b_status": st,
+                        "b_result": res,
+                        "b_replica": self.replica,
+                    }
+                    for c, st, res in outcomes
+                ]
+                recorded = conn.execute(_RECORD, params).rowcount
+                finishing = list({c.batch_seq for c, _, _ in outcomes})
+            # On PostgreSQL after the results committed (the statement before did),
+            # so the replica that commits a batch's last result last ends it.
+            if finishing:
+                self._end_finished(conn, finishing, now)
         return int(recorded)
 
     def release(self, claimed: Sequence[Claimed], *, spent: bool = False) -> int:
@@ -349,8 +402,7 @@ class WorkQueue(Database):
                 .where(batch_requests.c.batch_seq.in_(due), batch_requests.c.status == "pending")
                 .values(status="expired", result=EXPIRED)
             )
-            for seq in due:
-                self._end_if_done(conn, seq, now)
+            self._end_if_done(conn, due, now)
             return due
 
     def purge(self, retention: float) -> int:
@@ -387,8 +439,7 @@ class WorkQueue(Database):
             .values(status="canceled", result=CANCELED)
             .returning(batch_requests.c.batch_seq)
         )
-        for seq in sorted({r.batch_seq for r in ended}):
-            self._end_if_done(conn, seq, now)
+        self._end_if_done(conn, {r.batch_seq for r in ended}, now)
 
     def _end_exhausted(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> int:
         """Requests matching ``where`` that were started ``max_attempts`` times end
@@ -400,6 +451,5 @@ class WorkQueue(Database):
             .returning(batch_requests.c.batch_seq)
         )
         seqs = [r.batch_seq for r in ended]
-        for seq in sorted(set(seqs)):
-            self._end_if_done(conn, seq, now)
+        self._end_if_done(conn, seqs, now)
         return len(seqs)

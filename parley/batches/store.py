@@ -166,7 +166,7 @@ class BatchStore(WorkQueue):
                     )
                     .values(status="canceled", result=CANCELED)
                 )
-                self._end_if_done(conn, row.seq, now)
+                self._end_if_done(conn, [row.seq], now)
         return self.get(batch_id, owner)
 
     def delete(self, batch_id: str, owner: str) -> None:

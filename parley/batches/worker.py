@@ -1,7 +1,8 @@
 """The batch worker pool: runs stored batch requests through the Messages service.
 
 One dispatcher task, owned by the app lifespan, claims pending requests (up to
-``concurrency`` in flight) and runs each as its own task through the same path
+``concurrency`` in flight, and half as many again claimed ahead, so the pool
+does not drain while a claim is on its way) and runs each as its own task through the same path
 as ``/v1/messages`` (``MessagesService.open``), at batch priority (interactive requests are admitted
 first). Each outcome is written with the request's state change in one
 transaction. Outcomes are written by one writer task, all those
@@ -38,6 +39,7 @@ So does a request taken over from another replica whose lease on it ran out
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sys
@@ -91,11 +93,15 @@ class BatchWorker:
         # their batches are passed over until the limiter says that fits.
         self._waiting: dict[str, int] = {}
         self._deferred: list[Claimed] = []  # claimed, not run: to give back unspent
+        # Claimed ahead, started as the pool frees up: the pool does not drain
+        # while the next claim is on its way (a round trip to a shared database).
+        self._ready: collections.deque[Claimed] = collections.deque()
         self._alone = -1  # the suspect running alone, if any
         self._suspects_seen = False  # suspects were waiting when last asked
         self._suspects_checked_at = -float("inf")
         self._on_engine: set[int] = set()  # row ids the engine has been given
         self._concurrency = max(1, concurrency)
+        self._ahead = self._concurrency // 2  # requests claimed ahead at most
         self._retention = retention
         self._tick = tick
         self._wake = asyncio.Event()
@@ -108,6 +114,7 @@ class BatchWorker:
         self._outcomes: list[tuple[Claimed, RequestStatus, str]] = []
         self._written = asyncio.Event()
         self._closing = False
+        self._stopping = False  # no request starts any more
         self._backoff = 0.0
         self._retry_after = 1.0  # seconds before the database is tried again after a failure
 
@@ -129,6 +136,7 @@ class BatchWorker:
     async def stop(self) -> None:
         """Stop claiming; in-flight requests go back to pending for the next start,
         finished ones are written before this returns."""
+        self._stopping = True
         if self._listener is not None:
             await anyio.to_thread.run_sync(self._listener.stop)
             self._listener = None
@@ -141,6 +149,8 @@ class BatchWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._deferred.extend(self._ready)  # never started: given back unspent
+        self._ready.clear()
         if self._deferred:
             with contextlib.suppress(Exception):  # else they are found running at start-up
                 await self._give_back()
@@ -159,7 +169,11 @@ class BatchWorker:
         self._wake.set()
 
     def stop_batch(self, batch_seq: int, why: Stop) -> None:
-        """Stop the batch's in-flight requests; each records ``why`` as its result."""
+        """Stop the batch's in-flight requests; each records ``why`` as its result
+        (as do those claimed ahead)."""
+        for item in [item for item in self._ready if item.batch_seq == batch_seq]:
+            self._ready.remove(item)
+            self._record(item, why, CANCELED if why == "canceled" else EXPIRED)
         for row_id, (task, seq) in list(self._tasks.items()):
             if seq == batch_seq and row_id not in self._stops:
                 self._stops[row_id] = why
@@ -199,14 +213,11 @@ class BatchWorker:
                 except Exception:  # the database is unwell (full disk...): retry later
                     _failed("could not claim batch requests; retrying")
                     self._backoff = self._retry_after
-            for item in claimed:
-                if self._admitted(item):
-                    self._spawn(item)
-                else:
-                    self._deferred.append(item)
+            self._ready.extend(claimed)
+            self._fill()
             if self._deferred and self._backoff == 0.0:
                 continue  # give them back now; their owners are passed over meanwhile
-            if claimed and len(self._tasks) < self._concurrency:
+            if claimed and len(self._tasks) + len(self._ready) < self._concurrency + self._ahead:
                 continue
             self._wake.clear()
             timeout = self._backoff or self._next_wait()
@@ -218,9 +229,10 @@ class BatchWorker:
         skip = self._waiting_owners()
         if self._alone in self._tasks:
             return []  # a suspect runs alone
-        free = self._concurrency - len(self._tasks)
-        # Claim in groups (half the pool at least): one transaction, many requests.
-        if free <= 0 or (free < max(1, self._concurrency // 2) and self._tasks):
+        held = len(self._tasks) + len(self._ready)
+        free = self._concurrency + self._ahead - held
+        # Claim in groups (half the pool at least): one statement, many requests.
+        if free <= 0 or (free < max(1, self._concurrency // 2) and held):
             return []
         # Requests that were running when their process died (found at start-up,
         # or taken over from a replica whose lease ran out): claimed one at a
@@ -228,7 +240,7 @@ class BatchWorker:
         # the others no attempt. One whose owner waits for its rate limit is
         # passed over meanwhile (a suspect never stalls the worker).
         if await self._suspects_wait(skip):
-            if self._tasks:
+            if held:
                 return []  # the pool drains first
             claimed = await anyio.to_thread.run_sync(
                 lambda: self._store.claim(1, skip_owners=skip, suspects=True)
@@ -286,6 +298,16 @@ class BatchWorker:
             self._deferred = items + self._deferred
             self._backoff = self._retry_after
 
+    def _fill(self) -> None:
+        """Start requests claimed ahead while the pool has room (an owner whose
+        bucket is empty waits: its request goes back)."""
+        while self._ready and len(self._tasks) < self._concurrency and not self._stopping:
+            item = self._ready.popleft()
+            if self._admitted(item):
+                self._spawn(item)
+            else:
+                self._deferred.append(item)
+
     def _spawn(self, item: Claimed) -> None:
         task = asyncio.create_task(self._process(item))
         self._tasks[item.row_id] = (task, item.batch_seq)
@@ -299,6 +321,7 @@ class BatchWorker:
         self._tasks.pop(row_id, None)
         self._stops.pop(row_id, None)
         self._on_engine.discard(row_id)
+        self._fill()
         self._wake.set()
 
     async def _housekeeping(self) -> None:
@@ -324,7 +347,7 @@ class BatchWorker:
         replica may take the requests over, which the fencing makes safe)."""
         while True:
             await asyncio.sleep(self._store.lease / 3)
-            if not (self._tasks or self._outcomes or self._deferred):
+            if not (self._tasks or self._ready or self._outcomes or self._deferred):
                 continue  # (no lease held)
             try:
                 canceling = await anyio.to_thread.run_sync(self._store.renew)

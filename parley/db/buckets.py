@@ -120,7 +120,7 @@ class SharedBuckets:
                 }
             )
         statement = self._statement(len(kinds))
-        with self._db._writing() as conn:
+        with self._db._statements() as conn:  # (each statement whole on its own)
             rows = list(conn.execute(statement, params))
             if len(rows) < len(kinds):  # the owner's first check: its buckets start full
                 conn.execute(
