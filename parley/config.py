@@ -13,6 +13,8 @@ from typing import Any
 DEFAULT_DATA_DIR = Path("~/.local/share/parley")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROPE_SCALINGS = ("auto", "none", "linear", "yarn")
+# KV cache element types (llama.cpp's names); quantised V needs flash attention (on).
+KV_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f32")
 
 # Claude model ids that clients hard-code; each reaches the default local model
 # unless an --alias says otherwise. Kept in sync with the SDK's ModelParam.
@@ -61,6 +63,7 @@ class Settings:
     n_ctx: int = 8192
     n_batch: int = 512
     rope_scaling: str = "auto"  # auto (YaRN past the trained context), none, linear, yarn
+    kv_type: str = "q8_0"  # the KV cache's element type (KV_TYPES)
     rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
     parallel: int = 8  # sequences decoded together (continuous batching)
     prefill_chunk: int = 128  # prompt tokens per step while other sequences decode
@@ -259,6 +262,8 @@ def load_settings(
         raise ConfigError("setting 'parallel' must be between 1 and 64")
     if settings.rope_scaling not in ROPE_SCALINGS:
         raise ConfigError("setting 'rope_scaling' must be auto, none, linear or yarn")
+    if settings.kv_type not in KV_TYPES:
+        raise ConfigError(f"setting 'kv_type' must be one of {', '.join(KV_TYPES)}")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"setting 'log_level' must be one of {', '.join(LOG_LEVELS)}")
     if settings.rope_scale is not None and settings.rope_scale < 1.0:

@@ -15,7 +15,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from parley.config import LOG_LEVELS, ROPE_SCALINGS, Settings
+from parley.config import KV_TYPES, LOG_LEVELS, ROPE_SCALINGS, Settings
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,13 @@ FLAGS: tuple[Flag, ...] = (
         float,
         "F",
         default="--n-ctx / the trained context",
+    ),
+    Flag(
+        "--kv-type",
+        "element type of the KV cache (f16: fastest here; q8_0: half the memory)",
+        "kv_type",
+        metavar="TYPE",
+        choices=KV_TYPES,
     ),
     Flag("--threads", "llama.cpp threads", "threads", int, "N", default="all cores"),
     Flag("--parallel", "sequences decoded together", "parallel", int, "N"),

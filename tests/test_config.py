@@ -37,6 +37,7 @@ def test_precedence(tmp_path: Path) -> None:
         ({"PARLEY_PORT": "eighty"}, "setting 'port'"),
         ({"PARLEY_ALIASES": "nonsense"}, "NAME=MODEL"),
         ({"PARLEY_N_CTX": "12"}, "n_ctx"),
+        ({"PARLEY_KV_TYPE": "q7"}, "'kv_type' must be one of f16, bf16, q8_0"),
         ({"PARLEY_URL_MAX_DOCUMENTS": "0"}, "'url_max_documents' must be more than 0"),
         ({"PARLEY_URL_MAX_TOTAL_BYTES": "-1"}, "'url_max_total_bytes' must be more than 0"),
     ],

@@ -70,6 +70,26 @@ def test_the_llama_engine_reads_its_options_and_old_flags_still_work(
     assert len(server.stats()[MODEL]["slots"]) == 2
 
 
+@pytest.mark.model
+def test_the_kv_type_reaches_llama_cpp() -> None:
+    """``kv_type`` is the KV cache's element type: a sequence's saved KV state is
+    about twice as big in f16 (2 bytes a value) as in q8_0 (34 bytes a 32)."""
+    from parley.engines.llamacpp import embedded_model_path
+    from parley.engines.llamacpp.native import LlamaNative, NativeConfig
+    from parley.engines.llamacpp.ops import BatchEntry
+
+    sizes = {}
+    for kind in ("f16", "q8_0"):
+        config = NativeConfig(n_ctx=256, n_seq_max=1, n_batch=64, n_threads=1, kv_type=kind)
+        native = LlamaNative(embedded_model_path(), config)
+        try:
+            native.decode([BatchEntry(t, t, 0, False) for t in range(1, 33)])
+            sizes[kind] = native.save_seq(0)[1]
+        finally:
+            native.close()
+    assert 1.7 < sizes["f16"] / sizes["q8_0"] < 2.0, sizes
+
+
 def test_an_unknown_engine_option_stops_start_up(tmp_path: Path) -> None:
     done = subprocess.run(
         [*SERVE, "--engine", "scripted", "--engine-opt", "contxt_length=5"],

@@ -179,6 +179,7 @@ class LlamaOptions:
     n_batch: int = 512
     rope_scaling: str = "auto"
     rope_scale: float | None = None
+    kv_type: str = "q8_0"
     parallel: int = 8
     prefill_chunk: int = 128
     threads: int | None = None
@@ -207,6 +208,7 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
         n_threads=o.threads or max(1, os.cpu_count() or 1),
         rope_scaling=o.rope_scaling,
         rope_scale=o.rope_scale,
+        kv_type=o.kv_type,
     )
     return LlamaCppEngine(
         path,
@@ -227,11 +229,13 @@ def from_settings(settings: Settings) -> LlamaCppEngine:
 
 def _check(o: LlamaOptions) -> None:
     """The same limits the flat settings are held to (an option may bypass them)."""
-    from parley.config import ConfigError
+    from parley.config import KV_TYPES, ConfigError
 
     if o.n_ctx < 256 or not 1 <= o.parallel <= 64 or o.max_queue < 1:
         raise ConfigError("llamacpp: n_ctx ≥ 256, parallel 1-64 and max_queue ≥ 1 are required")
     if o.rope_scaling not in ("auto", "none", "linear", "yarn"):
         raise ConfigError("llamacpp option 'rope_scaling' must be auto, none, linear or yarn")
+    if o.kv_type not in KV_TYPES:
+        raise ConfigError(f"llamacpp option 'kv_type' must be one of {', '.join(KV_TYPES)}")
     if o.grammar_step_timeout <= 0 or o.idle_cache_mb < 0 or o.cache_budget_mb < 0:
         raise ConfigError("llamacpp: grammar_step_timeout > 0, idle/cache budgets ≥ 0 required")

@@ -51,7 +51,10 @@ class Constrained:
     walked: int = 0  # steps that needed the whole vocabulary (for stats and tests)
 
 
-GGML_TYPE_Q8_0 = 8
+# ggml's type numbers of the KV cache types parley offers (ggml.h).
+GGML_TYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30,
+}  # fmt: skip
 FLASH_ATTN_ENABLED = 1
 
 
@@ -68,6 +71,7 @@ class NativeConfig:
     # Context extension: "auto" is YaRN by n_ctx / trained context when n_ctx exceeds it.
     rope_scaling: RopeScaling = "auto"
     rope_scale: float | None = None  # context multiplier; None: n_ctx / trained context
+    kv_type: str = "q8_0"  # the KV cache's element type (parley.config.KV_TYPES)
 
 
 class LlamaNative(LlamaVocab):
@@ -88,8 +92,7 @@ class LlamaNative(LlamaVocab):
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads
         params.flash_attn_type = FLASH_ATTN_ENABLED
-        params.type_k = GGML_TYPE_Q8_0
-        params.type_v = GGML_TYPE_Q8_0
+        params.type_k = params.type_v = GGML_TYPES[config.kv_type]
         params.kv_unified = True
         params.no_perf = True
         self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
