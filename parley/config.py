@@ -13,8 +13,9 @@ from typing import Any
 DEFAULT_DATA_DIR = Path("~/.local/share/parley")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROPE_SCALINGS = ("auto", "none", "linear", "yarn")
-# KV cache element types (llama.cpp's names); quantised V needs flash attention (on).
-KV_TYPES = ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "f32")
+# KV cache element types (llama.cpp's names) and ggml's numbers for them (ggml.h);
+# quantised V needs flash attention (on).
+KV_TYPES = {"f16": 1, "bf16": 30, "q8_0": 8, "q5_1": 7, "q5_0": 6, "q4_1": 3, "q4_0": 2, "f32": 0}
 
 # Claude model ids that clients hard-code; each reaches the default local model
 # unless an --alias says otherwise. Kept in sync with the SDK's ModelParam.

@@ -198,7 +198,7 @@ FLAGS: tuple[Flag, ...] = (
         "element type of the KV cache (f16: fastest here; q8_0: half the memory)",
         "kv_type",
         metavar="TYPE",
-        choices=KV_TYPES,
+        choices=tuple(KV_TYPES),
     ),
     Flag("--threads", "llama.cpp threads", "threads", int, "N", default="all cores"),
     Flag("--parallel", "sequences decoded together", "parallel", int, "N"),

@@ -170,9 +170,10 @@ class WorkQueue(Database):
         with self._writing() as conn:
             exhausted = self._end_exhausted(conn, lapsed, now)
             resumed = self._resume(conn, lapsed, now)
-            # A batch whose last result was written by a replica that died before
-            # it could end the batch, or while another changed its requests.
-            self._end_finished(conn, None, now)
+            if self.shared:
+                # A batch whose last result was written by a replica that died before
+                # it could end the batch, or while another changed its requests.
+                self._end_finished(conn, None, now)
             return Recovered(resumed, exhausted)
 
     def _resume(self, conn: Connection, where: sa.ColumnElement[bool], now: float) -> list[int]:

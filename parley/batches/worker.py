@@ -2,12 +2,12 @@
 
 One dispatcher task, owned by the app lifespan, claims pending requests (up to
 ``concurrency`` in flight, and half as many again claimed ahead, so the pool
-does not drain while a claim is on its way) and runs each as its own task through the same path
-as ``/v1/messages`` (``MessagesService.open``), at batch priority (interactive requests are admitted
-first). Each outcome is written with the request's state change in one
-transaction. Outcomes are written by one writer task, all those
-ready in one transaction (each request's result together with its move out
-of ``running``); until then the request stays ``running`` in the database.
+does not drain while a claim is on its way) and runs each as its own task
+through the same path as ``/v1/messages`` (``MessagesService.open``), at batch
+priority (interactive requests are admitted first). Outcomes are written by
+one writer task, all those ready at once (each request's result together with
+its move out of ``running``); until then the request stays ``running`` in the
+database.
 Cancel and expiry stop in-flight requests, which then record
 ``canceled`` / ``expired``; a request stopped by shutdown goes back to
 ``pending`` (and one interrupted by a crash is found ``running`` at the next
@@ -217,7 +217,7 @@ class BatchWorker:
             self._fill()
             if self._deferred and self._backoff == 0.0:
                 continue  # give them back now; their owners are passed over meanwhile
-            if claimed and len(self._tasks) + len(self._ready) < self._concurrency + self._ahead:
+            if claimed and self._held() < self._concurrency + self._ahead:
                 continue
             self._wake.clear()
             timeout = self._backoff or self._next_wait()
@@ -229,7 +229,7 @@ class BatchWorker:
         skip = self._waiting_owners()
         if self._alone in self._tasks:
             return []  # a suspect runs alone
-        held = len(self._tasks) + len(self._ready)
+        held = self._held()
         free = self._concurrency + self._ahead - held
         # Claim in groups (half the pool at least): one statement, many requests.
         if free <= 0 or (free < max(1, self._concurrency // 2) and held):
@@ -297,6 +297,10 @@ class BatchWorker:
             _failed("could not give batch requests back; retrying")
             self._deferred = items + self._deferred
             self._backoff = self._retry_after
+
+    def _held(self) -> int:
+        """Requests this worker has claimed and not finished: running or claimed ahead."""
+        return len(self._tasks) + len(self._ready)
 
     def _fill(self) -> None:
         """Start requests claimed ahead while the pool has room (an owner whose

@@ -22,6 +22,7 @@ from typing import Any
 import llama_cpp as L
 import numpy as np
 
+from parley.config import KV_TYPES
 from parley.engines.llamacpp.ops import BatchEntry
 from parley.engines.llamacpp.output import Grammar
 from parley.engines.llamacpp.vocab import LLAMA, LlamaVocab
@@ -51,10 +52,6 @@ class Constrained:
     walked: int = 0  # steps that needed the whole vocabulary (for stats and tests)
 
 
-# ggml's type numbers of the KV cache types parley offers (ggml.h).
-GGML_TYPES = {
-    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30,
-}  # fmt: skip
 FLASH_ATTN_ENABLED = 1
 
 
@@ -92,7 +89,7 @@ class LlamaNative(LlamaVocab):
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads
         params.flash_attn_type = FLASH_ATTN_ENABLED
-        params.type_k = params.type_v = GGML_TYPES[config.kv_type]
+        params.type_k = params.type_v = KV_TYPES[config.kv_type]
         params.kv_unified = True
         params.no_perf = True
         self.n_ctx_train = int(L.llama_model_n_ctx_train(self._model))
